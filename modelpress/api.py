@@ -1,0 +1,736 @@
+"""The CompressedModel API: the single source of truth for the spec and status.
+
+Everything reads these types: the CRD in ``crds/`` is generated from them
+(``modelpress crd``), ``modelpress validate`` checks files against them, the operator
+parses custom resources with them and the compression job reads its recipe through
+them. The module is deliberately torch-free (pydantic only) so the operator image
+never pulls in the ML stack.
+
+Cross-field rules are written twice on purpose: once as pydantic validators (so the
+CLI, the operator and the job reject bad input with a field path), and once as CEL
+``x-kubernetes-validations`` attached to the same model (so the API server rejects it
+at ``kubectl apply`` time). ``tests/test_cel.py`` runs both against the same cases so
+they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelpress.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "CompressedModel"
+PLURAL = "compressedmodels"
+SINGULAR = "compressedmodel"
+SHORT_NAMES = ["cmodel"]
+CATEGORIES = ["modelpress"]
+
+# KServe's storage initializer understands these schemes; we accept exactly those.
+STORAGE_URI_PATTERN = r"^(s3|gs|pvc|https?|file)://.+"
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_CANARY_STEPS = 10
+MAX_NAME_LENGTH = 54
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry; ``fieldPath`` points kubectl at the culprit."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class Spec(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields are errors.
+
+    ``cel_rules`` holds the CEL twins of the model's cross-field validators; the CRD
+    generator copies them into the schema node of the model.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+    cel_rules: ClassVar[list[dict[str, str]]] = []
+
+
+def exactly_one(model: BaseModel, *names: str) -> None:
+    """Raise when not exactly one of the (python) field names is set."""
+    present = [n for n in names if getattr(model, n) is not None]
+    if len(present) != 1:
+        wire = [model.model_fields[n].alias or n for n in names]
+        raise ValueError(f"set exactly one of {', '.join(wire)} (got {len(present)})")
+
+
+def one_of_rule(*wire_names: str) -> str:
+    """CEL: exactly one of the optional fields is present."""
+    return " + ".join(f"(has(self.{n}) ? 1 : 0)" for n in wire_names) + " == 1"
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class ModelFormat(str, Enum):
+    onnx = "onnx"
+    pytorch_export = "pytorch-export"
+    hf_transformers = "hf-transformers"
+
+
+class Task(str, Enum):
+    classification = "classification"
+    regression = "regression"
+    embedding = "embedding"
+
+
+class Metric(str, Enum):
+    accuracy = "accuracy"
+    top5 = "top5"
+    f1 = "f1"
+    mse = "mse"
+    cosine = "cosine"
+
+
+# Which metrics make sense for which task; checked by pydantic and CEL alike.
+METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
+    Task.classification.value: ("accuracy", "top5", "f1"),
+    Task.regression.value: ("mse",),
+    Task.embedding.value: ("cosine", "mse"),
+}
+
+
+class DatasetFormat(str, Enum):
+    npz = "npz"
+    jsonl = "jsonl"
+
+
+class Phase(str, Enum):
+    Pending = "Pending"
+    Queued = "Queued"
+    Compressing = "Compressing"
+    Rejected = "Rejected"
+    Failed = "Failed"
+    RollingOut = "RollingOut"
+    Serving = "Serving"
+    RolledBack = "RolledBack"
+    Validated = "Validated"
+
+
+# --------------------------------------------------------------------------- source
+
+
+class Source(Spec):
+    """The model to compress."""
+
+    storage_uri: str = Field(
+        pattern=STORAGE_URI_PATTERN,
+        description="Where the model lives: s3://, gs://, pvc://, https:// or file:// "
+        "(KServe's storage schemes). A file for onnx/pytorch-export, a directory "
+        "for hf-transformers.",
+    )
+    format: ModelFormat = Field(
+        description="onnx (.onnx), pytorch-export (torch.export .pt2) or "
+        "hf-transformers (a directory with config.json and safetensors weights)."
+    )
+    task: Task = Field(description="What the model's output means; picks the metrics.")
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class QuantizeMode(str, Enum):
+    dynamic = "dynamic"
+    static = "static"
+    fp16 = "fp16"
+    int4_weight_only = "int4-weight-only"
+
+
+class CalibrationMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class Quantize(Spec):
+    """Post-training quantization with ONNX Runtime's quantization tools."""
+
+    mode: QuantizeMode = Field(
+        default=QuantizeMode.dynamic,
+        description="dynamic int8 (weights int8, activations at run time), static int8 "
+        "(QDQ, calibrated), fp16, or int4-weight-only (MatMulNBits).",
+    )
+    per_channel: bool = Field(default=False, description="Per-channel weight scales.")
+    exclude_nodes: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        max_length=512,
+        description="ONNX node names kept in float (e.g. the most sensitive layers).",
+    )
+    calibration_method: CalibrationMethod = Field(
+        default=CalibrationMethod.minmax, description="Static mode only."
+    )
+    block_size: Literal[16, 32, 64, 128, 256] = Field(
+        default=32, description="int4-weight-only: weights per quantization block."
+    )
+
+
+class PruneStructure(str, Enum):
+    unstructured = "unstructured"
+    neurons = "neurons"
+    channels = "channels"
+
+
+class Prune(Spec):
+    """Magnitude pruning; structured variants physically shrink layers."""
+
+    structure: PruneStructure = Field(
+        default=PruneStructure.unstructured,
+        description="unstructured zeroes weights (smaller when compressed, not faster); "
+        "neurons/channels remove whole units of Linear/Conv layers (faster).",
+    )
+    sparsity: float = Field(
+        ge=0.0, le=0.95, description="Fraction of weights (or units) removed."
+    )
+    fine_tune_epochs: int = Field(
+        default=0, ge=0, le=100, description="Epochs of fine-tuning after pruning."
+    )
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+
+
+class StudentSpec(Spec):
+    """Either shrink the teacher or bring your own student."""
+
+    width_multiplier: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Student = teacher with layers this wide."
+    )
+    storage_uri: str | None = Field(
+        default=None, pattern=STORAGE_URI_PATTERN, description="A pytorch-export student."
+    )
+    cel_rules: ClassVar = [
+        cel(one_of_rule("widthMultiplier", "storageUri"), "set exactly one of widthMultiplier, storageUri")
+    ]
+
+    @model_validator(mode="after")
+    def _one(self) -> StudentSpec:
+        exactly_one(self, "width_multiplier", "storage_uri")
+        return self
+
+
+class Distill(Spec):
+    """Knowledge distillation: the source model is the teacher."""
+
+    student: StudentSpec
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    alpha: float = Field(
+        default=0.7, ge=0.0, le=1.0, description="Weight of the soft (teacher) loss."
+    )
+    epochs: int = Field(default=10, ge=1, le=1000)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+
+
+class LowRank(Spec):
+    """SVD factorization of Linear/Gemm weights into two thinner layers."""
+
+    energy: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Keep singular values up to this energy."
+    )
+    rank_ratio: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Rank as a fraction of min(in, out)."
+    )
+    cel_rules: ClassVar = [cel(one_of_rule("energy", "rankRatio"), "set exactly one of energy, rankRatio")]
+
+    @model_validator(mode="after")
+    def _one(self) -> LowRank:
+        exactly_one(self, "energy", "rank_ratio")
+        return self
+
+
+# Step key -> config type. The compression job registers one implementation per key.
+METHODS: dict[str, type[Spec]] = {
+    "quantize": Quantize,
+    "prune": Prune,
+    "distill": Distill,
+    "lowRank": LowRank,
+}
+
+# Which source formats a method can work on. Torch-level methods (training,
+# structural surgery) need a torch model; ONNX-level ones need only the graph.
+# Kept here, torch-free, so `modelpress validate` and the operator can reject an
+# unsupported combination before any Job starts.
+ALL_FORMATS = tuple(f.value for f in ModelFormat)
+TORCH_FORMATS = (ModelFormat.pytorch_export.value, ModelFormat.hf_transformers.value)
+METHOD_FORMATS: dict[str, tuple[str, ...]] = {
+    "quantize": ALL_FORMATS,
+    "lowRank": ALL_FORMATS,
+    "prune": ALL_FORMATS,  # structured pruning of ONNX is rejected below
+    "distill": TORCH_FORMATS,
+}
+
+
+class Step(Spec):
+    """One compression step; exactly one key."""
+
+    quantize: Quantize | None = None
+    prune: Prune | None = None
+    distill: Distill | None = None
+    low_rank: LowRank | None = None
+    cel_rules: ClassVar = [
+        cel(one_of_rule(*METHODS), "each step has exactly one of quantize, prune, distill, lowRank")
+    ]
+
+    @model_validator(mode="after")
+    def _one(self) -> Step:
+        exactly_one(self, "quantize", "prune", "distill", "low_rank")
+        return self
+
+    @property
+    def method(self) -> str:
+        """The step key, e.g. ``"lowRank"``."""
+        for key in METHODS:
+            if getattr(self, Step.python_name(key)) is not None:
+                return key
+        raise AssertionError("validated Step has one method")
+
+    @property
+    def config(self) -> Spec:
+        return getattr(self, Step.python_name(self.method))
+
+    @staticmethod
+    def python_name(key: str) -> str:
+        return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+
+
+class SearchObjective(str, Enum):
+    latency = "latency"
+    size = "size"
+
+
+class Search(Spec):
+    """Accuracy-aware search around the recipe: keep the best candidate that passes."""
+
+    enabled: bool = False
+    max_trials: int = Field(default=8, ge=1, le=64)
+    objective: SearchObjective = SearchObjective.latency
+
+
+class Compression(Spec):
+    steps: list[Step] = Field(min_length=1, max_length=16)
+    search: Search = Field(default_factory=Search)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class Dataset(Spec):
+    storage_uri: str = Field(pattern=STORAGE_URI_PATTERN)
+    format: DatasetFormat = Field(
+        description="npz with arrays x (inputs) and y (labels/targets, optional), or "
+        "jsonl with {text[, label]} per line."
+    )
+
+
+class Calibration(Dataset):
+    samples: int = Field(default=200, ge=1, le=100_000)
+
+
+class AccuracyDrop(Spec):
+    """The accuracy budget: how much worse the compressed model may score."""
+
+    absolute: float | None = Field(default=None, ge=0.0, description="In metric units.")
+    relative: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Fraction of the baseline score."
+    )
+    cel_rules: ClassVar = [cel(one_of_rule("absolute", "relative"), "set exactly one of absolute, relative")]
+
+    @model_validator(mode="after")
+    def _one(self) -> AccuracyDrop:
+        exactly_one(self, "absolute", "relative")
+        return self
+
+
+class Validation(Spec):
+    dataset: Dataset
+    calibration: Calibration | None = None
+    metric: Metric
+    max_accuracy_drop: AccuracyDrop
+    min_speedup: float | None = Field(default=None, gt=0.0)
+    max_latency_ms: float | None = Field(default=None, gt=0.0, description="p95 at batchSize.")
+    max_size_mb: float | None = Field(default=None, gt=0.0)
+    batch_size: int = Field(default=1, ge=1, le=4096)
+
+
+# --------------------------------------------------------------------------- job
+
+
+class Resources(Spec):
+    """Kubernetes ResourceRequirements (requests/limits as quantities)."""
+
+    requests: dict[str, int | str] = Field(default_factory=dict)
+    limits: dict[str, int | str] = Field(default_factory=dict)
+
+
+class Toleration(Spec):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class JobSpec(Spec):
+    """How the compression Job runs. Unset fields take the operator's defaults."""
+
+    image: str | None = Field(default=None, min_length=1)
+    gpu: int | None = Field(default=None, ge=0, le=16, description="nvidia.com/gpu; 0 = CPU.")
+    resources: Resources | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = None
+    priority_class_name: str | None = None
+    queue_name: str | None = Field(default=None, description="Kueue LocalQueue name.")
+    service_account_name: str | None = Field(
+        default=None, description="Identity used to read and write storage."
+    )
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    backoff_limit: int | None = Field(default=None, ge=0, le=20)
+
+
+class Output(Spec):
+    storage_uri: str = Field(
+        pattern=STORAGE_URI_PATTERN,
+        description="Artifacts go under <storageUri>/<recipeHash>/.",
+    )
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class AutoscalingMetric(str, Enum):
+    concurrency = "concurrency"
+    rps = "rps"
+    cpu = "cpu"
+    memory = "memory"
+
+
+class Autoscaling(Spec):
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=3, ge=1, le=1000)
+    metric: AutoscalingMetric = AutoscalingMetric.concurrency
+    target: int = Field(default=8, ge=1)
+    cel_rules: ClassVar = [
+        cel("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas")
+    ]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        return self
+
+
+class PromQuery(Spec):
+    name: str = Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=63)
+    query: str = Field(min_length=1)
+    max: float | None = None
+    min: float | None = None
+    cel_rules: ClassVar = [cel("has(self.max) || has(self.min)", "set max, min or both")]
+
+    @model_validator(mode="after")
+    def _bound(self) -> PromQuery:
+        if self.max is None and self.min is None:
+            raise ValueError("set max, min or both")
+        return self
+
+
+class Analysis(Spec):
+    prometheus_url: str | None = Field(
+        default=None, pattern=r"^https?://.+", description="Default: the operator's setting."
+    )
+    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_latency_ratio: float = Field(default=1.2, gt=0.0, description="canary p95 / stable p95")
+    min_requests: int = Field(
+        default=50, ge=1, description="Fewer canary requests in an interval is no verdict."
+    )
+    queries: list[PromQuery] = Field(default_factory=list, max_length=16)
+    failure_limit: int = Field(default=2, ge=1, le=100)
+
+
+def _steps_increasing_rule(n: int = MAX_CANARY_STEPS) -> str:
+    # Portable CEL (no list-library functions): unrolled pairwise comparisons,
+    # bounded by maxItems so the API server's cost estimate stays small.
+    return " && ".join(f"(size(self.steps) < {i + 2} || self.steps[{i}] < self.steps[{i + 1}])" for i in range(n - 1))
+
+
+class RolloutStrategy(str, Enum):
+    canary = "canary"
+    immediate = "immediate"
+
+
+class Baseline(str, Enum):
+    previous = "previous"
+    source = "source"
+
+
+class Rollout(Spec):
+    strategy: RolloutStrategy = RolloutStrategy.canary
+    baseline: Baseline = Field(
+        default=Baseline.previous,
+        description="previous: what the InferenceService serves now; source: serve the "
+        "uncompressed model first and canary the compressed one against it.",
+    )
+    steps: list[Annotated[int, Field(ge=1, le=99)]] = Field(
+        default_factory=lambda: [10, 25, 50], min_length=1, max_length=MAX_CANARY_STEPS
+    )
+    interval: str = Field(default="5m", pattern=DURATION_PATTERN)
+    analysis: Analysis = Field(default_factory=Analysis)
+    paused: bool = False
+    cel_rules: ClassVar = [
+        cel(_steps_increasing_rule(), "steps must be strictly increasing percentages below 100", ".steps")
+    ]
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Rollout:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"steps must be strictly increasing, got {self.steps}")
+        return self
+
+
+class Runtime(str, Enum):
+    modelpress_onnx = "modelpress-onnx"
+    kserve_tritonserver = "kserve-tritonserver"
+
+
+class DeploymentMode(str, Enum):
+    Knative = "Knative"
+    Standard = "Standard"
+
+
+class Serving(Spec):
+    enabled: bool = True
+    inference_service: str | None = Field(
+        default=None, pattern=DNS1123_LABEL, max_length=63, description="Default: metadata.name."
+    )
+    runtime: Runtime = Runtime.modelpress_onnx
+    deployment_mode: DeploymentMode = DeploymentMode.Standard
+    resources: Resources = Field(default_factory=Resources)
+    gpu: int = Field(default=0, ge=0, le=16)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    rollout: Rollout = Field(default_factory=Rollout)
+
+
+# --------------------------------------------------------------------------- spec
+
+
+class CompressedModelSpec(Spec):
+    source: Source
+    compression: Compression
+    validation: Validation
+    job: JobSpec = Field(default_factory=JobSpec)
+    output: Output
+    serving: Serving | None = None
+
+    cel_rules: ClassVar = [
+        cel(
+            "!self.compression.steps.exists(s, has(s.quantize) && has(s.quantize.mode) "
+            "&& s.quantize.mode == 'static') || has(self.validation.calibration)",
+            "static quantization needs calibration data: set validation.calibration",
+            ".validation",
+        ),
+        cel(
+            " || ".join(
+                f"(self.source.task == '{task}' && self.validation.metric in {list(metrics)})"
+                for task, metrics in METRICS_BY_TASK.items()
+            ),
+            "validation.metric does not fit source.task: classification takes accuracy, "
+            "top5 or f1; regression takes mse; embedding takes cosine or mse",
+            ".validation.metric",
+        ),
+        cel(
+            "!self.compression.steps.exists(s, has(s.distill)) || self.source.format != 'onnx'",
+            "distill needs a trainable source: set source.format to pytorch-export or "
+            "hf-transformers",
+            ".compression.steps",
+        ),
+        cel(
+            "!self.compression.steps.exists(s, has(s.prune) && has(s.prune.structure) "
+            "&& s.prune.structure != 'unstructured') || self.source.format != 'onnx'",
+            "structured pruning needs a torch source (pytorch-export or hf-transformers); "
+            "for onnx use structure: unstructured",
+            ".compression.steps",
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> CompressedModelSpec:
+        problems = [p for _, p in semantic_problems(self)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def semantic_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
+    """(field path, message) for every cross-field rule the spec breaks.
+
+    Shared by the pydantic validator above and by the operator, which reports the
+    same messages in the SpecValid condition.
+    """
+    out: list[tuple[str, str]] = []
+    steps = spec.compression.steps
+    fmt = spec.source.format
+    if any(s.quantize and s.quantize.mode == "static" for s in steps) and not spec.validation.calibration:
+        out.append(("validation.calibration", "static quantization needs calibration data: set validation.calibration"))
+    allowed = METRICS_BY_TASK[spec.source.task]
+    if spec.validation.metric not in allowed:
+        out.append((
+            "validation.metric",
+            f"metric {spec.validation.metric!r} does not fit task {spec.source.task!r}; use one of {', '.join(allowed)}",
+        ))
+    for i, s in enumerate(steps):
+        if fmt not in METHOD_FORMATS[s.method]:
+            out.append((
+                f"compression.steps[{i}].{s.method}",
+                f"{s.method} needs a trainable source: set source.format to one of {', '.join(TORCH_FORMATS)}",
+            ))
+        if s.prune and s.prune.structure != "unstructured" and fmt == "onnx":
+            out.append((
+                f"compression.steps[{i}].prune.structure",
+                "structured pruning needs a torch source (pytorch-export or hf-transformers); "
+                "for onnx use structure: unstructured",
+            ))
+    # Quantized graphs are ONNX-only: nothing torch-level can follow a quantize step.
+    quantized_at = next((i for i, s in enumerate(steps) if s.quantize), None)
+    if quantized_at is not None:
+        for i, s in enumerate(steps[quantized_at + 1 :], start=quantized_at + 1):
+            out.append((f"compression.steps[{i}]", f"{s.method} cannot follow quantize: put quantize last"))
+    return out
+
+
+# --------------------------------------------------------------------------- status
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(Spec):
+    """A Kubernetes API convention condition."""
+
+    type: str
+    status: ConditionStatus
+    reason: str = Field(default="", description="CamelCase, machine-readable.")
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Artifact(Spec):
+    storage_uri: str = ""
+    sha256: str = ""
+    size_bytes: int = 0
+
+
+class ModelMetrics(Spec):
+    """Measurements of one model on the validation data (same code for every model)."""
+
+    score: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    throughput: float | None = Field(default=None, description="Samples per second.")
+    size_bytes: int | None = None
+    parameters: int | None = None
+
+
+class Results(Spec):
+    passed: bool | None = None
+    metric: str | None = None
+    baseline: ModelMetrics | None = None
+    compressed: ModelMetrics | None = None
+    accuracy_drop: float | None = None
+    speedup: float | None = None
+    size_ratio: float | None = Field(default=None, description="compressed / baseline bytes")
+    failed_thresholds: list[str] = Field(default_factory=list)
+    trials: int | None = None
+    chosen_recipe: list[dict[str, Any]] | None = None
+    hardware: str | None = None
+
+
+class AnalysisResult(Spec):
+    """One canary analysis verdict."""
+
+    time: str | None = None
+    verdict: Literal["Pass", "Fail", "Inconclusive"] | None = None
+    values: dict[str, float] = Field(default_factory=dict)
+    message: str = ""
+
+
+class RolloutEvent(Spec):
+    time: str
+    event: str
+    percent: int | None = None
+    message: str = ""
+
+
+class RolloutStatus(Spec):
+    inference_service: str | None = None
+    stable_storage_uri: str | None = None
+    canary_storage_uri: str | None = None
+    canary_percent: int | None = None
+    step: int | None = None
+    failures: int = 0
+    last_analysis: AnalysisResult | None = None
+    history: list[RolloutEvent] = Field(default_factory=list, max_length=50)
+
+
+class CompressedModelStatus(Spec):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    recipe_hash: str | None = None
+    job_name: str | None = None
+    artifact: Artifact | None = None
+    results: Results | None = None
+    rollout: RolloutStatus | None = None
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata we read; the rest passes through untouched."""
+
+    model_config = ConfigDict(extra="allow")
+    # The Job is named <name>-<hash8> and Job names must fit a 63-character label.
+    name: str = Field(pattern=DNS1123_LABEL, max_length=MAX_NAME_LENGTH)
+    namespace: str | None = None
+
+
+class CompressedModel(BaseModel):
+    """A whole resource as written in YAML."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    api_version: Literal["modelpress.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["CompressedModel"]
+    metadata: ObjectMeta
+    spec: CompressedModelSpec
+    status: CompressedModelStatus | None = None
+
+
+def recipe_hash(spec: CompressedModelSpec) -> str:
+    """Content address of what determines the artifact: source + compression + validation.
+
+    Defaults are filled in before hashing, so writing a default explicitly or leaving it
+    out gives the same hash; ``job``, ``output`` and ``serving`` are left out, so moving
+    the Job to another node pool or changing the rollout never recompresses.
+    """
+    import hashlib
+    import json
+
+    material = spec.model_dump(by_alias=True, mode="json", include={"source", "compression", "validation"})
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

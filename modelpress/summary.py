@@ -1,0 +1,67 @@
+"""The Job -> operator contract: a small versioned JSON summary and the exit codes.
+
+The compression Job writes this to its termination-message path, so the operator
+learns the outcome from the Pod status and the Job needs no API credentials. The
+kubelet keeps at most 4 KiB of a termination message; ``to_termination_message``
+guarantees the limit by dropping detail (never the outcome) when needed.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+
+from pydantic import Field
+
+from modelpress.api import Artifact, Results, Spec
+
+SUMMARY_VERSION = 1
+TERMINATION_MESSAGE_LIMIT = 4096
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+class ExitCode(int, Enum):
+    """Documented exit codes of ``python -m modelpress.jobs`` / ``modelpress job``."""
+
+    VALIDATED = 0  # the compressed model met every threshold; artifact written
+    FAILED = 1  # bad input or an error: nothing usable was produced
+    REJECTED = 3  # compression ran, but a threshold was broken (see failedThresholds)
+
+
+class Outcome(str, Enum):
+    validated = "Validated"
+    rejected = "Rejected"
+    failed = "Failed"
+
+
+class JobSummary(Spec):
+    version: int = SUMMARY_VERSION
+    outcome: Outcome
+    reason: str = Field(default="", description="Human-readable; why it failed or was rejected.")
+    recipe_hash: str | None = None
+    artifact: Artifact | None = None
+    results: Results | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return {
+            Outcome.validated.value: ExitCode.VALIDATED,
+            Outcome.rejected.value: ExitCode.REJECTED,
+            Outcome.failed.value: ExitCode.FAILED,
+        }[self.outcome]
+
+    def to_termination_message(self) -> str:
+        """Compact JSON that always fits the kubelet's 4 KiB limit."""
+        data = self.model_dump(by_alias=True, mode="json", exclude_none=True)
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        # Drop the bulky parts first; the full report lives next to the artifact.
+        results = data.get("results", {})
+        for key in ("chosenRecipe", "hardware", "failedThresholds"):
+            results.pop(key, None)
+            text = json.dumps(data, separators=(",", ":"))
+            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+                return text
+        data["reason"] = data.get("reason", "")[:1024]
+        return json.dumps(data, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]

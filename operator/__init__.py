@@ -1,0 +1,1 @@
+"""The ModelPress controller (kopf). Installed as ``modelpress.operator``; torch-free."""
