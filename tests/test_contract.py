@@ -1,0 +1,82 @@
+"""The job <-> operator contract: recipe hash and the termination-message summary."""
+
+import json
+
+import pytest
+
+from modelpress.api import CompressedModelSpec, Results, recipe_hash
+from modelpress.summary import TERMINATION_MESSAGE_LIMIT, ExitCode, JobSummary, Outcome
+
+BASE = {
+    "source": {"storageUri": "s3://models/m.onnx", "format": "onnx", "task": "classification"},
+    "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
+    "validation": {
+        "dataset": {"storageUri": "s3://data/dev.npz", "format": "npz"},
+        "metric": "accuracy",
+        "maxAccuracyDrop": {"absolute": 0.01},
+    },
+    "output": {"storageUri": "s3://models/out/"},
+}
+
+
+def spec(**overrides) -> CompressedModelSpec:
+    data = json.loads(json.dumps(BASE))
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return CompressedModelSpec.model_validate(data)
+
+
+def test_recipe_hash_ignores_explicit_defaults_and_non_recipe_sections():
+    base = recipe_hash(spec())
+    assert base == recipe_hash(spec(**{"compression.steps": [{"quantize": {"mode": "dynamic", "perChannel": False}}]}))
+    assert base == recipe_hash(spec(**{"job.gpu": 1, "output.storageUri": "s3://elsewhere/"}))
+    assert base == recipe_hash(spec(serving={"rollout": {"steps": [5, 50]}}))
+    assert len(base) == 16 and int(base, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"source.storageUri": "s3://models/other.onnx"},
+        {"compression.steps": [{"quantize": {"mode": "dynamic", "perChannel": True}}]},
+        {"validation.maxAccuracyDrop": {"absolute": 0.02}},
+        {"validation.batchSize": 32},
+    ],
+)
+def test_recipe_hash_changes_with_the_recipe(change):
+    assert recipe_hash(spec(**change)) != recipe_hash(spec())
+
+
+def test_summary_exit_codes_are_distinct_and_documented():
+    codes = {o: JobSummary(outcome=o).exit_code for o in Outcome}
+    assert codes[Outcome.validated] == ExitCode.VALIDATED == 0
+    assert codes[Outcome.rejected] == ExitCode.REJECTED
+    assert codes[Outcome.failed] == ExitCode.FAILED
+    assert len(set(codes.values())) == 3
+
+
+def test_termination_message_always_fits_and_keeps_the_outcome():
+    huge = JobSummary(
+        outcome=Outcome.rejected,
+        reason="x" * 10_000,
+        results=Results(
+            chosen_recipe=[{"quantize": {"excludeNodes": [f"node_{i}" for i in range(500)]}}],
+            failed_thresholds=["maxAccuracyDrop: drop 0.2 > 0.01"] * 50,
+            accuracy_drop=0.2,
+        ),
+    )
+    text = huge.to_termination_message()
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    parsed = json.loads(text)
+    assert parsed["outcome"] == "Rejected"
+    assert parsed["results"]["accuracyDrop"] == 0.2
+    assert JobSummary.model_validate(parsed).exit_code == ExitCode.REJECTED
+
+
+def test_small_summary_round_trips_unchanged():
+    s = JobSummary(outcome=Outcome.validated, recipe_hash="abc", results=Results(speedup=2.5, passed=True))
+    assert JobSummary.model_validate_json(s.to_termination_message()) == s
