@@ -1,0 +1,348 @@
+"""``modelpress-onnx``: the KServe ModelServer runtime that serves a ModelPress artifact.
+
+It is a ``kserve.Model`` over an onnxruntime session, so KServe's own ModelServer gives
+us the V1 and V2 (Open Inference) protocols, binary tensors, model metadata,
+readiness/liveness and ``/metrics`` for free; this module only adds what KServe lacks
+for an analysed canary:
+
+* ``modelpress_inference_requests_total{model,artifact_digest,code}`` and
+  ``modelpress_inference_latency_seconds{model,artifact_digest}`` (sub-millisecond
+  buckets). ``artifact_digest`` is the sha256 of the served ``model.onnx``, so stable
+  and canary can be told apart in Prometheus whatever the deployment mode.
+* Chaos options, **for tests of bad canaries only**: ``--chaos_error_rate`` (fraction of
+  requests answered with HTTP 500) and ``--chaos_latency_ms`` (added to every request),
+  or the env vars ``MODELPRESS_CHAOS_ERROR_RATE`` / ``MODELPRESS_CHAOS_LATENCY_MS``.
+
+Serves ``<model_dir>/model/1/model.onnx`` (KServe's Triton model-repository layout, the
+ModelPress artifact layout) or a bare ``<model_dir>/model.onnx``.
+
+    python -m modelpress.jobs.serving --model_dir DIR --model_name NAME [--http_port N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from kserve import model_server as kserve_model_server
+from kserve.errors import InferenceError, InvalidInput
+from kserve.model import InferenceVerb
+from prometheus_client import Counter, Histogram
+
+# The artifact layout of ModelPress is KServe's Triton model repository (model name
+# "model", version 1); a bare model.onnx is accepted for hand-made directories.
+MODEL_CANDIDATES = ("model/1/model.onnx", "model.onnx")
+
+# Sub-millisecond resolution matters: a small int8 MLP answers in ~100 µs, and the
+# canary's p95 is compared to the stable's p95 as a ratio.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+DIGEST_LABEL = "artifact_digest"
+REQUESTS_METRIC = "modelpress_inference_requests_total"
+LATENCY_METRIC = "modelpress_inference_latency_seconds"
+
+REQUESTS = Counter(
+    REQUESTS_METRIC.removesuffix("_total"),
+    "Inference requests handled by the modelpress-onnx runtime, by HTTP status code.",
+    ["model", DIGEST_LABEL, "code"],
+)
+LATENCY = Histogram(
+    LATENCY_METRIC,
+    "End-to-end model latency (preprocess + predict + postprocess) in seconds.",
+    ["model", DIGEST_LABEL],
+    buckets=LATENCY_BUCKETS,
+)
+
+# onnxruntime type strings -> Open Inference Protocol datatypes.
+ORT_TO_V2 = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
+ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class Chaos:
+    """Fault injection for tests of bad canaries. Never set these in production."""
+
+    error_rate: float = 0.0
+    latency_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"chaos error rate must be within [0, 1], got {self.error_rate}")
+        if self.latency_ms < 0:
+            raise ValueError(f"chaos latency must be >= 0 ms, got {self.latency_ms}")
+
+    @classmethod
+    def from_env(cls) -> Chaos:
+        return cls(
+            error_rate=float(os.environ.get("MODELPRESS_CHAOS_ERROR_RATE", "0") or 0),
+            latency_ms=float(os.environ.get("MODELPRESS_CHAOS_LATENCY_MS", "0") or 0),
+        )
+
+
+def find_model_file(model_dir: Path) -> Path:
+    """The ONNX file inside an artifact directory, or a clear error naming both layouts."""
+    for rel in MODEL_CANDIDATES:
+        candidate = model_dir / rel
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no ONNX model in {model_dir}: expected {' or '.join(str(model_dir / r) for r in MODEL_CANDIDATES)} "
+        "(point --model_dir at the artifact directory written by the compression job)"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def choose_providers(device: str) -> list[str]:
+    """onnxruntime execution providers for ``auto`` | ``cpu`` | ``cuda``."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise RuntimeError(
+            f"--device cuda asked for, but this onnxruntime build offers only {available}; "
+            "install onnxruntime-gpu or use --device auto"
+        )
+    return ["CPUExecutionProvider"]
+
+
+def _shape(dims: list[Any]) -> list[int]:
+    """Symbolic/unknown dimensions are -1 in the V2 metadata."""
+    return [d if isinstance(d, int) else -1 for d in dims]
+
+
+class OnnxModel(Model):
+    """One ONNX artifact behind KServe's data plane (V1 and V2 protocols)."""
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        device: str = "auto",
+        intra_op_threads: int = 0,
+        chaos: Chaos | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.intra_op_threads = intra_op_threads
+        self.chaos = chaos or Chaos()
+        self.digest = ""
+        self.session: ort.InferenceSession | None = None
+
+    def load(self) -> bool:
+        path = find_model_file(self.model_dir)
+        self.digest = file_sha256(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        self.session = ort.InferenceSession(str(path), options, providers=choose_providers(self.device))
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self._output_types = {o.name: ORT_TO_V2.get(o.type, o.type) for o in self.session.get_outputs()}
+        self.ready = True
+        return self.ready
+
+    def get_input_types(self) -> list[dict]:
+        return [
+            {"name": i.name, "datatype": ORT_TO_V2.get(i.type, i.type), "shape": _shape(i.shape)}
+            for i in self.session.get_inputs()
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        return [
+            {"name": o.name, "datatype": ORT_TO_V2.get(o.type, o.type), "shape": _shape(o.shape)}
+            for o in self.session.get_outputs()
+        ]
+
+    async def __call__(self, body, headers=None, verb: InferenceVerb = InferenceVerb.PREDICT):
+        """KServe's call path, plus our digest-labelled counter/histogram and chaos."""
+        start = time.perf_counter()
+        code = "200"
+        try:
+            if self.chaos.latency_ms:
+                await asyncio.sleep(self.chaos.latency_ms / 1000.0)
+            if self.chaos.error_rate and random.random() < self.chaos.error_rate:
+                raise InferenceError("injected failure (chaos option MODELPRESS_CHAOS_ERROR_RATE / --chaos_error_rate)")
+            return await super().__call__(body, headers, verb)
+        except InvalidInput:
+            code = "400"
+            raise
+        except Exception:
+            code = "500"
+            raise
+        finally:
+            LATENCY.labels(self.name, self.digest).observe(time.perf_counter() - start)
+            REQUESTS.labels(self.name, self.digest, code).inc()
+
+    def _feed(self, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self._inputs if n not in named]
+        unknown = [n for n in named if n not in self._inputs]
+        if missing or unknown:
+            raise InvalidInput(
+                f"model {self.name!r} takes inputs {list(self._inputs)}; missing {missing}, unknown {unknown}"
+            )
+        feed = {}
+        for n, arr in named.items():
+            dtype = ORT_TO_NUMPY.get(self._inputs[n].type)
+            feed[n] = np.asarray(arr, dtype=dtype) if dtype is not None else np.asarray(arr)
+        return feed
+
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(self._outputs, feed)
+        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as e:
+            raise InvalidInput(f"model {self.name!r} rejected the input: {e}") from e
+
+    def _v1_inputs(self, payload: dict) -> dict[str, np.ndarray]:
+        """V1: ``{"instances": [...]}``; each instance is a tensor (one-input models) or
+        a dict of input name -> tensor."""
+        instances = payload.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput('V1 request needs a non-empty "instances" list')
+        if isinstance(instances[0], dict):
+            return {n: np.asarray([inst.get(n) for inst in instances]) for n in instances[0]}
+        if len(self._inputs) != 1:
+            raise InvalidInput(
+                f"model {self.name!r} has inputs {list(self._inputs)}: send each instance as a dict of them"
+            )
+        return {next(iter(self._inputs)): np.asarray(instances)}
+
+    def predict(self, payload, headers=None, response_headers=None):
+        if isinstance(payload, InferRequest):
+            feed = self._feed({i.name: i.as_numpy() for i in payload.inputs})
+            results = self._run(feed)
+            outputs = []
+            for name, arr in zip(self._outputs, results, strict=True):
+                out = InferOutput(name=name, shape=list(arr.shape), datatype=self._output_types[name])
+                out.set_data_from_numpy(arr, binary_data=payload.use_binary_outputs)
+                outputs.append(out)
+            return InferResponse(
+                response_id=payload.id or "",
+                model_name=self.name,
+                infer_outputs=outputs,
+                use_binary_outputs=payload.use_binary_outputs,
+                requested_outputs=payload.request_outputs,
+            )
+        if not isinstance(payload, dict):
+            raise InvalidInput(f"unsupported request body of type {type(payload).__name__}")
+        results = self._run(self._feed(self._v1_inputs(payload)))
+        if len(results) == 1:
+            return {"predictions": results[0].tolist()}
+        # Several outputs: one dict per instance, as KServe's V1 convention allows.
+        return {
+            "predictions": [
+                {name: arr[i].tolist() for name, arr in zip(self._outputs, results, strict=True)} for i in range(len(results[0]))
+            ]
+        }
+
+
+def serve(
+    model_dir: Path,
+    model_name: str,
+    http_port: int = 8080,
+    grpc_port: int | None = None,
+    device: str = "auto",
+    intra_op_threads: int = 0,
+    chaos: Chaos | None = None,
+) -> None:
+    """Load the artifact and serve it until SIGTERM (blocks). gRPC only when a port is given."""
+    model = OnnxModel(model_name, Path(model_dir), device, intra_op_threads, chaos or Chaos.from_env())
+    model.load()
+    server = ModelServer(
+        http_port=http_port,
+        grpc_port=grpc_port or kserve_model_server.args.grpc_port,
+        enable_grpc=grpc_port is not None,
+    )
+    server.start([model])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # KServe's own flags (workers, logging, ...) come along via its parent parser.
+    parser = argparse.ArgumentParser(
+        prog="python -m modelpress.jobs.serving",
+        description="modelpress-onnx: serve a ModelPress ONNX artifact with KServe's ModelServer.",
+        parents=[kserve_model_server.parser],
+    )
+    parser.add_argument("--model_dir", required=True, type=Path, help="artifact dir (e.g. /mnt/models)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--intra_op_threads", type=int, default=0, help="onnxruntime threads; 0 = its default")
+    chaos = Chaos.from_env()
+    parser.add_argument(
+        "--chaos_error_rate", type=float, default=chaos.error_rate,
+        help="TEST/CHAOS ONLY: fraction of requests answered with HTTP 500 (env MODELPRESS_CHAOS_ERROR_RATE)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--chaos_latency_ms", type=float, default=chaos.latency_ms,
+        help="TEST/CHAOS ONLY: latency added to every request (env MODELPRESS_CHAOS_LATENCY_MS)",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # bad options and a wrong directory get one readable line, not a traceback
+        chaos = Chaos(args.chaos_error_rate, args.chaos_latency_ms)
+        find_model_file(args.model_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"modelpress-onnx: {e}", file=sys.stderr)
+        return 1
+    serve(
+        args.model_dir,
+        args.model_name,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port if args.enable_grpc else None,
+        device=args.device,
+        intra_op_threads=args.intra_op_threads,
+        chaos=chaos,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
