@@ -1,0 +1,323 @@
+"""kopf handlers: thin glue between watch events and the pure logic.
+
+Level-based, in the manner of controller-runtime: every event of a CompressedModel
+runs :func:`reconcile`, which compares the observed status with what the spec asks
+for and does only the missing step. Low-level ``on.event`` handlers (not kopf's
+create/update handlers) are used on purpose: they keep no progress annotations on
+the object, so the operator's only writes are the ConfigMap, the Job, status and
+Events — GitOps tools see no drift and a thousand models cost few API calls.
+
+``kopf run -m modelpress.operator.handlers`` works too; settings then come from the
+``MODELPRESS_*`` environment (see :mod:`modelpress.operator.settings`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from modelpress.operator import job_builder, metrics
+from modelpress.operator import settings as settings_mod
+from modelpress.operator import status as st
+from modelpress.operator.kube import Conflict, Kube
+from modelpress.operator.validation import SpecInvalid, check_name, format_problems, parse_spec
+
+from modelpress import api
+
+log = logging.getLogger(__name__)
+JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
+
+
+@dataclass
+class State:
+    """What one operator process remembers between events (rebuilt on restart)."""
+
+    settings: settings_mod.Settings
+    kube: Kube | None = None
+    started: set[tuple[str, str]] = field(default_factory=set)  # Jobs created by this process, unfinished
+    collected: set[str] = field(default_factory=set)  # uids of Jobs whose outcome is in status
+    cap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    metrics_server: Any = None
+
+
+STATE = State(settings=settings_mod.from_env())
+
+
+def configure(settings: settings_mod.Settings) -> None:
+    """Used by ``modelpress operator`` before kopf starts."""
+    STATE.settings = settings
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def kube() -> Kube:
+    if STATE.kube is None:
+        raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
+    return STATE.kube
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own credentials, shared with :mod:`kube` so there is one identity."""
+    conn = kopf.login_via_client(**kwargs)
+    if conn is not None:
+        STATE.kube = Kube(conn)
+    return conn
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    fresh = State(settings=STATE.settings, kube=STATE.kube)
+    STATE.__dict__.update(fresh.__dict__)
+    settings.posting.enabled = False  # our Events go through kube.py, one per outcome
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.peering.standalone = STATE.settings.standalone
+    settings.peering.name = STATE.settings.peering_name
+    if STATE.settings.metrics_port:
+        STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if STATE.kube is not None:
+        await STATE.kube.close()
+    if STATE.metrics_server is not None:
+        STATE.metrics_server.shutdown()
+        STATE.metrics_server.server_close()
+        STATE.metrics_server = None
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL)
+def models(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Latest body of every model, so a Job event needs no extra GET."""
+    return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}
+
+
+@kopf.index("batch", "v1", "jobs", labels=JOB_SELECTOR)
+def compression_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], str | None]:
+    """Every compression Job and whether it finished ('Complete'/'Failed'/None)."""
+    return {(namespace, name): st.job_finished(body)}
+
+
+def _first(index: kopf.Index, key: Any) -> Any:
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
+# --------------------------------------------------------------------------- models
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def model_event(event: Mapping[str, Any], compression_jobs: kopf.Index, models: kopf.Index, **_: Any) -> None:
+    body = event["object"]
+    meta = body["metadata"]
+    if event.get("type") == "DELETED":
+        metrics.forget_model(meta.get("namespace", ""), meta["name"])
+        return
+    metrics.RECONCILES.labels("model").inc()
+    metrics.observe_model(meta.get("namespace", ""), meta["name"], body.get("status"))
+    if meta.get("deletionTimestamp"):
+        return  # owned objects go by garbage collection; nothing to hold it for
+    try:
+        await reconcile(body, compression_jobs, models)
+    except Exception:
+        metrics.ERRORS.labels("model").inc()
+        raise
+
+
+async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index) -> None:
+    """Make the world match the spec: one Job per distinct recipe, status to match."""
+    meta, status = body["metadata"], body.get("status") or {}
+    ns, name, gen = meta.get("namespace") or "default", meta["name"], meta.get("generation")
+    try:
+        check_name(name)
+        model = api.CompressedModel.model_validate(
+            {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": dict(meta), "spec": parse_spec(body.get("spec"))}
+        )
+    except SpecInvalid as exc:
+        await _report_invalid(body, exc)
+        return
+
+    rh = api.recipe_hash(model.spec)
+    jname = job_builder.job_name(name, rh)
+    spec_ok = [st.condition("SpecValid", True, "Valid", "")]
+    if status.get("recipeHash") == rh and status.get("phase") in st.DONE_PHASES:
+        # Same recipe, result known: a serving-only (or no-op) change never recompresses.
+        if status.get("observedGeneration") != gen:
+            await kube().patch_model_status(ns, name, {
+                "observedGeneration": gen,
+                "conditions": st.merge_conditions(status.get("conditions"), spec_ok, gen, now()),
+            })
+        return
+    if status.get("recipeHash") == rh and status.get("phase") == api.Phase.Compressing.value:
+        if _first(jobs, (ns, jname)) is None and (ns, jname) not in STATE.started:
+            await _ensure_job(model, body, jobs, models)  # resumed after a crash between status and Job
+        elif status.get("observedGeneration") != gen:
+            await kube().patch_model_status(ns, name, {"observedGeneration": gen})
+        return
+
+    async with STATE.cap_lock:
+        if _over_cap(jobs, (ns, jname)):
+            if status.get("phase") != api.Phase.Queued.value or status.get("recipeHash") != rh:
+                await _write(ns, name, body, {
+                    "observedGeneration": gen, "phase": api.Phase.Queued.value, "recipeHash": rh, "jobName": None,
+                    "conditions": st.merge_conditions(status.get("conditions"), spec_ok + [
+                        st.condition("Compressed", False, "Queued",
+                                     f"waiting: {STATE.settings.max_concurrent_jobs} compression Jobs already run"),
+                    ], gen, now()),
+                })
+            return
+        STATE.started.add((ns, jname))
+    try:
+        written = await _write(ns, name, body, {
+            "observedGeneration": gen, "phase": api.Phase.Compressing.value, "recipeHash": rh, "jobName": jname,
+            "artifact": None, "results": None,
+            "conditions": st.merge_conditions(status.get("conditions"), spec_ok + [
+                st.condition("Compressed", False, "JobCreated", f"compression Job {jname} created"),
+                st.condition("Validated", False, "Pending", "waiting for the compression Job"),
+                st.condition("Ready", False, "Compressing", f"compressing recipe {rh}"),
+            ], gen, now()),
+        })
+        if not written:
+            STATE.started.discard((ns, jname))
+            return
+        await _ensure_job(model, body, jobs, models)
+    except Exception:
+        STATE.started.discard((ns, jname))
+        raise
+
+
+def _over_cap(jobs: kopf.Index, key: tuple[str, str]) -> bool:
+    cap = STATE.settings.max_concurrent_jobs
+    if cap <= 0:
+        return False
+    running = {k for k, store in jobs.items() if next(iter(store), None) is None} | STATE.started
+    return key not in running and len(running) >= cap
+
+
+async def _write(ns: str, name: str, body: Mapping[str, Any], fields: dict[str, Any]) -> bool:
+    """Status write only onto the version we decided on; False when it moved meanwhile."""
+    try:
+        await kube().patch_model_status(ns, name, fields, resource_version=body["metadata"].get("resourceVersion"))
+    except Conflict:
+        log.debug("%s/%s changed while reconciling; the next event decides", ns, name)
+        return False
+    return True
+
+
+async def _ensure_job(model: api.CompressedModel, body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index) -> None:
+    """ConfigMap + Job; an existing one (restart) is adopted and, if done, collected."""
+    config_map = job_builder.build_config_map(model)
+    await kube().create(config_map)
+    job, created = await kube().create(job_builder.build_job(model, STATE.settings))
+    if created:
+        metrics.JOBS_CREATED.inc()
+    elif st.job_finished(job):
+        await collect(job, jobs, models, body)
+
+
+async def _report_invalid(body: Mapping[str, Any], exc: SpecInvalid) -> None:
+    meta, status = body["metadata"], body.get("status") or {}
+    gen = meta.get("generation")
+    message = format_problems(exc.problems)
+    cond = [st.condition("SpecValid", False, "InvalidSpec", message)]
+    if status.get("observedGeneration") == gen and st.same_conditions(status.get("conditions"), cond):
+        return
+    await kube().patch_model_status(meta.get("namespace") or "default", meta["name"], {
+        "observedGeneration": gen, "phase": api.Phase.Failed.value, "recipeHash": None, "jobName": None,
+        "conditions": st.merge_conditions(status.get("conditions"), cond + [
+            st.condition("Ready", False, "InvalidSpec", "fix the spec; no Job was started"),
+        ], gen, now()),
+    })
+    await kube().post_event(body, "Warning", "InvalidSpec", message)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=JOB_SELECTOR)
+async def job_event(event: Mapping[str, Any], compression_jobs: kopf.Index, models: kopf.Index, **_: Any) -> None:
+    job = event["object"]
+    if event.get("type") == "DELETED" or not st.job_finished(job):
+        return
+    metrics.RECONCILES.labels("job").inc()
+    try:
+        await collect(job, compression_jobs, models)
+    except Exception:
+        metrics.ERRORS.labels("job").inc()
+        raise
+
+
+async def collect(job: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index,
+                  model_body: Mapping[str, Any] | None = None) -> None:
+    """Read a finished Job's summary into its model's status, once."""
+    meta = job["metadata"]
+    ns, jname, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid", meta["name"])
+    labels = meta.get("labels") or {}
+    model_name, jhash = labels.get(job_builder.LABEL_MODEL), labels.get(job_builder.LABEL_HASH)
+    if uid in STATE.collected or not model_name:
+        return
+    body = model_body or _first(models, (ns, model_name))
+    if body is None:
+        return  # the model is gone; its Job goes by garbage collection
+    try:
+        current = api.recipe_hash(parse_spec(body.get("spec")))
+    except SpecInvalid:
+        return
+    status = body.get("status") or {}
+    if current != jhash or (status.get("recipeHash") == jhash and status.get("phase") in st.DONE_PHASES):
+        STATE.collected.add(uid)  # an old recipe's Job, or already collected before a restart
+        STATE.started.discard((ns, jname))
+        return
+
+    pods = await kube().list("v1", "Pod", ns, f"job-name={jname}")
+    fields, conds, (etype, reason, message) = st.outcome_status(body.get("spec") or {}, job, pods)
+    gen = body["metadata"].get("generation")
+    fields.update({
+        "observedGeneration": gen, "recipeHash": jhash, "jobName": jname,
+        "conditions": st.merge_conditions(status.get("conditions"), conds, gen, now()),
+    })
+    await kube().patch_model_status(ns, model_name, fields)
+    STATE.collected.add(uid)
+    STATE.started.discard((ns, jname))
+    metrics.JOB_DURATION.labels(fields["phase"]).observe(_duration(job))
+    metrics.observe_model(ns, model_name, fields)
+    await kube().post_event(body, etype, reason, message)
+    await _release_queue(jobs, models)
+
+
+def _duration(job: Mapping[str, Any]) -> float:
+    s = job.get("status") or {}
+    try:
+        start = datetime.datetime.fromisoformat(str(s["startTime"]).replace("Z", "+00:00"))
+        end = datetime.datetime.fromisoformat(str(s["completionTime"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return 0.0
+    return max(0.0, (end - start).total_seconds())
+
+
+async def _release_queue(jobs: kopf.Index, models: kopf.Index) -> None:
+    """A slot freed: give it to the longest-queued model (no event would wake it)."""
+    if STATE.settings.max_concurrent_jobs <= 0:
+        return
+    queued = [b for _, store in models.items() for b in store
+              if (b.get("status") or {}).get("phase") == api.Phase.Queued.value]
+    queued.sort(key=lambda b: str(b["metadata"].get("creationTimestamp") or ""))
+    for body in queued:
+        if _over_cap(jobs, ("", "")):
+            return
+        await reconcile(body, jobs, models)

@@ -1,0 +1,231 @@
+"""Pure builders: (CompressedModel, Settings) -> the ConfigMap and Job the operator applies.
+
+No API calls and no clock here, so the same input always gives the same manifests;
+``modelpress render`` prints exactly what the operator would create.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from modelpress.operator.settings import Settings
+
+from modelpress import api
+
+SPEC_DIR = "/etc/modelpress"
+SPEC_KEY = "spec.yaml"
+SCRATCH_DIR = "/tmp"
+WORK_DIR = "/tmp/work"
+TERMINATION_LOG = "/dev/termination-log"
+CONTAINER_NAME = "compress"
+GPU_RESOURCE = "nvidia.com/gpu"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+LABEL_MODEL = f"{api.GROUP}/compressedmodel"
+LABEL_HASH = f"{api.GROUP}/recipe-hash"
+# Exit codes that mean "same input, same outcome": bad input (1) and rejected (3).
+# Retrying them only burns GPU hours, so the Job fails at once.
+DETERMINISTIC_EXIT_CODES = [1, 3]
+
+JOB_COMMAND = [
+    "python", "-m", "modelpress.jobs",
+    "--spec", f"{SPEC_DIR}/{SPEC_KEY}",
+    "--termination-log", TERMINATION_LOG,
+    "--workdir", WORK_DIR,
+]
+
+
+def job_name(name: str, recipe_hash: str) -> str:
+    """Deterministic, so a restarted operator finds (409) instead of duplicating the Job."""
+    return f"{name}-{recipe_hash[:8]}"
+
+
+def labels(name: str, recipe_hash: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "modelpress",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "compression-job",
+        "app.kubernetes.io/managed-by": "modelpress-operator",
+        LABEL_MODEL: name,
+        LABEL_HASH: recipe_hash,
+    }
+
+
+def owner_reference(model: api.CompressedModel) -> list[dict[str, Any]]:
+    """The CR owns what we create, so `kubectl delete cmodel` removes it by garbage collection.
+
+    Rendering a file has no uid yet; then there is no owner reference to print.
+    """
+    uid = (model.metadata.model_extra or {}).get("uid")
+    if not uid:
+        return []
+    return [{
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": model.metadata.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }]
+
+
+def _metadata(model: api.CompressedModel, name: str, recipe_hash: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": model.metadata.namespace or "default",
+        "labels": labels(model.metadata.name, recipe_hash),
+    }
+    owners = owner_reference(model)
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
+def spec_document(model: api.CompressedModel) -> str:
+    """What the Job reads at /etc/modelpress/spec.yaml: the resource without status."""
+    doc = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": model.metadata.name, "namespace": model.metadata.namespace or "default"},
+        "spec": model.spec.model_dump(by_alias=True, mode="json", exclude_none=True),
+    }
+    return yaml.safe_dump(doc, sort_keys=True)
+
+
+def build_config_map(model: api.CompressedModel) -> dict[str, Any]:
+    """The spec travels in a ConfigMap (never env, never a Secret: it holds no secrets)."""
+    rh = api.recipe_hash(model.spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(model, job_name(model.metadata.name, rh), rh),
+        "data": {SPEC_KEY: spec_document(model)},
+    }
+
+
+def _resources(job: api.JobSpec, gpu: int) -> dict[str, dict[str, Any]]:
+    res = job.resources or api.Resources()
+    requests = {k: str(v) for k, v in res.requests.items()}
+    limits = {k: str(v) for k, v in res.limits.items()}
+    if gpu > 0:
+        limits[GPU_RESOURCE] = str(gpu)
+    else:
+        limits.pop(GPU_RESOURCE, None)
+        requests.pop(GPU_RESOURCE, None)
+    out: dict[str, dict[str, Any]] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tolerations(job: api.JobSpec, gpu: int) -> list[dict[str, Any]]:
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in job.tolerations or []]
+    # GPU node pools are usually tainted nvidia.com/gpu:NoSchedule; tolerate it by default.
+    if gpu > 0 and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _security(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pod and container security contexts meeting the `restricted` Pod Security Standard."""
+    seccomp = {"type": "RuntimeDefault"}
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": settings.job_run_as_user,
+        "runAsGroup": settings.job_run_as_user,
+        "fsGroup": settings.job_run_as_user,
+        "seccompProfile": seccomp,
+    }
+    container = {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": seccomp,
+    }
+    return pod, container
+
+
+def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
+    """The batch/v1 Job that compresses one recipe."""
+    spec = model.spec
+    job = spec.job
+    rh = api.recipe_hash(spec)
+    name = job_name(model.metadata.name, rh)
+    gpu = settings.default_gpu if job.gpu is None else job.gpu
+    meta = _metadata(model, name, rh)
+    if job.queue_name:
+        meta["labels"][KUEUE_QUEUE_LABEL] = job.queue_name
+    pod_security, container_security = _security(settings)
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": job.image or settings.job_image,
+        "command": list(JOB_COMMAND),
+        "env": [
+            {"name": "HOME", "value": SCRATCH_DIR},
+            {"name": "MODELPRESS_RECIPE_HASH", "value": rh},
+        ],
+        "volumeMounts": [
+            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+        ],
+        "securityContext": container_security,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = _resources(job, gpu)
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": bool(job.service_account_name),
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": [
+            {"name": "spec", "configMap": {"name": name, "items": [{"key": SPEC_KEY, "path": SPEC_KEY}]}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+    if job.service_account_name:
+        pod_spec["serviceAccountName"] = job.service_account_name
+    if job.node_selector:
+        pod_spec["nodeSelector"] = dict(job.node_selector)
+    tolerations = _tolerations(job, gpu)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if job.priority_class_name:
+        pod_spec["priorityClassName"] = job.priority_class_name
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": settings.job_backoff_limit if job.backoff_limit is None else job.backoff_limit,
+        "activeDeadlineSeconds": job.active_deadline_seconds or settings.job_active_deadline_seconds,
+        "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER_NAME,
+                        "operator": "In",
+                        "values": list(DETERMINISTIC_EXIT_CODES),
+                    },
+                },
+                # A preempted or evicted pod is not the recipe's fault: retry without counting.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
+    }
+    if job.queue_name:
+        job_spec["suspend"] = True  # Kueue admits (unsuspends) it when quota allows
+
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def build_compression(model: api.CompressedModel, settings: Settings) -> list[dict[str, Any]]:
+    """ConfigMap first: the Job's pod mounts it."""
+    return [build_config_map(model), build_job(model, settings)]

@@ -1,0 +1,197 @@
+"""The one module that talks to the Kubernetes API (besides kopf's own watching).
+
+A small asyncio client over aiohttp, authenticated with the same credentials kopf
+logs in with (``kopf.login_via_client``: in-cluster service account or kubeconfig).
+Hand-written rather than the ``kubernetes`` package because that client is
+synchronous (a thread per call) and deserialises every response into typed models;
+the operator needs six calls and plain dicts, fast, for a thousand models at once.
+
+Writes retry on 5xx, 429 and connection errors with capped backoff; creates treat
+409 AlreadyExists as success (names are deterministic); a status patch may carry a
+``resourceVersion`` precondition and then surfaces a 409 as :class:`Conflict`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+
+from modelpress import api
+
+log = logging.getLogger(__name__)
+
+RETRIES = 6
+BACKOFF_S = 0.1
+BACKOFF_MAX_S = 2.0
+FIELD_MANAGER = "modelpress-operator"
+
+# apiVersion/kind -> plural (the only kinds the operator writes or reads directly).
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
+    ("batch/v1", "Job"): "jobs",
+    (api.API_VERSION, api.KIND): api.PLURAL,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        self.status, self.reason, self.message = status, reason, message
+        super().__init__(f"{status} {reason}: {message}")
+
+
+class Conflict(ApiError):
+    """A precondition (resourceVersion) did not hold: someone wrote in between."""
+
+
+def resource_path(api_version: str, plural: str, namespace: str | None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = prefix + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+def _ssl_context(conn: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if conn.insecure:
+        return False
+    ctx = ssl.create_default_context(
+        cafile=str(conn.ca_path) if conn.ca_path else None,
+        cadata=conn.ca_data.decode() if isinstance(conn.ca_data, bytes) else conn.ca_data,
+    )
+    if conn.certificate_path and conn.private_key_path:
+        ctx.load_cert_chain(str(conn.certificate_path), str(conn.private_key_path))
+    return ctx
+
+
+class Kube:
+    """Typed-enough helpers for the few calls the operator makes."""
+
+    def __init__(self, conn: kopf.ConnectionInfo):
+        self.base = conn.server.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": "modelpress-operator"}
+        if conn.token:
+            headers["Authorization"] = f"{conn.scheme or 'Bearer'} {conn.token}"
+        auth = aiohttp.BasicAuth(conn.username, conn.password or "") if conn.username else None
+        self._session_args: dict[str, Any] = {"headers": headers, "auth": auth}
+        self._ssl = _ssl_context(conn) if self.base.startswith("https") else False
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
+                timeout=aiohttp.ClientTimeout(total=30),
+                **self._session_args,
+            )
+        return self._session
+
+    async def request(self, method: str, path: str, body: Any = None, *, params: Mapping[str, str] | None = None,
+                      content_type: str = "application/json", retry_conflicts: bool = False) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if body is not None else {}
+        for attempt in range(RETRIES):
+            try:
+                async with self._client().request(method, self.base + path, data=data, params=params,
+                                                  headers=headers) as resp:
+                    text = await resp.text()
+                    status = resp.status
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                status, text = 503, json.dumps({"reason": type(exc).__name__, "message": str(exc)})
+            if status < 300:
+                return json.loads(text) if text else {}
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                payload = {"message": text[:200]}
+            reason = str(payload.get("reason", "")) if isinstance(payload, dict) else ""
+            message = str(payload.get("message", "")) if isinstance(payload, dict) else text[:200]
+            transient = status >= 500 or status == 429 or (status == 409 and retry_conflicts and reason != "AlreadyExists")
+            if not transient or attempt == RETRIES - 1:
+                cls = Conflict if status == 409 else ApiError
+                raise cls(status, reason, message)
+            delay = min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt)
+            log.debug("%s %s -> %s %s; retrying in %.1fs", method, path, status, reason, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def create(self, obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """(object, created). An object of that name already there counts as success."""
+        meta = obj["metadata"]
+        plural = PLURALS[(obj["apiVersion"], obj["kind"])]
+        path = resource_path(obj["apiVersion"], plural, meta.get("namespace"))
+        try:
+            return await self.request("POST", path, obj, params={"fieldManager": FIELD_MANAGER}), True
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        existing = await self.request("GET", resource_path(obj["apiVersion"], plural, meta.get("namespace"), meta["name"]))
+        return existing, False
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return await self.request("GET", resource_path(api_version, PLURALS[(api_version, kind)], namespace, name))
+
+    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        path = resource_path(api_version, PLURALS[(api_version, kind)], namespace)
+        return (await self.request("GET", path, params={"labelSelector": label_selector})).get("items", [])
+
+    async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                                 resource_version: str | None = None) -> dict[str, Any]:
+        """Merge-patch ``status`` through the status subresource (spec is never written).
+
+        With ``resource_version`` the write only lands on that exact version; a 409 then
+        raises :class:`Conflict` and the caller acts on the next event instead.
+        """
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        path = resource_path(api.API_VERSION, api.PLURAL, namespace, name, "status")
+        return await self.request("PATCH", path, body, content_type="application/merge-patch+json",
+                                  params={"fieldManager": FIELD_MANAGER}, retry_conflicts=resource_version is None)
+
+    async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the object (best effort: an Event is never worth failing for)."""
+        meta = involved["metadata"]
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace") or "default"},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion", api.API_VERSION),
+                "kind": involved.get("kind", api.KIND),
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "modelpress-operator"},
+            "reportingComponent": "modelpress-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.request("POST", resource_path("v1", "events", event["metadata"]["namespace"]), event)
+        except ApiError as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)

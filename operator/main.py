@@ -1,0 +1,35 @@
+"""``modelpress operator``: run the kopf operator with the handlers in this package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from modelpress.operator import settings as settings_mod
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_mod.add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+
+
+def operator_command(args: argparse.Namespace) -> int:
+    import kopf
+    from modelpress.operator import handlers  # registers the handlers with kopf
+
+    try:
+        settings = settings_mod.from_args(args)
+    except ValueError as exc:
+        print(f"modelpress operator: {exc}")
+        return 2
+    handlers.configure(settings)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    kopf.run(
+        standalone=settings.standalone,
+        peering_name=None if settings.standalone else settings.peering_name,
+        clusterwide=settings.cluster_wide,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,
+    )
+    return 0

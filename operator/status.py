@@ -1,0 +1,175 @@
+"""Pure status logic: conditions by API conventions and the outcome of a finished Job.
+
+No API calls: the handlers pass in what they observed and write what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelpress import api
+from modelpress.summary import JobSummary, Outcome
+
+# Phases after which the current recipe needs no more compression work.
+DONE_PHASES = frozenset({
+    api.Phase.Validated.value, api.Phase.Rejected.value, api.Phase.Failed.value,
+    api.Phase.RollingOut.value, api.Phase.Serving.value, api.Phase.RolledBack.value,
+})
+# Pod states that explain a failure better than the Job's own condition.
+POD_FAILURE_REASONS = ("OOMKilled", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                       "CreateContainerConfigError", "CreateContainerError", "ContainerCannotRun", "Error")
+
+
+def condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message[:1024]}
+
+
+def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]],
+                     generation: int | None, now: str) -> list[dict[str, Any]]:
+    """Conditions after applying ``new``: lastTransitionTime moves only when status flips."""
+    merged = {c["type"]: dict(c) for c in old or []}
+    for cond in new:
+        previous = merged.get(cond["type"])
+        entry = dict(cond, observedGeneration=generation)
+        if previous and previous.get("status") == cond["status"] and previous.get("lastTransitionTime"):
+            entry["lastTransitionTime"] = previous["lastTransitionTime"]
+        else:
+            entry["lastTransitionTime"] = now
+        merged[cond["type"]] = entry
+    return list(merged.values())
+
+
+def same_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]]) -> bool:
+    """Would writing ``new`` change anything a reader sees (ignoring timestamps)?"""
+    have = {c["type"]: c for c in old or []}
+    return all(
+        c["type"] in have and all(have[c["type"]].get(k) == c.get(k) for k in ("status", "reason", "message"))
+        for c in new
+    )
+
+
+def job_finished(job: Mapping[str, Any]) -> str | None:
+    """'Complete', 'Failed' or None (still running / suspended)."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return str(cond["type"])
+    return None
+
+
+def job_failure_reason(job: Mapping[str, Any]) -> tuple[str, str]:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return str(cond.get("reason") or "JobFailed"), str(cond.get("message") or "")
+    return "JobFailed", ""
+
+
+def termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The newest terminated container's message (the job summary), if any."""
+    def started(pod: Mapping[str, Any]) -> str:
+        return str(pod.get("metadata", {}).get("creationTimestamp") or "")
+
+    for pod in sorted(pods, key=started, reverse=True):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if term and term.get("message"):
+                return str(term["message"])
+    return None
+
+
+def pod_failure_reason(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """OOMKilled, ImagePullBackOff... from container states, most telling first."""
+    seen: list[str] = []
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                for key in ("terminated", "waiting"):
+                    reason = (state.get(key) or {}).get("reason")
+                    if reason:
+                        seen.append(str(reason))
+    return next((r for r in POD_FAILURE_REASONS if r in seen), None)
+
+
+def parse_summary(message: str | None) -> JobSummary | None:
+    if not message:
+        return None
+    try:
+        return JobSummary.model_validate(json.loads(message))
+    except (ValueError, ValidationError):
+        return None  # FallbackToLogsOnError: the message is the log tail, not a summary
+
+
+def serving_enabled(spec: Mapping[str, Any]) -> bool:
+    serving = spec.get("serving")
+    return bool(serving) and serving.get("enabled", True) is not False
+
+
+def outcome_status(spec: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]], tuple[str, str, str]]:
+    """(status fields, new conditions, (event type, reason, message)) for a finished Job."""
+    finished = job_finished(job)
+    summary = parse_summary(termination_message(pods))
+    fields: dict[str, Any] = {}
+    if summary and summary.results:
+        fields["results"] = summary.results.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    if summary and summary.outcome == Outcome.validated.value and finished == "Complete":
+        fields["phase"] = api.Phase.Validated.value
+        if summary.artifact:
+            fields["artifact"] = summary.artifact.model_dump(by_alias=True, mode="json")
+        message = _results_line(summary)
+        conds = [condition("Compressed", True, "JobSucceeded", message),
+                 condition("Validated", True, "ThresholdsMet", message)]
+        if serving_enabled(spec):
+            conds.append(condition("Ready", False, "RolloutPending", "validated; waiting for the rollout"))
+        else:
+            conds.append(condition("Ready", True, "Validated", "validated; serving is disabled"))
+        return fields, conds, ("Normal", "Validated", message)
+
+    if summary and summary.outcome == Outcome.rejected.value:
+        failed = summary.results.failed_thresholds if summary.results else []
+        message = f"threshold exceeded: {', '.join(failed) or summary.reason}"
+        if summary.reason and failed:
+            message += f" ({summary.reason})"
+        fields["phase"] = api.Phase.Rejected.value
+        conds = [condition("Compressed", True, "JobSucceeded", "compression ran"),
+                 condition("Validated", False, "ThresholdExceeded", message),
+                 condition("Ready", False, "Rejected", message)]
+        return fields, conds, ("Warning", "Rejected", message)
+
+    reason, message = _failure(job, pods, summary)
+    fields["phase"] = api.Phase.Failed.value
+    conds = [condition("Compressed", False, reason, message),
+             condition("Ready", False, reason, message)]
+    return fields, conds, ("Warning", reason, message)
+
+
+def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], summary: JobSummary | None) -> tuple[str, str]:
+    pod_reason = pod_failure_reason(pods)
+    job_reason, job_message = job_failure_reason(job)
+    if summary and summary.outcome == Outcome.failed.value:
+        return "JobFailed", summary.reason or "the compression job failed"
+    if pod_reason and pod_reason != "Error":
+        return pod_reason, f"compression pod: {pod_reason}" + (f"; job: {job_reason}" if job_reason != "JobFailed" else "")
+    if job_reason != "JobFailed":
+        return job_reason, job_message or f"the Job failed: {job_reason}"
+    if job_finished(job) == "Complete":
+        return "NoSummary", "the Job succeeded but wrote no readable summary to its termination log"
+    return "JobFailed", job_message or "the compression job failed without a summary; see its pod logs"
+
+
+def _results_line(summary: JobSummary) -> str:
+    r = summary.results
+    if not r:
+        return "validated"
+    parts = []
+    if r.accuracy_drop is not None:
+        parts.append(f"accuracy drop {r.accuracy_drop:.4f}")
+    if r.speedup is not None:
+        parts.append(f"speedup {r.speedup:.2f}x")
+    if r.size_ratio is not None:
+        parts.append(f"size ratio {r.size_ratio:.2f}")
+    return "validated: " + (", ".join(parts) or "all thresholds met")
