@@ -1,0 +1,209 @@
+"""``modelpress validate``: check CompressedModel files and list every problem.
+
+Checks are those the API server would make at ``kubectl apply`` time, and then some:
+YAML syntax (with line and column, duplicate keys included), apiVersion/kind, unknown
+fields, types (strictly: ``"8"`` is not an integer, as in the API server), ranges,
+enums and the cross-field rules of :func:`modelpress.api.semantic_problems`, each
+reported with its own field path. The pure functions :func:`check_documents` and
+:func:`check_object` return :class:`~modelpress.problems.Problem` lists for reuse by
+the operator; nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError, model_validator
+
+from modelpress import api
+from modelpress.problems import Problem, from_validation_error
+
+
+class _SpecFieldsOnly(api.CompressedModelSpec):
+    """The spec without its combined cross-field validator.
+
+    ``CompressedModelSpec`` joins all cross-field messages into one error at ``spec``;
+    validating fields with this subclass and then calling ``semantic_problems`` reports
+    each rule at its own field path instead.
+    """
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> _SpecFieldsOnly:
+        return self
+
+
+class _ResourceFieldsOnly(api.CompressedModel):
+    spec: _SpecFieldsOnly
+
+
+class _NoDuplicatesLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+@dataclass
+class DocumentResult:
+    """The outcome for one YAML document of one file."""
+
+    source: str
+    document: int
+    name: str
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "document": self.document,
+            "name": self.name,
+            "valid": self.valid,
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    """YAML data as JSON data, the way kubectl converts it (keys become strings)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON (and so the API server) has no NaN/Infinity
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # timestamps, binary, sets: kubectl sends them as strings
+
+
+def _name_of(obj: Any) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def check_object(obj: Any) -> list[Problem]:
+    """Every problem of one parsed resource (a dict from YAML or JSON); [] when valid."""
+    if not isinstance(obj, dict):
+        return [
+            Problem(
+                "",
+                f"the document is {type(obj).__name__}, not a mapping",
+                "write a CompressedModel mapping (apiVersion, kind, metadata, spec)",
+            )
+        ]
+    obj = _jsonable(obj)
+    identity = []
+    if obj.get("apiVersion") != api.API_VERSION:
+        identity.append(Problem("apiVersion", f"got {obj.get('apiVersion')!r}", f"use {api.API_VERSION}"))
+    if obj.get("kind") != api.KIND:
+        identity.append(Problem("kind", f"got {obj.get('kind')!r}", f"use {api.KIND}"))
+    if identity:  # not a CompressedModel: its fields would only add noise
+        return identity
+    try:
+        resource = _ResourceFieldsOnly.model_validate_json(json.dumps(obj), strict=True)
+    except ValidationError as exc:
+        return from_validation_error(api.CompressedModel, exc)
+    return [Problem(f"spec.{path}", message) for path, message in api.semantic_problems(resource.spec)]
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = getattr(exc, "problem", None) or str(exc)
+    fix = "remove one of the duplicates" if "duplicate key" in what else "fix the YAML syntax there"
+    return Problem(where, f"invalid YAML: {what}", fix)
+
+
+def check_text(text: str, source: str) -> list[DocumentResult]:
+    """Results for every document in a (multi-document) YAML or JSON text."""
+    results: list[DocumentResult] = []
+    loader = _NoDuplicatesLoader(text)
+    number = 0
+    try:
+        while True:
+            number += 1  # the document being read, also when reading it fails
+            if not loader.check_data():
+                break
+            obj = loader.get_data()
+            if obj is None:  # an empty document, e.g. after a trailing ---
+                continue
+            results.append(DocumentResult(source, number, _name_of(obj), check_object(obj)))
+    except yaml.YAMLError as exc:
+        results.append(DocumentResult(source, number, "", [_yaml_problem(exc)]))
+    finally:
+        loader.dispose()
+    if not results:
+        results.append(
+            DocumentResult(source, 1, "", [Problem("", "no CompressedModel found", "the file holds no YAML documents")])
+        )
+    for result in results:
+        result.problems = [
+            Problem(p.path, p.message, p.fix, source, result.document, result.name) for p in result.problems
+        ]
+    return results
+
+
+def check_documents(text: str, source: str) -> list[Problem]:
+    """Every problem in every document of ``text``; [] when all are valid CompressedModels."""
+    return [p for result in check_text(text, source) for p in result.problems]
+
+
+def _read(path: str) -> tuple[str, str | None]:
+    """(text, error) of a file argument; ``-`` is stdin."""
+    if path == "-":
+        return sys.stdin.read(), None
+    try:
+        return Path(path).read_text(encoding="utf-8"), None
+    except (OSError, UnicodeDecodeError) as exc:
+        return "", f"cannot read the file: {getattr(exc, 'strerror', None) or exc}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``modelpress validate``."""
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="YAML/JSON files (multi-document allowed); - for stdin"
+    )
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format")
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    results: list[DocumentResult] = []
+    for path in args.files:
+        source = "<stdin>" if path == "-" else path
+        text, error = _read(path)
+        if error:
+            results.append(DocumentResult(source, 1, "", [Problem("", error, "check the path", source, 1)]))
+        else:
+            results.extend(check_text(text, source))
+    if args.output == "json":
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        multi = {r.source for r in results if r.document > 1}
+        for r in results:
+            if r.valid:
+                where = r.source + (f":doc {r.document}" if r.source in multi else "")
+                print(f"{where}: {r.name} valid")
+            for problem in r.problems:
+                print(problem.line(show_document=r.source in multi))
+    return 0 if all(r.valid for r in results) else 1
