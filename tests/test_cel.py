@@ -1,0 +1,172 @@
+"""The CRD's CEL rules compile, run, and agree with the pydantic validators case by case.
+
+Each case is judged twice: by pydantic (``modelpress validate``'s check) and by an
+offline stand-in for the API server (schema defaults applied, OpenAPI validation, then
+every ``x-kubernetes-validations`` rule evaluated with cel-python). Both verdicts must
+be the same, so the two copies of each cross-field rule cannot drift apart.
+"""
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelpress.crd import open_api_schema
+from modelpress.crd_check import CelEvaluator, api_server_verdict, apply_defaults, cel_rules
+from modelpress.validate import check_object
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((ROOT / "examples" / "quantize-dynamic.yaml").read_text())
+SCHEMA = open_api_schema()
+
+
+@pytest.fixture(scope="module")
+def evaluator() -> CelEvaluator:
+    return CelEvaluator()
+
+
+def test_every_rule_compiles_and_holds_for_a_valid_resource(evaluator):
+    rules = cel_rules(SCHEMA)
+    assert len(rules) >= 10
+    for path, rule in rules:
+        evaluator.program(rule["rule"])  # raises on a syntax or macro error
+        assert rule["message"], f"{path}: rule without message"
+    assert evaluator.failures(SCHEMA, apply_defaults(SCHEMA, BASE)) == []
+
+
+def test_a_broken_rule_is_reported(evaluator):
+    assert evaluator.holds("self.x > 1", {"x": 2})
+    assert not evaluator.holds("self.x > 1", {"x": 0})
+    assert not evaluator.holds("self.missing > 1", {"x": 0}), "evaluation errors count as failures"
+
+
+def _with(change: Callable[[dict], None]) -> dict:
+    obj = copy.deepcopy(BASE)
+    change(obj)
+    return obj
+
+
+def _spec(obj: dict) -> dict:
+    return obj["spec"]
+
+
+def _set(path: str, value) -> Callable[[dict], None]:
+    """A change that sets a dotted path (list indices as numbers) inside the resource."""
+
+    def change(obj: dict) -> None:
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        node = obj
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
+        node[last] = value
+
+    return change
+
+
+def _steps(*steps: dict) -> Callable[[dict], None]:
+    return _set("spec.compression.steps", list(steps))
+
+
+CALIB = {"storageUri": "s3://datasets/calib.npz", "format": "npz"}
+TORCH = _set("spec.source.format", "pytorch-export")
+
+
+def _both(*changes: Callable[[dict], None]) -> Callable[[dict], None]:
+    def change(obj: dict) -> None:
+        for c in changes:
+            c(obj)
+
+    return change
+
+
+CASES = [
+    ("base example", lambda o: None, True),
+    ("static quantization without calibration", _steps({"quantize": {"mode": "static"}}), False),
+    (
+        "static quantization with calibration",
+        _both(_steps({"quantize": {"mode": "static"}}), _set("spec.validation.calibration", CALIB)),
+        True,
+    ),
+    ("metric mse on classification", _set("spec.validation.metric", "mse"), False),
+    ("metric f1 on classification", _set("spec.validation.metric", "f1"), True),
+    (
+        "metric cosine on embedding",
+        _both(_set("spec.source.task", "embedding"), _set("spec.validation.metric", "cosine")),
+        True,
+    ),
+    (
+        "metric accuracy on regression",
+        _both(_set("spec.source.task", "regression"), _set("spec.validation.metric", "accuracy")),
+        False,
+    ),
+    ("distill an onnx source", _steps({"distill": {"student": {"widthMultiplier": 0.5}}}), False),
+    ("distill a torch source", _both(TORCH, _steps({"distill": {"student": {"widthMultiplier": 0.5}}})), True),
+    (
+        "student with both",
+        _both(TORCH, _steps({"distill": {"student": {"widthMultiplier": 0.5, "storageUri": "s3://s"}}})),
+        False,
+    ),
+    ("student with neither", _both(TORCH, _steps({"distill": {"student": {}}})), False),
+    ("neuron pruning of onnx", _steps({"prune": {"structure": "neurons", "sparsity": 0.5}}), False),
+    ("unstructured pruning of onnx", _steps({"prune": {"sparsity": 0.5}}), True),
+    ("channel pruning of torch", _both(TORCH, _steps({"prune": {"structure": "channels", "sparsity": 0.3}})), True),
+    ("lowRank with both", _steps({"lowRank": {"energy": 0.9, "rankRatio": 0.5}}), False),
+    ("lowRank with neither", _steps({"lowRank": {}}), False),
+    ("step with two methods", _steps({"lowRank": {"energy": 0.9}, "quantize": {}}), False),
+    ("empty step", _steps({}), False),
+    ("lowRank then quantize", _steps({"lowRank": {"energy": 0.9}}, {"quantize": {}}), True),
+    pytest.param(
+        "prune after quantize",
+        _steps({"quantize": {}}, {"prune": {"sparsity": 0.5}}),
+        False,
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="api.py gap: semantic_problems rejects steps after quantize but no CEL twin exists yet",
+        ),
+        id="prune after quantize",
+    ),
+    ("both accuracy budgets", _set("spec.validation.maxAccuracyDrop", {"absolute": 0.1, "relative": 0.1}), False),
+    ("no accuracy budget", _set("spec.validation.maxAccuracyDrop", {}), False),
+    ("serving with defaults", _set("spec.serving", {}), True),
+    ("minReplicas above default maxReplicas", _set("spec.serving.autoscaling", {"minReplicas": 5}), False),
+    ("minReplicas equal maxReplicas", _set("spec.serving.autoscaling", {"minReplicas": 4, "maxReplicas": 4}), True),
+    ("canary steps decreasing", _set("spec.serving.rollout.steps", [50, 25]), False),
+    ("canary steps repeated", _set("spec.serving.rollout.steps", [10, 10]), False),
+    ("canary steps increasing", _set("spec.serving.rollout.steps", [1, 2, 3, 5, 8, 13, 21, 34, 55, 89]), True),
+    ("canary step of 100", _set("spec.serving.rollout.steps", [50, 100]), False),
+    ("eleven canary steps", _set("spec.serving.rollout.steps", list(range(1, 12))), False),
+    ("query without bounds", _set("spec.serving.rollout.analysis.queries", [{"name": "q", "query": "up"}]), False),
+    ("query with min", _set("spec.serving.rollout.analysis.queries", [{"name": "q", "query": "up", "min": 1}]), True),
+    ("name of 54 characters", _set("metadata.name", "a" * 54), True),
+    ("name of 55 characters", _set("metadata.name", "a" * 55), False),
+    ("name with capitals", _set("metadata.name", "MiniLM"), False),
+    ("sparsity above 0.95", _steps({"prune": {"sparsity": 0.96}}), False),
+    (
+        "temperature of zero",
+        _both(TORCH, _steps({"distill": {"student": {"widthMultiplier": 0.5}, "temperature": 0}})),
+        False,
+    ),
+    ("unknown field", _set("spec.validation.maxAcuracyDrop", {"absolute": 1}), False),
+    ("quantity as number", _set("spec.job.resources", {"requests": {"cpu": 2, "memory": "4Gi"}}), True),
+    ("batch size as string", _set("spec.validation.batchSize", "8"), False),
+]
+
+
+@pytest.mark.parametrize(
+    "name, change, valid", [c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in CASES]
+)
+def test_api_server_and_pydantic_agree(name, change, valid, evaluator):
+    obj = _with(change)
+    pydantic_problems = check_object(obj)
+    server_problems = api_server_verdict(SCHEMA, obj, evaluator)
+    assert (pydantic_problems == []) is valid, f"pydantic: {[p.line() for p in pydantic_problems]}"
+    assert (server_problems == []) is valid, f"API server: {server_problems}"
+
+
+def test_cel_failure_points_at_the_field(evaluator):
+    obj = apply_defaults(SCHEMA, _with(_steps({"quantize": {"mode": "static"}})))
+    (failure,) = evaluator.failures(SCHEMA, obj)
+    assert failure.path == ".spec.validation"
+    assert "set validation.calibration" in failure.message
