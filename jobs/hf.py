@@ -1,0 +1,214 @@
+"""Load a local Hugging Face transformers directory as a :class:`ModelHandle`.
+
+The source format ``hf-transformers`` is a directory with ``config.json`` and
+safetensors weights (what ``save_pretrained`` writes, e.g. all-MiniLM-L6-v2). We only
+ever read safetensors: a ``pytorch_model.bin`` is a pickle and unpickling an untrusted
+file runs arbitrary code, so such a directory is refused with the fix in the message.
+
+For ``embedding`` the module reproduces sentence-transformers' pipeline from the
+directory's own ``modules.json`` / ``1_Pooling/config.json`` (token pooling, then L2
+normalisation when a Normalize module is listed), so the exported ONNX graph emits the
+same sentence embeddings that ``SentenceTransformer.encode`` returns and fidelity can be
+measured against them. We re-implement the two small pooling steps instead of wrapping
+``SentenceTransformer`` itself because its modules take and return dicts, which
+``torch.onnx.export`` cannot trace into a graph with named tensor inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from modelpress.jobs.errors import JobInputError
+from modelpress.jobs.methods import ModelHandle
+from torch import nn
+
+# sentence-transformers' own name; also, torch's ONNX exporter names the aten.embedding
+# value "embedding", so an output of that name would collide with it.
+EMBEDDING_OUTPUT = "sentence_embedding"
+SOURCE_FIELD = "source.storageUri"
+LOGITS_OUTPUT = "logits"
+POOLING_MODES = ("mean_tokens", "cls_token", "max_tokens", "mean_sqrt_len_tokens")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+class SentenceEmbedder(nn.Module):
+    """Transformer -> token pooling -> optional L2 normalisation (sentence-transformers' recipe)."""
+
+    def __init__(self, encoder: nn.Module, pooling: str, normalize: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        tokens = self.encoder(**inputs).last_hidden_state
+        embedding = pool(tokens, attention_mask, self.pooling)
+        if self.normalize:
+            embedding = nn.functional.normalize(embedding, p=2.0, dim=1)
+        return embedding
+
+
+class SequenceClassifier(nn.Module):
+    """AutoModelForSequenceClassification returning the bare logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return self.model(**inputs).logits
+
+
+def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool token vectors [B, T, H] into sentence vectors [B, H], ignoring padding."""
+    mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+    if mode == "cls_token":
+        return tokens[:, 0]
+    if mode == "max_tokens":
+        return tokens.masked_fill(mask == 0, -1e9).max(dim=1).values
+    summed = (tokens * mask).sum(dim=1)
+    counts = mask.sum(dim=1).clamp(min=1e-9)
+    if mode == "mean_sqrt_len_tokens":
+        return summed / counts.sqrt()
+    return summed / counts
+
+
+def load_hf_model(path: Path, task: str) -> ModelHandle:
+    """A torch-stage handle for a local transformers directory.
+
+    ``task`` ``embedding`` gives output ``sentence_embedding`` [batch, hidden]; ``classification``
+    and ``regression`` give ``logits`` from AutoModelForSequenceClassification. Inputs are
+    the tokenizer's model inputs with dynamic batch and sequence axes.
+    """
+    if task not in ("embedding", "classification", "regression"):
+        raise JobInputError(
+            "source.task", f"{task!r} is not supported for hf-transformers; use embedding or classification"
+        )
+    path = Path(path)
+    check_directory(path)
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    input_names = model_input_names(path)
+    # Eager attention exports to plain MatMul/Softmax nodes, which ORT fuses and quantizes
+    # predictably; SDPA traces into a decomposition that differs by torch version.
+    kwargs = {"local_files_only": True, "use_safetensors": True, "attn_implementation": "eager"}
+    try:
+        if task == "embedding":
+            pooling, normalize = sentence_transformer_head(path)
+            module: nn.Module = SentenceEmbedder(AutoModel.from_pretrained(path, **kwargs), pooling, normalize)
+            outputs = [EMBEDDING_OUTPUT]
+        else:
+            module = SequenceClassifier(AutoModelForSequenceClassification.from_pretrained(path, **kwargs))
+            outputs = [LOGITS_OUTPUT]
+    except (OSError, ValueError, KeyError) as err:  # transformers' ways of saying "not a model I know"
+        raise JobInputError(SOURCE_FIELD, f"transformers could not load the model in {path}: {err}") from err
+    module.eval()
+    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    axes[outputs[0]] = {0: "batch"}
+    return ModelHandle(input_names=input_names, output_names=outputs, module=module, dynamic_axes=axes)
+
+
+def check_directory(path: Path) -> None:
+    """Refuse anything but a directory with config.json and safetensors weights."""
+    if not path.is_dir():
+        raise JobInputError(
+            SOURCE_FIELD,
+            f"{path} is not a directory: format hf-transformers expects a directory "
+            "with config.json and *.safetensors (what save_pretrained writes)",
+        )
+    if not (path / "config.json").is_file():
+        raise JobInputError(SOURCE_FIELD, f"{path} has no config.json: is it a transformers model directory?")
+    if not any(path.glob("*.safetensors")):
+        pickles = [name for name in PICKLE_WEIGHTS if (path / name).exists()]
+        found = (
+            f" (found {', '.join(pickles)}: pickled weights are refused, they can run code when loaded)"
+            if pickles
+            else ""
+        )
+        raise JobInputError(
+            SOURCE_FIELD,
+            f"{path} has no *.safetensors weights{found}; convert with "
+            "model.save_pretrained(dir, safe_serialization=True)",
+        )
+
+
+def model_input_names(path: Path, tokenizer=None) -> list[str]:
+    """The tokenizer's model inputs (input_ids, attention_mask, token_type_ids when used)."""
+    from transformers import AutoConfig
+
+    names = list((tokenizer or load_tokenizer(path)).model_input_names)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if "token_type_ids" in names and getattr(config, "type_vocab_size", 1) <= 1:
+        names.remove("token_type_ids")  # the model has a single segment: the input would be constant
+    for required in ("input_ids", "attention_mask"):
+        if required not in names:
+            raise JobInputError(
+                SOURCE_FIELD,
+                f"the tokenizer in {path} does not produce {required}; only encoder text models are supported",
+            )
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names]
+
+
+def load_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerBase (kept lazy)
+    """The directory's tokenizer, offline."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise JobInputError(
+            SOURCE_FIELD, f"no usable tokenizer in {path} (tokenizer.json / vocab files): {err}"
+        ) from err
+
+
+def sentence_transformer_head(path: Path) -> tuple[str, bool]:
+    """(pooling mode, normalize) from modules.json; mean pooling without it, like sentence-transformers."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return "mean_tokens", False
+    try:
+        modules = json.loads(modules_file.read_text())
+    except json.JSONDecodeError as err:
+        raise JobInputError(SOURCE_FIELD, f"{modules_file} is not valid JSON: {err}") from err
+    pooling, normalize = "mean_tokens", False
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith(".Pooling"):
+            pooling = pooling_mode(path / module.get("path", ""))
+        elif kind.endswith(".Normalize"):
+            normalize = True
+    return pooling, normalize
+
+
+def pooling_mode(pooling_dir: Path) -> str:
+    """The one enabled pooling mode in a sentence-transformers Pooling config."""
+    config_file = pooling_dir / "config.json"
+    if not config_file.is_file():
+        return "mean_tokens"
+    config = json.loads(config_file.read_text())
+    enabled = [mode for mode in POOLING_MODES if config.get(f"pooling_mode_{mode}")]
+    if len(enabled) != 1:
+        raise JobInputError(
+            SOURCE_FIELD,
+            f"{config_file}: exactly one of {', '.join('pooling_mode_' + m for m in POOLING_MODES)} must be true "
+            f"(got {enabled or 'none'})",
+        )
+    return enabled[0]
