@@ -1,0 +1,154 @@
+"""Post-training quantization with ONNX Runtime's own tools (onnxruntime.quantization).
+
+dynamic: int8 weights, activations quantized at run time (``quantize_dynamic``).
+static:  int8 QDQ calibrated on ``MethodData.calibration`` (``quantize_static``).
+fp16:    float16 weights and compute, float32 at the graph boundary (keep_io_types)
+         so clients keep sending float32; ORT's converter (onnxconverter-common when
+         installed is the same code, ORT ships its own copy).
+int4-weight-only: MatMulNBits blocks of ``blockSize`` weights (``MatMulNBitsQuantizer``).
+
+The ORT tools read and write files, so each call works in a private temp directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from modelpress.jobs.dataset import Samples
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods._onnx_graph import check_node_names, gemm_to_matmul, topological_sort, weight_bytes
+from onnxruntime.quantization import CalibrationDataReader
+
+from modelpress.api import Quantize
+
+log = logging.getLogger(__name__)
+
+# One sample per batch: the histogram calibrators (entropy, percentile) stack the
+# collected outputs and fail on a short last batch; text samples also stay unpadded.
+CALIBRATION_BATCH = 1
+
+
+@register
+class QuantizeMethod(Method):
+    key = "quantize"
+    stages = frozenset({"onnx"})
+
+    def apply(self, model: ModelHandle, config: Quantize, data: MethodData) -> StepResult:
+        if model.onnx_model is None:
+            raise ValueError("quantize works on ONNX graphs; export the model first")
+        with tempfile.TemporaryDirectory(prefix="modelpress-quantize-") as tmp:
+            work = Path(tmp)
+            if config.mode == "static" and (data.calibration is None or len(data.calibration) == 0):
+                raise ValueError(
+                    "quantize mode static needs calibration samples: set validation.calibration "
+                    "(a dataset of representative inputs), or use mode: dynamic"
+                )
+            source = _pre_process(model.onnx_model, work)
+            # After pre-processing: ORT's optimizer would fuse MatMul+Add back into Gemm.
+            source = gemm_to_matmul(source)
+            check_node_names(source, list(config.exclude_nodes), "quantize.excludeNodes")
+            # ORT's calibrators print progress to stdout; the job's stdout is for its own log.
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantized = _QUANTIZERS[config.mode](source, config, data, work)
+        onnx.checker.check_model(quantized)
+        changes = {
+            "mode": config.mode,
+            "weightBytesBefore": weight_bytes(model.onnx_model),
+            "weightBytesAfter": weight_bytes(quantized),
+            "excludedNodes": list(config.exclude_nodes),
+        }
+        return StepResult(
+            ModelHandle(list(model.input_names), list(model.output_names), onnx_model=quantized,
+                        dynamic_axes=copy.deepcopy(model.dynamic_axes)),
+            changes,
+        )
+
+
+def _pre_process(model: onnx.ModelProto, work: Path) -> onnx.ModelProto:
+    """ORT's recommended step before quantizing: shape inference + basic fusions.
+
+    It only improves what the quantizers can see; when its symbolic shape inference
+    cannot handle a graph we quantize the graph as it is rather than fail the step.
+    """
+    from onnxruntime.quantization import quant_pre_process
+
+    src, dst = work / "float.onnx", work / "preprocessed.onnx"
+    onnx.save(model, src)
+    try:
+        quant_pre_process(str(src), str(dst))
+    except Exception as exc:  # ORT raises bare Exceptions from its shape inference
+        log.warning("ORT quantization pre-processing failed (%s); quantizing the graph as is", exc)
+        return copy.deepcopy(model)
+    return onnx.load(dst)
+
+
+def _dynamic(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Path) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = work / "in.onnx", work / "dynamic.onnx"
+    onnx.save(model, src)
+    quantize_dynamic(str(src), str(dst), per_channel=config.per_channel, weight_type=QuantType.QInt8,
+                     nodes_to_exclude=list(config.exclude_nodes))
+    return onnx.load(dst)
+
+
+def _static(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Path) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.calibration_method]
+    src, dst = work / "in.onnx", work / "static.onnx"
+    onnx.save(model, src)
+    inputs = [i.name for i in model.graph.input]
+    quantize_static(
+        str(src), str(dst), _CalibrationReader(data.calibration, inputs),
+        quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(config.exclude_nodes), calibrate_method=method,
+        # Symmetric activations are what ORT's CPU int8 kernels are fastest with.
+        extra_options={"ActivationSymmetric": True, "CalibTensorRangeSymmetric": False},
+    )
+    return onnx.load(dst)
+
+
+def _fp16(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Path) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True,
+                                         node_block_list=list(config.exclude_nodes) or None)
+    return topological_sort(converted)
+
+
+def _int4(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Path) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(copy.deepcopy(model), bits=4, block_size=config.block_size, is_symmetric=True,
+                                     nodes_to_exclude=list(config.exclude_nodes))
+    quantizer.process()
+    return quantizer.model.model
+
+
+_QUANTIZERS = {"dynamic": _dynamic, "static": _static, "fp16": _fp16, "int4-weight-only": _int4}
+
+
+class _CalibrationReader(CalibrationDataReader):
+    """ORT's calibration reader protocol over our Samples (batches in order, one pass)."""
+
+    def __init__(self, samples: Samples, input_names: list[str]) -> None:
+        missing = [n for n in input_names if n not in samples.input_names]
+        if missing:
+            raise ValueError(f"validation.calibration: samples lack model inputs {missing} (they have {samples.input_names})")
+        self._names = input_names
+        self._batches: Iterator = samples.batches(CALIBRATION_BATCH)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {n: batch[0][n] for n in self._names}
