@@ -1,0 +1,18 @@
+"""The one error type the job shows to users.
+
+Anything the user can fix (a bad URI, a corrupt model, a dataset that does not fit
+the model) is raised as :class:`JobInputError` naming the spec field and the fix; the
+entrypoint turns it into the summary's ``reason`` without a traceback. Every other
+exception is a bug or an environment problem and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class JobInputError(Exception):
+    """A problem with the job's input, phrased as ``<field>: <what is wrong>``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")

@@ -1,0 +1,189 @@
+"""One measurement for every model: baseline and candidates go through the same code.
+
+Each model is served by an onnxruntime session with pinned threads, warmed up, then
+timed batch by batch at ``validation.batchSize`` on the validation samples (unpadded
+text stays unpadded). The score comes from the same session. Because nothing here
+differs between baseline and candidate, the comparison is fair by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from modelpress.api import ModelMetrics
+from modelpress.jobs.dataset import Samples, collate
+
+log = logging.getLogger(__name__)
+
+WARMUP_RUNS = 5
+MIN_TIMED_RUNS = 20
+MAX_TIMED_RUNS = 300
+# Seconds of timed runs per model: enough for a stable p50/p95 on small batches; tests
+# and quick local runs lower it with MODELPRESS_LATENCY_BUDGET_S.
+TIME_BUDGET_ENV = "MODELPRESS_LATENCY_BUDGET_S"
+DEFAULT_TIME_BUDGET_S = 2.0
+SCORE_BATCH = 64  # scoring batch (latency is timed separately at batchSize)
+
+
+def providers() -> list[str]:
+    """CUDA when onnxruntime has it, always with CPU as fallback."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def threads() -> int:
+    """Pinned intra-op threads: OMP_NUM_THREADS when set (the job sets it), else all cores."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=providers())
+
+
+@dataclass
+class Measured:
+    metrics: ModelMetrics
+    outputs: np.ndarray  # first model output for every validation sample, in order
+
+
+def run_outputs(sess: ort.InferenceSession, samples: Samples, batch_size: int = SCORE_BATCH) -> np.ndarray:
+    """The first output of the model for every sample, concatenated along the batch axis."""
+    name = sess.get_outputs()[0].name
+    parts = [np.asarray(sess.run([name], _feed(sess, batch))[0]) for batch, _ in samples.batches(batch_size)]
+    return np.concatenate(parts, axis=0)
+
+
+def measure(
+    model: onnx.ModelProto,
+    samples: Samples,
+    metric: str,
+    batch_size: int,
+    reference: np.ndarray | None = None,
+) -> Measured:
+    """Score, latency, throughput, size and parameters of ``model`` on ``samples``.
+
+    ``reference`` is the baseline's outputs (for cosine, and mse without labels); for
+    the baseline itself pass ``None`` and its own outputs are used.
+    """
+    sess = session(model)
+    outputs = run_outputs(sess, samples, _score_batch(sess))
+    score = score_outputs(metric, outputs, samples.labels, outputs if reference is None else reference)
+    p50, p95, throughput = _latency(sess, samples, batch_size)
+    size = model.ByteSize()
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    metrics = ModelMetrics(
+        score=score, latency_p50_ms=p50, latency_p95_ms=p95, throughput=throughput, size_bytes=size, parameters=params
+    )
+    return Measured(metrics, outputs)
+
+
+def score_outputs(metric: str, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    """The metric of ``outputs``: vs labels (accuracy/top5/f1, mse when labels exist) or vs ``reference``."""
+    if metric == "cosine":
+        a = outputs.reshape(len(outputs), -1).astype(np.float64)
+        b = reference.reshape(len(reference), -1).astype(np.float64)
+        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
+    if metric == "mse":
+        target = reference if labels is None else labels.reshape(outputs.shape).astype(np.float64)
+        return float(np.mean((outputs.astype(np.float64) - target) ** 2))
+    if labels is None:
+        raise ValueError(f"metric {metric} needs labels (y)")
+    logits = outputs.reshape(len(outputs), -1)
+    if metric == "accuracy":
+        return float(np.mean(np.argmax(logits, axis=1) == labels))
+    if metric == "top5":
+        top = np.argsort(-logits, axis=1)[:, :5]
+        return float(np.mean(np.any(top == labels[:, None], axis=1)))
+    if metric == "f1":
+        from sklearn.metrics import f1_score
+
+        return float(f1_score(labels, np.argmax(logits, axis=1), average="macro"))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def _latency(sess: ort.InferenceSession, samples: Samples, batch_size: int) -> tuple[float, float, float]:
+    """p50/p95 ms per batch of ``batch_size`` and samples/s, cycling through the data."""
+    batches = [_feed(sess, b) for b, _ in samples.batches(batch_size)]
+    name = sess.get_outputs()[0].name
+    for i in range(WARMUP_RUNS):
+        sess.run([name], batches[i % len(batches)])
+    times: list[float] = []
+    seen = 0
+    budget = float(os.environ.get(TIME_BUDGET_ENV) or DEFAULT_TIME_BUDGET_S)
+    started = time.perf_counter()
+    while len(times) < MAX_TIMED_RUNS and (len(times) < MIN_TIMED_RUNS or time.perf_counter() - started < budget):
+        feed = batches[len(times) % len(batches)]
+        t0 = time.perf_counter()
+        sess.run([name], feed)
+        times.append(time.perf_counter() - t0)
+        seen += len(next(iter(feed.values())))
+    ms = np.array(times) * 1000.0
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(seen / max(sum(times), 1e-12))
+
+
+def _score_batch(sess: ort.InferenceSession) -> int:
+    """Score in large batches unless the model's batch axis is fixed."""
+    dims = [i.shape[0] if i.shape else None for i in sess.get_inputs()]
+    fixed = [d for d in dims if isinstance(d, int)]
+    return fixed[0] if fixed else SCORE_BATCH
+
+
+def _feed(sess: ort.InferenceSession, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast the collated batch to the dtypes the session declares (npz ints vs int64 etc.)."""
+    feed = {}
+    for spec in sess.get_inputs():
+        array = batch[spec.name]
+        feed[spec.name] = array.astype(_NP_TYPES.get(spec.type, array.dtype), copy=False)
+    return feed
+
+
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+def collate_sample(samples: Samples, n: int) -> dict[str, np.ndarray]:
+    """A small real batch (first ``n`` samples), e.g. the example input for ONNX export."""
+    return collate(samples.features[:n], samples.pad_values)
+
+
+def hardware() -> str:
+    """What the numbers were measured on: CPU model and cores, GPU, ORT providers."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"CPU: {cpu} ({os.cpu_count()} cores, {threads()} threads used)"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    except ImportError:
+        pass
+    parts.append(f"onnxruntime {ort.__version__}: {', '.join(providers())}")
+    return "; ".join(parts)

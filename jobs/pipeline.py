@@ -1,0 +1,472 @@
+"""The compression job: recipe (or accuracy-aware search) -> measure -> gate -> artifact.
+
+``run(spec, workdir)`` is the whole job, shared by the Kubernetes entrypoint and
+``modelpress run``:
+
+1. download source and data (KServe's storage library), load them, check they fit;
+2. baseline: the source as ONNX (torch sources go through ``jobs/export.py``), measured;
+3. candidates: the recipe, or with ``search.enabled`` milder variants around it;
+   each candidate's steps run in order (torch-stage steps on the torch module, the
+   model is exported to ONNX before the first ONNX-only step), then it is measured
+   by the same code as the baseline and gated;
+4. the best passing candidate (by ``search.objective``) becomes the artifact under
+   ``<output.storageUri>/<recipeHash>/`` with report.json/report.html beside it;
+5. a :class:`~modelpress.summary.JobSummary` says Validated / Rejected / Failed.
+
+Search composes methods through the registry without knowing their insides; the
+only graph knowledge it uses is which ONNX ops quantization touches (MatMul/Gemm),
+to rank nodes by measured sensitivity for ``excludeNodes``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results, Spec, Step, recipe_hash
+from modelpress.jobs import artifact, gate, measure, report, storage
+from modelpress.jobs.data import load_dataset
+from modelpress.jobs.dataset import Samples
+from modelpress.jobs.errors import JobInputError
+from modelpress.jobs.methods import MethodData, ModelHandle, get_method
+from modelpress.jobs.models import load_source
+from modelpress.summary import JobSummary, Outcome
+
+log = logging.getLogger(__name__)
+
+# progress(task, done, total): local runs draw bars from it; the Job only logs.
+Progress = Callable[[str, int, int], None]
+EXPORT_SAMPLES = 8
+SENSITIVITY_PROBE = 64  # method-side samples used to rank nodes for excludeNodes
+SENSITIVITY_MAX_NODES = 16  # rank at most the largest N MatMul/Gemm nodes (each costs one quantization)
+QUANTIZABLE_OPS = ("MatMul", "Gemm")
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One setting of one step: its config, how much milder than asked (level), and
+    for quantize how many of the most sensitive nodes to keep in float."""
+
+    key: str
+    config: Spec
+    level: int = 0
+    exclude_top: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {self.key: self.config.model_dump(by_alias=True, mode="json")}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    variants: tuple[Variant, ...]
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return tuple(v.level for v in self.variants)
+
+    def milder_than(self, other: Candidate) -> bool:
+        """Every step at the same or a milder setting, one strictly milder.
+
+        Such a candidate compresses less, so it is assumed not to beat ``other`` on size
+        or latency; the search skips it once ``other`` passes.
+        """
+        pairs = list(zip(self.levels, other.levels, strict=True))
+        return all(a >= b for a, b in pairs) and any(a > b for a, b in pairs)
+
+
+def ladder(step: Step) -> list[Variant]:
+    """The step as asked, then milder settings (level = how much milder)."""
+    key, config = step.method, step.config
+    out = [Variant(key, config)]
+    if key == "quantize":
+        out.append(Variant(key, config, level=1, exclude_top=1))
+        out.append(Variant(key, config.model_copy(update={"per_channel": not config.per_channel})))
+        out += [Variant(key, config, level=lvl, exclude_top=k) for lvl, k in ((2, 2), (3, 4))]
+    elif key == "prune":
+        out += [Variant(key, config.model_copy(update={"sparsity": round(config.sparsity * f, 3)}), level=i)
+                for i, f in enumerate((0.75, 0.5, 0.25), start=1) if config.sparsity * f >= 0.01]
+    elif key == "lowRank":
+        if config.energy is not None:
+            values = [1 - (1 - config.energy) / d for d in (2, 4)]
+            out += [Variant(key, config.model_copy(update={"energy": round(v, 4)}), level=i)
+                    for i, v in enumerate(values, start=1) if v < 1]
+        else:
+            values = [min(1.0, config.rank_ratio * f) for f in (1.5, 2.0)]
+            out += [Variant(key, config.model_copy(update={"rank_ratio": round(v, 4)}), level=i)
+                    for i, v in enumerate(values, start=1) if v > config.rank_ratio]
+    return out
+
+
+def candidates(steps: list[Step], search: bool, max_trials: int) -> list[Candidate]:
+    """The recipe first; with search, one step relaxed at a time, rung by rung, then all."""
+    ladders = [ladder(s) for s in steps]
+    first = Candidate(tuple(lad[0] for lad in ladders))
+    if not search:
+        return [first]
+    out = [first]
+    for rung in range(1, max(len(lad) for lad in ladders)):
+        for i, lad in enumerate(ladders):
+            if rung < len(lad):
+                out.append(Candidate(tuple(lad[rung] if j == i else lad2[0] for j, lad2 in enumerate(ladders))))
+    if len(steps) > 1:
+        out.append(Candidate(tuple(lad[-1] for lad in ladders)))
+    unique: dict[str, Candidate] = {}
+    for c in out:
+        unique.setdefault(json.dumps([(v.describe(), v.exclude_top) for v in c.variants], sort_keys=True), c)
+    return list(unique.values())[:max_trials]
+
+
+# --------------------------------------------------------------------------- trials
+
+
+@dataclass
+class Trial:
+    index: int
+    recipe: list[dict[str, Any]]
+    metrics: ModelMetrics | None = None
+    passed: bool = False
+    failed: list[str] = field(default_factory=list)
+    reason: str = ""
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    accuracy_drop: float | None = None
+    speedup: float | None = None
+    size_ratio: float | None = None
+    seconds: float = 0.0
+    model: onnx.ModelProto | None = field(default=None, repr=False)
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "recipe": self.recipe,
+            "metrics": None if self.metrics is None else self.metrics.model_dump(by_alias=True, exclude_none=True),
+            "passed": self.passed,
+            "failedThresholds": self.failed,
+            "reason": self.reason,
+            "changes": self.changes,
+            "accuracyDrop": self.accuracy_drop,
+            "speedup": self.speedup,
+            "sizeRatio": self.size_ratio,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Runner:
+    """Applies candidates to one source model, reusing results of shared step prefixes."""
+
+    def __init__(self, source: ModelHandle, data: MethodData, export_sample: dict[str, np.ndarray]) -> None:
+        self.source = source
+        self.data = data
+        self.export_sample = export_sample
+        self._cache: dict[str, tuple[ModelHandle, list[dict[str, Any]]]] = {}
+        self._sensitivity: dict[str, list[str]] = {}
+
+    def to_onnx(self, handle: ModelHandle, key: str) -> ModelHandle:
+        if handle.stage == "onnx":
+            return handle
+        cache_key = key + "|export"
+        if cache_key not in self._cache:
+            from modelpress.jobs.export import to_onnx
+
+            log.info("exporting torch model to ONNX")
+            try:
+                self._cache[cache_key] = (to_onnx(handle, self.export_sample), [])
+            except ValueError as e:
+                raise JobInputError("source", f"cannot export the model to ONNX: {e}") from e
+        return self._cache[cache_key][0]
+
+    def apply(self, candidate: Candidate) -> tuple[ModelHandle, list[dict[str, Any]], list[dict[str, Any]]]:
+        """(onnx handle, per-step changes, the recipe as actually applied)."""
+        handle, changes, recipe, key = self.source, [], [], ""
+        for i, variant in enumerate(candidate.variants):
+            method = get_method(variant.key)
+            if handle.stage not in method.stages:
+                if handle.stage == "onnx":
+                    raise JobInputError(f"compression.steps[{i}].{variant.key}",
+                                        "needs a torch model but runs after the model became ONNX; reorder the steps")
+                handle = self.to_onnx(handle, key)
+            config = self._resolve(variant, handle, key)
+            recipe.append({variant.key: config.model_dump(by_alias=True, mode="json")})
+            key += "|" + json.dumps(recipe[-1], sort_keys=True) + handle.stage
+            if key not in self._cache:
+                log.info("step %d: %s %s", i, variant.key, recipe[-1][variant.key])
+                result = method.apply(handle, config, self.data)
+                self._cache[key] = (result.model, result.changes)
+            handle, step_changes = self._cache[key]
+            changes.append({variant.key: step_changes})
+        return self.to_onnx(handle, key), changes, recipe
+
+    def _resolve(self, variant: Variant, handle: ModelHandle, key: str) -> Spec:
+        """Fill in excludeNodes with the most quantization-sensitive nodes."""
+        if not variant.exclude_top:
+            return variant.config
+        ranked = self._ranked(variant, handle, key)
+        extra = [n for n in ranked[: variant.exclude_top] if n not in variant.config.exclude_nodes]
+        return variant.config.model_copy(update={"exclude_nodes": [*variant.config.exclude_nodes, *extra]})
+
+    def _ranked(self, variant: Variant, handle: ModelHandle, key: str) -> list[str]:
+        """MatMul/Gemm nodes, most sensitive first: quantize each alone, measure output error.
+
+        Measured on method-side data (calibration/train), never the validation split.
+        """
+        if key in self._sensitivity:
+            return self._sensitivity[key]
+        graph = handle.onnx_model.graph
+        sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+        nodes = [n for n in graph.node if n.op_type in QUANTIZABLE_OPS and n.name]
+        nodes.sort(key=lambda n: -sum(sizes.get(x, 0) for x in n.input))
+        names = [n.name for n in nodes[:SENSITIVITY_MAX_NODES]]
+        all_names = [n.name for n in nodes]
+        probe = self.data.calibration if len(self.data.calibration) else self.data.train
+        probe = probe.take(SENSITIVITY_PROBE)
+        reference = measure.run_outputs(measure.session(handle.onnx_model), probe)
+        errors: dict[str, float] = {}
+        method = get_method("quantize")
+        for name in names:
+            alone = variant.config.model_copy(update={"exclude_nodes": [n for n in all_names if n != name]})
+            try:
+                quantized = method.apply(handle, alone, self.data).model
+            except ValueError as e:  # e.g. a node the quantizer's pre-processing fused away
+                log.warning("cannot rank node %s for quantization: %s", name, _first_line(e))
+                continue
+            out = measure.run_outputs(measure.session(quantized.onnx_model), probe)
+            errors[name] = float(np.mean((out - reference) ** 2) / max(float(np.mean(reference**2)), 1e-12))
+        ranked = sorted(errors, key=lambda n: -errors[n])
+        log.info("quantization sensitivity (relative output MSE): %s",
+                 ", ".join(f"{n}={errors[n]:.3g}" for n in ranked))
+        self._sensitivity[key] = ranked
+        return ranked
+
+
+# --------------------------------------------------------------------------- job
+
+
+@dataclass
+class JobResult:
+    summary: JobSummary
+    report: dict[str, Any]
+    artifact_dir: Path | None = None
+
+
+def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = None) -> JobResult:
+    """The whole job for one spec. Raises JobInputError for user-fixable problems."""
+    started = time.perf_counter()
+    progress = progress or (lambda task, done, total: None)
+    rhash = recipe_hash(spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    hardware = measure.hardware()
+    log.info("recipe %s on %s", rhash, hardware)
+    device = _device()
+
+    progress("download", 0, 3)
+    src_path = storage.fetch(spec.source.storage_uri, workdir / "source", "source.storageUri")
+    progress("download", 1, 3)
+    val_path = storage.fetch(spec.validation.dataset.storage_uri, workdir / "dataset", "validation.dataset.storageUri")
+    calib_path = None
+    if spec.validation.calibration:
+        calib_path = storage.fetch(spec.validation.calibration.storage_uri, workdir / "calibration",
+                                   "validation.calibration.storageUri")
+    progress("download", 3, 3)
+
+    source = load_source(src_path, spec.source.format, spec.source.task)
+    tokenizer_dir = src_path if spec.source.format == "hf-transformers" else None
+    val = load_dataset(val_path, spec.validation.dataset.format, source.input_names, tokenizer_dir)
+    method_data, val = _method_data(spec, source, val, calib_path, tokenizer_dir, device)
+    export_sample = measure.collate_sample(val, EXPORT_SAMPLES)
+
+    runner = Runner(source, method_data, export_sample)
+    baseline_onnx = runner.to_onnx(source, "")
+    check_fits(baseline_onnx.onnx_model, val, "validation.dataset")
+    progress("baseline", 0, 1)
+    try:
+        baseline = measure.measure(baseline_onnx.onnx_model, val, spec.validation.metric, spec.validation.batch_size)
+    except Exception as e:
+        raise JobInputError("validation.dataset", f"the model cannot run on this data: {_first_line(e)}") from e
+    check_labels(spec, baseline.outputs, val)
+    baseline_metrics = baseline.metrics
+    log.info("baseline: %s", baseline_metrics.model_dump(exclude_none=True))
+    progress("baseline", 1, 1)
+
+    todo = candidates(spec.compression.steps, spec.compression.search.enabled, spec.compression.search.max_trials)
+    trials: list[Trial] = []
+    for i, cand in enumerate(todo):
+        if any(t.passed and cand.milder_than(c) for t, c in zip(trials, todo, strict=False)):
+            log.info("trial %d skipped: milder than a passing trial, cannot beat it", i)
+            continue
+        progress("trials", len(trials), len(todo))
+        trials.append(_trial(i, cand, runner, spec, baseline, val))
+        if spec.compression.search.enabled and _nothing_left(trials, todo):
+            break
+    progress("trials", len(todo), len(todo))
+
+    outcome, chosen, reason = _decide(trials, spec)
+    result = _finish(spec, rhash, workdir, outcome, chosen, reason, trials, baseline_metrics, hardware, started)
+    progress("upload", 1, 1)
+    return result
+
+
+def _trial(i: int, cand: Candidate, runner: Runner, spec: CompressedModelSpec, baseline: measure.Measured,
+           val: Samples) -> Trial:
+    t0 = time.perf_counter()
+    trial = Trial(index=i, recipe=[v.describe() for v in cand.variants])
+    try:
+        handle, trial.changes, trial.recipe = runner.apply(cand)
+        measured = measure.measure(handle.onnx_model, val, spec.validation.metric, spec.validation.batch_size,
+                                   reference=baseline.outputs)
+    except JobInputError:
+        raise
+    except Exception as e:  # one failing variant must not end the search; the report says why
+        log.exception("trial %d failed", i)
+        trial.reason = f"error: {_first_line(e)}"
+        trial.seconds = time.perf_counter() - t0
+        return trial
+    verdict = gate.evaluate(spec.validation, baseline.metrics, measured.metrics)
+    trial.metrics, trial.model = measured.metrics, handle.onnx_model
+    trial.passed, trial.failed = verdict.passed, verdict.failed
+    trial.accuracy_drop, trial.speedup, trial.size_ratio = verdict.accuracy_drop, verdict.speedup, verdict.size_ratio
+    trial.reason = "passed" if verdict.passed else "; ".join(verdict.failed)
+    trial.seconds = time.perf_counter() - t0
+    log.info("trial %d %s: %s (%s)", i, "PASSED" if trial.passed else "failed", trial.recipe, trial.reason)
+    return trial
+
+
+def _nothing_left(trials: list[Trial], todo: list[Candidate]) -> bool:
+    """True when every remaining candidate is milder than a passing trial."""
+    done = {t.index for t in trials}
+    passing = [todo[t.index] for t in trials if t.passed]
+    rest = [c for i, c in enumerate(todo) if i not in done and i > max(done)]
+    return bool(passing) and all(any(c.milder_than(p) for p in passing) for c in rest)
+
+
+def _objective(trial: Trial, objective: str) -> float:
+    m = trial.metrics
+    assert m is not None
+    return float(m.size_bytes or 0) if objective == "size" else float(m.latency_p50_ms or 0.0)
+
+
+def _decide(trials: list[Trial], spec: CompressedModelSpec) -> tuple[Outcome, Trial | None, str]:
+    measured = [t for t in trials if t.metrics is not None]
+    if not measured:
+        errors = "; ".join(f"trial {t.index}: {t.reason}" for t in trials)
+        return Outcome.failed, None, f"no candidate could be built ({errors})"[:1000]
+    passing = [t for t in measured if t.passed]
+    if passing:
+        best = min(passing, key=lambda t: _objective(t, spec.compression.search.objective))
+        return Outcome.validated, best, f"trial {best.index} met every threshold"
+    closest = min(measured, key=lambda t: (len(t.failed), t.accuracy_drop if t.accuracy_drop is not None else 0.0))
+    tried = f"{len(trials)} trial{'s' if len(trials) != 1 else ''}"
+    return Outcome.rejected, closest, f"no candidate met the thresholds ({tried}); closest: {'; '.join(closest.failed)}"
+
+
+def _finish(spec: CompressedModelSpec, rhash: str, workdir: Path, outcome: Outcome, chosen: Trial | None,
+            reason: str, trials: list[Trial], baseline: ModelMetrics, hardware: str, started: float) -> JobResult:
+    """Write model (when validated) + report, upload them, build the summary."""
+    out_dir = workdir / "artifact"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = spec.output.storage_uri.rstrip("/") + "/" + rhash
+    art = None
+    if outcome == Outcome.validated and chosen is not None and chosen.model is not None:
+        digest, size = artifact.write_model(out_dir, chosen.model)
+        art = Artifact(storage_uri=target, sha256=digest, size_bytes=size)
+    results = Results(
+        passed=outcome == Outcome.validated,
+        metric=str(spec.validation.metric),
+        baseline=baseline,
+        compressed=chosen.metrics if chosen else None,
+        accuracy_drop=chosen.accuracy_drop if chosen else None,
+        speedup=chosen.speedup if chosen else None,
+        size_ratio=chosen.size_ratio if chosen else None,
+        failed_thresholds=[] if outcome == Outcome.validated or chosen is None else chosen.failed,
+        trials=len(trials),
+        chosen_recipe=chosen.recipe if chosen and outcome == Outcome.validated else None,
+        hardware=hardware,
+    )
+    if outcome == Outcome.rejected:
+        reason += f" (report: {target}/{report.HTML_NAME})"
+    summary = JobSummary(outcome=outcome, reason=reason, recipe_hash=rhash, artifact=art, results=results)
+    data = report.build(spec, rhash, summary, [t.to_report() for t in trials], chosen.index if chosen else None,
+                        time.perf_counter() - started)
+    report.write(out_dir, data)
+    storage.upload(out_dir, target)
+    log.info("%s: %s", outcome.value, reason)
+    return JobResult(summary=summary, report=data, artifact_dir=out_dir)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _method_data(spec: CompressedModelSpec, source: ModelHandle, val: Samples, calib_path: Path | None,
+                 tokenizer_dir: Path | None, device: str) -> tuple[MethodData, Samples]:
+    """(data methods may read, data the gate measures on).
+
+    Without a calibration dataset the validation set is split 50/50, so what methods
+    train/calibrate on is never what the gate measures.
+    """
+    if calib_path is not None and spec.validation.calibration is not None:
+        calib = load_dataset(calib_path, spec.validation.calibration.format, source.input_names, tokenizer_dir,
+                             field="validation.calibration")
+        data = MethodData(task=spec.source.task, train=calib, calibration=calib.take(spec.validation.calibration.samples),
+                          device=device)
+        return data, val
+    if len(val) < 2:
+        raise JobInputError("validation.dataset", "needs at least 2 samples (or set validation.calibration)")
+    train, heldout = val.split(0.5, seed=0)
+    log.info("no validation.calibration: methods use %d validation samples, the gate the other %d",
+             len(train), len(heldout))
+    return MethodData(task=spec.source.task, train=train, calibration=train, device=device), heldout
+
+
+def check_fits(model: onnx.ModelProto, samples: Samples, field: str) -> None:
+    """Compare sample shapes with the model's declared inputs (batch axis excluded)."""
+    initializers = {i.name for i in model.graph.initializer}
+    first = samples.features[0]
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        if inp.name not in first:
+            raise JobInputError(field, f"the model needs input {inp.name!r}; the data has {sorted(first)}")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+        shape = first[inp.name].shape
+        want = tuple("?" if d is None else d for d in dims[1:])
+        if len(shape) != len(dims) - 1 or any(d is not None and d != s for d, s in zip(dims[1:], shape, strict=False)):
+            raise JobInputError(field, f"samples of {inp.name!r} have shape {tuple(shape)} but the model expects "
+                                f"{want} per sample (without the batch axis)")
+
+
+def check_labels(spec: CompressedModelSpec, outputs: np.ndarray, val: Samples) -> None:
+    """Labels must exist for label metrics and match the model's output."""
+    metric, labels = spec.validation.metric, val.labels
+    field = "validation.dataset"
+    if metric in ("accuracy", "top5", "f1"):
+        if labels is None:
+            raise JobInputError(field, f"metric {metric} needs labels: add an array y of class indices")
+        classes = int(np.prod(outputs.shape[1:]))
+        if not np.issubdtype(labels.dtype, np.number) or np.any(labels != np.round(labels)):
+            raise JobInputError(field, f"labels must be class indices (integers); got dtype {labels.dtype}")
+        if labels.ndim != 1 or labels.min() < 0 or labels.max() >= classes:
+            raise JobInputError(field, f"labels must be class indices 0..{classes - 1} (the model has {classes} "
+                                f"outputs); found values {labels.min()}..{labels.max()}, shape {labels.shape}")
+    elif metric == "mse" and labels is not None and labels.size != outputs.size:
+        raise JobInputError(field, f"targets y have {labels.size // max(len(labels), 1)} values per sample; "
+                            f"the model outputs {outputs.size // max(len(outputs), 1)}")
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]

@@ -1,0 +1,132 @@
+"""Fixtures for the job-pipeline tests: a small real digits model on disk, specs that
+point at it, and a real S3 API (moto's server) on loopback.
+
+The model is the digits MLP from ``modelpress.jobs.examples.digits`` at a narrow width
+(trains in a couple of seconds on one core); it is written exactly as users would
+provide it: a torch.export archive, an ONNX file and npz datasets.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, train_digits_mlp
+from modelpress.jobs.export import to_onnx
+from modelpress.jobs.methods import ModelHandle
+
+TEST_HIDDEN = (64,)
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _quick_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short latency sampling: these tests check behaviour, not speed."""
+    monkeypatch.setenv("MODELPRESS_LATENCY_BUDGET_S", "0.05")
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.pt2, model.onnx, val.npz, calib.npz of a small trained digits MLP."""
+    out = tmp_path_factory.mktemp("digits")
+    module, train, val = train_digits_mlp(seed=0, hidden=TEST_HIDDEN, epochs=8)
+    x_val = np.stack([f[INPUT_NAME] for f in val.features])
+    x_tr = np.stack([f[INPUT_NAME] for f in train.features])
+    program = torch.export.export(module, (), {INPUT_NAME: torch.from_numpy(x_val[:8])},
+                                  dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}})
+    torch.export.save(program, out / "model.pt2")
+    handle = ModelHandle([INPUT_NAME], [OUTPUT_NAME], module=module, dynamic_axes={INPUT_NAME: {0: "batch"}})
+    (out / "model.onnx").write_bytes(to_onnx(handle, {INPUT_NAME: x_val[:8]}).onnx_model.SerializeToString())
+    np.savez(out / "val.npz", x=x_val, y=val.labels)
+    np.savez(out / "calib.npz", x=x_tr[:100], y=train.labels[:100])
+    return out
+
+
+def make_spec(model_uri: str, dataset_uri: str, output_uri: str, *, fmt: str = "onnx",
+              steps: list[dict[str, Any]] | None = None, calibration_uri: str | None = None,
+              search: dict[str, Any] | None = None, **validation: Any) -> dict[str, Any]:
+    """A whole CompressedModel document (what users write) for the job."""
+    val: dict[str, Any] = {
+        "dataset": {"storageUri": dataset_uri, "format": "npz"},
+        "metric": "accuracy",
+        "maxAccuracyDrop": {"absolute": 0.02},
+        "batchSize": 16,
+    }
+    if calibration_uri:
+        val["calibration"] = {"storageUri": calibration_uri, "format": "npz", "samples": 50}
+    val.update(validation)
+    return {
+        "apiVersion": "modelpress.io/v1alpha1",
+        "kind": "CompressedModel",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "source": {"storageUri": model_uri, "format": fmt, "task": "classification"},
+            "compression": {"steps": steps or [{"quantize": {"mode": "dynamic"}}], "search": search or {}},
+            "validation": val,
+            "output": {"storageUri": output_uri},
+        },
+    }
+
+
+def write_spec(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """A real S3 API (moto_server) on a free loopback port for the whole session."""
+    port = free_port()
+    server = subprocess.Popen([str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        raise RuntimeError("moto_server did not start")
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
+    """Env pointing boto3/s3fs/kserve_storage at moto, and a boto3 client to arrange objects."""
+    import boto3
+
+    for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "S3_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("S3_ENDPOINT", raising=False)
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """Environment for a job subprocess: this one (with the test's env vars) plus extras."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env
