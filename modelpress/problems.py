@@ -237,11 +237,13 @@ def explain(root: type[BaseModel], error: dict[str, Any]) -> Problem:
 def from_validation_error(root: type[BaseModel], exc: ValidationError) -> list[Problem]:
     """All problems of one ValidationError, one per field path.
 
-    A value that fits no member of a union (e.g. a quantity that is neither an integer
+    A misspelt field is one problem ("unknown field ...; did you mean ..."), not also
+    a "required field is missing" for the field it was meant to be. A value that fits
+    no member of a union (e.g. a quantity that is neither an integer
     nor a string) makes pydantic report once per member; those merge into one line.
     """
     merged: dict[str, Problem] = {}
-    for error in exc.errors():
+    for error in _without_typo_twins(exc.errors()):
         problem = explain(root, error)
         seen = merged.get(problem.path)
         if seen is None:
@@ -251,3 +253,18 @@ def from_validation_error(root: type[BaseModel], exc: ValidationError) -> list[P
         else:
             merged[problem.path + f"#{len(merged)}"] = problem
     return list(merged.values())
+
+
+def _without_typo_twins(errors: list[Any]) -> list[Any]:
+    """Drop 'missing' errors whose field is the likely intent of an unknown sibling field."""
+    missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    meant: set[tuple[Any, ...]] = set()
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e["type"] != "extra_forbidden" or not loc:
+            continue
+        siblings = [str(m[-1]) for m in missing if m[:-1] == loc[:-1]]
+        close = difflib.get_close_matches(str(loc[-1]), siblings, n=1, cutoff=0.6)
+        if close:
+            meant.add((*loc[:-1], close[0]))
+    return [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]

@@ -130,7 +130,13 @@ def check_object(obj: Any) -> list[Problem]:
 def _yaml_problem(exc: yaml.YAMLError) -> Problem:
     mark = getattr(exc, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    what = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.reader.ReaderError):
+        where, what = f"character {exc.position + 1}", f"{exc.reason} (#x{exc.character:04x})"
+    else:
+        what = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start and start.line != getattr(mark, "line", None):
+            what += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
     fix = "remove one of the duplicates" if "duplicate key" in what else "fix the YAML syntax there"
     return Problem(where, f"invalid YAML: {what}", fix)
 
@@ -138,9 +144,10 @@ def _yaml_problem(exc: yaml.YAMLError) -> Problem:
 def check_text(text: str, source: str) -> list[DocumentResult]:
     """Results for every document in a (multi-document) YAML or JSON text."""
     results: list[DocumentResult] = []
-    loader = _NoDuplicatesLoader(text)
     number = 0
+    loader = None
     try:
+        loader = _NoDuplicatesLoader(text)  # rejects unprintable characters already
         while True:
             number += 1  # the document being read, also when reading it fails
             if not loader.check_data():
@@ -152,7 +159,8 @@ def check_text(text: str, source: str) -> list[DocumentResult]:
     except yaml.YAMLError as exc:
         results.append(DocumentResult(source, number, "", [_yaml_problem(exc)]))
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not results:
         results.append(
             DocumentResult(source, 1, "", [Problem("", "no CompressedModel found", "the file holds no YAML documents")])
