@@ -1,0 +1,111 @@
+"""The `modelpress` command line: output formats and exit codes (0 ok, 1 problems, 2 usage)."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelpress import __version__
+from modelpress.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+BAD = """apiVersion: modelpress.io/v1alpha1
+kind: CompressedModel
+metadata: {name: bad}
+spec:
+  source: {storageUri: s3://m/model.onnx, format: onnx, task: classification}
+  compression: {steps: [{prune: {sparsity: 2}}]}
+  validation:
+    dataset: {storageUri: s3://d/val.npz, format: npz}
+    metric: accuracy
+    maxAccuracyDrop: {absolute: 0.01}
+  output: {storageUri: s3://o/}
+"""
+
+
+def test_version_text_and_json(capsys):
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == f"modelpress {__version__} (API modelpress.io/v1alpha1)"
+    assert main(["version", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"version": __version__, "apiVersion": "modelpress.io/v1alpha1"}
+
+
+def test_validate_valid_files_exit_0(capsys):
+    assert main(["validate", *map(str, EXAMPLES)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(EXAMPLES)
+    assert all(line.endswith(" valid") for line in lines)
+    assert f"{EXAMPLES[0]}: {yaml.safe_load(EXAMPLES[0].read_text())['metadata']['name']} valid" in lines
+
+
+def test_validate_problems_exit_1(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    assert main(["validate", str(EXAMPLES[0]), str(bad)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[1]
+        == f"{bad} bad: spec.compression.steps[0].prune.sparsity: got 2; out of range; allowed: >= 0.0 and <= 0.95"
+    )
+
+
+def test_validate_json_output(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD + "---\n" + EXAMPLES[0].read_text())
+    assert main(["validate", "-o", "json", str(bad)]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["document"], r["valid"]) for r in results] == [(1, False), (2, True)]
+    assert results[0]["problems"] == [
+        {
+            "path": "spec.compression.steps[0].prune.sparsity",
+            "message": "got 2; out of range",
+            "fix": "allowed: >= 0.0 and <= 0.95",
+        }
+    ]
+
+
+def test_validate_reads_stdin(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(BAD))
+    assert main(["validate", "-"]) == 1
+    assert capsys.readouterr().out.startswith("<stdin> bad: spec.compression.steps[0].prune.sparsity")
+
+
+def test_validate_missing_file_exit_1(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 1
+    assert "cannot read the file" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["validate"], ["validate", "-o", "xml", "f.yaml"], ["crd", "-o", "toml"], ["nope"]]
+)
+def test_usage_errors_exit_2(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    assert code == 2
+
+
+def test_crd_yaml_and_json(capsys):
+    assert main(["crd"]) == 0
+    as_yaml = yaml.safe_load(capsys.readouterr().out)
+    assert main(["crd", "-o", "json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert as_yaml == as_json
+    assert as_yaml["kind"] == "CustomResourceDefinition"
+    assert as_yaml == yaml.safe_load((ROOT / "crds" / "compressedmodels.modelpress.io.yaml").read_text())
+
+
+def test_installed_script_reports_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: modelpress.io/v1alpha1\nkind: CompressedModel\nspec: [\n")
+    script = Path(sys.executable).with_name("modelpress")
+    done = subprocess.run([str(script), "validate", str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "invalid YAML" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
