@@ -28,6 +28,17 @@ local function describe(c, fallback)
   return fallback
 end
 
+-- The message of the first of `types` that is False, e.g. {"Validated", "Ready"}.
+local function why(status, types, fallback)
+  for _, ctype in ipairs(types) do
+    local c = condition(status, ctype)
+    if c ~= nil and c.status == "False" then
+      return describe(c, fallback)
+    end
+  end
+  return fallback
+end
+
 local function rollout_paused(spec)
   local serving = spec and spec.serving
   if serving == nil or serving.enabled == false then
@@ -61,17 +72,17 @@ end
 
 if phase == "Rejected" then
   hs.status = "Degraded"
-  hs.message = "Rejected by the validation gate: " .. describe(condition(status, "Validated"), "see status.results")
+  hs.message = "Rejected by the validation gate: " .. why(status, { "Validated", "Ready" }, "see status.results")
   return hs
 end
 if phase == "Failed" then
   hs.status = "Degraded"
-  hs.message = "Compression failed: " .. describe(condition(status, "Compressed"), "see the Job's events and logs")
+  hs.message = "Compression failed: " .. why(status, { "Compressed", "Ready" }, "see the Job's events and logs")
   return hs
 end
 if phase == "RolledBack" then
   hs.status = "Degraded"
-  hs.message = "Rolled back: " .. describe(condition(status, "RolledOut"), "see status.rollout.lastAnalysis")
+  hs.message = "Rolled back: " .. why(status, { "RolledOut", "Ready" }, "see status.rollout.lastAnalysis")
   return hs
 end
 
