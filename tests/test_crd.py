@@ -152,3 +152,15 @@ def test_schema_defaults_equal_pydantic_defaults(example):
     by_server = apply_defaults(_spec_schema(), spec)
     by_pydantic = api.CompressedModelSpec.model_validate(spec).model_dump(by_alias=True, mode="json", exclude_none=True)
     assert by_server == by_pydantic
+
+
+def test_committed_spec_reference_is_the_generated_one():
+    from modelpress import docs
+
+    committed = (ROOT / "docs" / "spec-reference.md").read_text()
+    assert committed == docs.render(), (
+        "docs/spec-reference.md is out of date: run `.venv/bin/python -m modelpress.docs > docs/spec-reference.md`"
+    )
+    for path, _ in _walk(_spec_schema(), "spec"):
+        if path != "spec" and not path.endswith(("[]", "*")):  # list items and map values have no row
+            assert f"| `{path}` |" in committed, f"{path} missing from the reference"
