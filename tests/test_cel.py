@@ -170,3 +170,27 @@ def test_cel_failure_points_at_the_field(evaluator):
     (failure,) = evaluator.failures(SCHEMA, obj)
     assert failure.path == ".spec.validation"
     assert "set validation.calibration" in failure.message
+
+
+def _node_at(schema: dict, path: str) -> dict:
+    node = schema
+    for part in path.split("."):
+        if part == "[]":
+            node = node["items"]
+        elif part:
+            node = node["properties"][part]
+    return node
+
+
+def test_every_field_path_names_a_declared_field():
+    """The API server refuses a CRD whose rule's fieldPath points nowhere."""
+    checked = 0
+    for path, rule in cel_rules(SCHEMA):
+        if "fieldPath" not in rule:
+            continue
+        node = _node_at(SCHEMA, path.replace("[]", ".[]"))
+        for part in rule["fieldPath"].lstrip(".").split("."):
+            assert part in node.get("properties", {}), f"{path}: fieldPath {rule['fieldPath']} is not a field"
+            node = node["properties"][part]
+        checked += 1
+    assert checked >= 5
