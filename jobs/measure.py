@@ -55,12 +55,20 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 @dataclass
 class Measured:
     metrics: ModelMetrics
-    outputs: np.ndarray  # first model output for every validation sample, in order
+    outputs: np.ndarray  # the scored output for every validation sample, in order
+
+
+def scored_output(sess: ort.InferenceSession) -> str:
+    """The output that metrics read: the first floating-point one (e.g. scikit-learn
+    classifiers converted by skl2onnx emit an int64 ``label`` before ``probabilities``)."""
+    outputs = sess.get_outputs()
+    return next((o.name for o in outputs if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")),
+                outputs[0].name)
 
 
 def run_outputs(sess: ort.InferenceSession, samples: Samples, batch_size: int = SCORE_BATCH) -> np.ndarray:
-    """The first output of the model for every sample, concatenated along the batch axis."""
-    name = sess.get_outputs()[0].name
+    """The scored output of the model for every sample, concatenated along the batch axis."""
+    name = scored_output(sess)
     parts = [np.asarray(sess.run([name], _feed(sess, batch))[0]) for batch, _ in samples.batches(batch_size)]
     return np.concatenate(parts, axis=0)
 
@@ -117,9 +125,8 @@ def score_outputs(metric: str, outputs: np.ndarray, labels: np.ndarray | None, r
 def _latency(sess: ort.InferenceSession, samples: Samples, batch_size: int) -> tuple[float, float, float]:
     """p50/p95 ms per batch of ``batch_size`` and samples/s, cycling through the data."""
     batches = [_feed(sess, b) for b, _ in samples.batches(batch_size)]
-    name = sess.get_outputs()[0].name
     for i in range(WARMUP_RUNS):
-        sess.run([name], batches[i % len(batches)])
+        sess.run(None, batches[i % len(batches)])
     times: list[float] = []
     seen = 0
     budget = float(os.environ.get(TIME_BUDGET_ENV) or DEFAULT_TIME_BUDGET_S)
@@ -127,7 +134,7 @@ def _latency(sess: ort.InferenceSession, samples: Samples, batch_size: int) -> t
     while len(times) < MAX_TIMED_RUNS and (len(times) < MIN_TIMED_RUNS or time.perf_counter() - started < budget):
         feed = batches[len(times) % len(batches)]
         t0 = time.perf_counter()
-        sess.run([name], feed)
+        sess.run(None, feed)  # every output, as a server would
         times.append(time.perf_counter() - t0)
         seen += len(next(iter(feed.values())))
     ms = np.array(times) * 1000.0

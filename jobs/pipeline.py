@@ -48,6 +48,7 @@ EXPORT_SAMPLES = 8
 SENSITIVITY_PROBE = 64  # method-side samples used to rank nodes for excludeNodes
 SENSITIVITY_MAX_NODES = 16  # rank at most the largest N MatMul/Gemm nodes (each costs one quantization)
 QUANTIZABLE_OPS = ("MatMul", "Gemm")
+LABEL_METRICS = ("accuracy", "top5", "f1")
 
 
 # --------------------------------------------------------------------------- candidates
@@ -287,6 +288,9 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     runner = Runner(source, method_data, export_sample)
     baseline_onnx = runner.to_onnx(source, "")
     check_fits(baseline_onnx.onnx_model, val, "validation.dataset")
+    if spec.validation.metric in LABEL_METRICS and val.labels is None:
+        raise JobInputError("validation.dataset", f"metric {spec.validation.metric} needs labels: "
+                            "add an array y of class indices")
     progress("baseline", 0, 1)
     try:
         baseline = measure.measure(baseline_onnx.onnx_model, val, spec.validation.metric, spec.validation.batch_size)
@@ -447,9 +451,7 @@ def check_labels(spec: CompressedModelSpec, outputs: np.ndarray, val: Samples) -
     """Labels must exist for label metrics and match the model's output."""
     metric, labels = spec.validation.metric, val.labels
     field = "validation.dataset"
-    if metric in ("accuracy", "top5", "f1"):
-        if labels is None:
-            raise JobInputError(field, f"metric {metric} needs labels: add an array y of class indices")
+    if metric in LABEL_METRICS and labels is not None:
         classes = int(np.prod(outputs.shape[1:]))
         if not np.issubdtype(labels.dtype, np.number) or np.any(labels != np.round(labels)):
             raise JobInputError(field, f"labels must be class indices (integers); got dtype {labels.dtype}")
