@@ -24,13 +24,14 @@ import kopf
 from modelpress.operator import job_builder, metrics
 from modelpress.operator import settings as settings_mod
 from modelpress.operator import status as st
-from modelpress.operator.kube import Conflict, Kube
+from modelpress.operator.kube import ApiError, Conflict, Kube
 from modelpress.operator.validation import SpecInvalid, check_name, format_problems, parse_spec
 
 from modelpress import api
 
 log = logging.getLogger(__name__)
 JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
+CONFLICT_ATTEMPTS = 3
 
 
 @dataclass
@@ -43,6 +44,7 @@ class State:
     collected: set[str] = field(default_factory=set)  # uids of Jobs whose outcome is in status
     cap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     metrics_server: Any = None
+    configured: bool = False  # settings given by `modelpress operator` rather than the environment
 
 
 STATE = State(settings=settings_mod.from_env())
@@ -51,6 +53,7 @@ STATE = State(settings=settings_mod.from_env())
 def configure(settings: settings_mod.Settings) -> None:
     """Used by ``modelpress operator`` before kopf starts."""
     STATE.settings = settings
+    STATE.configured = True
 
 
 def now() -> str:
@@ -68,8 +71,12 @@ def kube() -> Kube:
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """kopf's own credentials, shared with :mod:`kube` so there is one identity."""
-    conn = kopf.login_via_client(**kwargs)
+    """kopf's own credentials, shared with :mod:`kube` so there is one identity.
+
+    The service account in a pod, else ``$KUBECONFIG``/~/.kube/config (read at call time,
+    unlike the kubernetes client's default path, which is fixed at import).
+    """
+    conn = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
     if conn is not None:
         STATE.kube = Kube(conn)
     return conn
@@ -77,7 +84,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    fresh = State(settings=STATE.settings, kube=STATE.kube)
+    chosen = STATE.settings if STATE.configured else settings_mod.from_env()
+    fresh = State(settings=chosen, kube=STATE.kube, configured=STATE.configured)
     STATE.__dict__.update(fresh.__dict__)
     settings.posting.enabled = False  # our Events go through kube.py, one per outcome
     settings.watching.server_timeout = 300
@@ -133,14 +141,27 @@ async def model_event(event: Mapping[str, Any], compression_jobs: kopf.Index, mo
     if meta.get("deletionTimestamp"):
         return  # owned objects go by garbage collection; nothing to hold it for
     try:
-        await reconcile(body, compression_jobs, models)
+        for _ in range(CONFLICT_ATTEMPTS):
+            if await reconcile(body, compression_jobs, models):
+                return
+            # Our status write met a newer version: decide again on the latest object.
+            try:
+                body = await kube().get(api.API_VERSION, api.KIND, meta.get("namespace") or "default", meta["name"])
+            except ApiError as exc:
+                if exc.status == 404:
+                    return  # deleted meanwhile
+                raise
     except Exception:
         metrics.ERRORS.labels("model").inc()
         raise
 
 
-async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index) -> None:
-    """Make the world match the spec: one Job per distinct recipe, status to match."""
+async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index) -> bool:
+    """Make the world match the spec: one Job per distinct recipe, status to match.
+
+    Returns False when a conditional status write lost a race (409); the caller then
+    reconciles the latest version instead.
+    """
     meta, status = body["metadata"], body.get("status") or {}
     ns, name, gen = meta.get("namespace") or "default", meta["name"], meta.get("generation")
     try:
@@ -150,7 +171,7 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
         )
     except SpecInvalid as exc:
         await _report_invalid(body, exc)
-        return
+        return True
 
     rh = api.recipe_hash(model.spec)
     jname = job_builder.job_name(name, rh)
@@ -162,25 +183,25 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
                 "observedGeneration": gen,
                 "conditions": st.merge_conditions(status.get("conditions"), spec_ok, gen, now()),
             })
-        return
+        return True
     if status.get("recipeHash") == rh and status.get("phase") == api.Phase.Compressing.value:
         if _first(jobs, (ns, jname)) is None and (ns, jname) not in STATE.started:
             await _ensure_job(model, body, jobs, models)  # resumed after a crash between status and Job
         elif status.get("observedGeneration") != gen:
             await kube().patch_model_status(ns, name, {"observedGeneration": gen})
-        return
+        return True
 
     async with STATE.cap_lock:
         if _over_cap(jobs, (ns, jname)):
             if status.get("phase") != api.Phase.Queued.value or status.get("recipeHash") != rh:
-                await _write(ns, name, body, {
+                return await _write(ns, name, body, {
                     "observedGeneration": gen, "phase": api.Phase.Queued.value, "recipeHash": rh, "jobName": None,
                     "conditions": st.merge_conditions(status.get("conditions"), spec_ok + [
                         st.condition("Compressed", False, "Queued",
                                      f"waiting: {STATE.settings.max_concurrent_jobs} compression Jobs already run"),
                     ], gen, now()),
                 })
-            return
+            return True
         STATE.started.add((ns, jname))
     try:
         written = await _write(ns, name, body, {
@@ -194,8 +215,9 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
         })
         if not written:
             STATE.started.discard((ns, jname))
-            return
+            return False
         await _ensure_job(model, body, jobs, models)
+        return True
     except Exception:
         STATE.started.discard((ns, jname))
         raise

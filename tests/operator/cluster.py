@@ -1,0 +1,319 @@
+"""A small "cluster" for operator tests: the API-server stand-in plus a kubelet stand-in.
+
+The emulator runs on loopback in its own thread and event loop, so the operator under
+test (kopf, in another thread via ``KopfRunner``) talks real HTTP to it. The kubelet
+stand-in watches Jobs inside the emulator: for each unsuspended Job it creates a Pod,
+runs the container command as a local process (``python -m modelpress.jobs`` with
+``/etc/modelpress/spec.yaml``, ``/dev/termination-log`` and ``/tmp/work`` mapped to a
+temporary directory) and then writes Pod and Job status the way the kubelet and the
+Job controller do, including the termination message and the podFailurePolicy outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kmock
+import yaml
+from k8s_emulator import ApiServer, now
+
+from modelpress import api
+
+TERMINATION_LOG = "/dev/termination-log"
+SPEC_DIR = "/etc/modelpress"
+SCRATCH = "/tmp"
+MESSAGE_LIMIT = 4096
+logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+@dataclass
+class ContainerResult:
+    exit_code: int
+    message: str = ""  # what the container left in its termination log
+    reason: str = ""  # kubelet's reason: Completed, Error, OOMKilled...
+    logs: str = ""
+
+
+# A runner decides what "running the container" means: the real process, or an instant stand-in.
+Runner = Callable[[Mapping[str, Any], Path], Awaitable[ContainerResult]]
+
+
+async def run_container(job: Mapping[str, Any], root: Path, *, config_maps: Mapping[str, Mapping[str, str]],
+                        timeout: float | None) -> ContainerResult:
+    """Run the Job's container command locally with the pod's paths mapped under ``root``."""
+    pod_spec = job["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
+    mapping: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+        local = root / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        if "configMap" in volume:
+            data = config_maps.get(volume["configMap"]["name"])
+            if data is None:  # kubelet: CreateContainerConfigError until the ConfigMap exists
+                return ContainerResult(1, "", "CreateContainerConfigError")
+            for key, text in data.items():
+                (local / key).write_text(text)
+        mapping[mount["mountPath"]] = local
+    term_log = root / "termination-log"
+    term_log.write_text("")
+    mapping[TERMINATION_LOG] = term_log
+
+    def local_path(arg: str) -> str:
+        for target, local in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+            if arg == target or arg.startswith(target.rstrip("/") + "/"):
+                return str(local) + arg[len(target):]
+        return arg
+
+    command = [sys.executable if c == "python" else local_path(c) for c in container["command"] + container.get("args", [])]
+    env = dict(os.environ)
+    env.update({e["name"]: local_path(e.get("value", "")) for e in container.get("env", [])})
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT, cwd=str(root))
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ContainerResult(137, "", "DeadlineExceeded")
+    logs = out.decode(errors="replace")
+    message = term_log.read_text()[:MESSAGE_LIMIT]
+    if not message and container.get("terminationMessagePolicy") == "FallbackToLogsOnError" and proc.returncode:
+        message = logs[-MESSAGE_LIMIT:]
+    return ContainerResult(proc.returncode or 0, message, "Completed" if proc.returncode == 0 else "Error", logs)
+
+
+class Kubelet:
+    """Job controller + kubelet, just enough for compression Jobs."""
+
+    def __init__(self, server: ApiServer, workdir: Path, runner: Runner | None = None):
+        self.server, self.workdir = server, workdir
+        self.runner = runner
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.logs: dict[str, str] = {}
+        self.started: list[str] = []
+        server.listeners.append(self._on_event)
+
+    def _on_event(self, plural: str, type_: str, obj: dict[str, Any]) -> None:
+        if plural != "jobs" or type_ == "DELETED":
+            return
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        if spec.get("suspend") or status.get("startTime") or key in self.started:
+            return
+        self.started.append(key)
+        task = asyncio.get_running_loop().create_task(self._run(copy.deepcopy(obj)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _config_maps(self, ns: str) -> dict[str, dict[str, str]]:
+        return {o["metadata"]["name"]: o.get("data", {}) for o in self.server.objects("", "configmaps", ns)}
+
+    async def _run(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        self._job_status(ns, name, {"startTime": now(), "active": 1})
+        failures, limit = 0, job["spec"].get("backoffLimit", 6)
+        deadline = job["spec"].get("activeDeadlineSeconds")
+        while True:
+            pod = self._create_pod(job)
+            root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
+            if self.runner is not None:
+                result = await self.runner(job, root)
+            else:
+                result = await run_container(job, root, config_maps=self._config_maps(ns), timeout=deadline)
+            self.logs[pod["metadata"]["name"]] = result.logs
+            self._pod_done(pod, result)
+            if result.exit_code == 0:
+                self._job_status(ns, name, {"active": 0, "succeeded": 1, "completionTime": now(), "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now()},
+                    {"type": "Complete", "status": "True", "lastTransitionTime": now()}]})
+                return
+            failures += 1
+            reason = self._failure_reason(job, result, failures, limit)
+            if reason:
+                self._job_status(ns, name, {"active": 0, "failed": failures, "conditions": [
+                    {"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": now()},
+                    {"type": "Failed", "status": "True", "reason": reason, "lastTransitionTime": now(),
+                     "message": f"Job failed: {reason}"}]})
+                return
+            self._job_status(ns, name, {"failed": failures})
+
+    @staticmethod
+    def _failure_reason(job: Mapping[str, Any], result: ContainerResult, failures: int, limit: int) -> str | None:
+        if result.reason == "DeadlineExceeded":
+            return "DeadlineExceeded"
+        for rule in (job["spec"].get("podFailurePolicy") or {}).get("rules", []):
+            codes = rule.get("onExitCodes")
+            if rule["action"] == "FailJob" and codes and (result.exit_code in codes["values"]) == (codes["operator"] == "In"):
+                return "PodFailurePolicy"
+        return "BackoffLimitExceeded" if failures > limit else None
+
+    def _create_pod(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        meta = job["metadata"]
+        template = copy.deepcopy(job["spec"]["template"])
+        labels = dict(template.get("metadata", {}).get("labels", {}))
+        labels.update({"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"],
+                       "controller-uid": meta["uid"], "batch.kubernetes.io/controller-uid": meta["uid"]})
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{meta['name']}-{uuid.uuid4().hex[:5]}", "namespace": meta["namespace"], "labels": labels,
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                              "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
+            "spec": template["spec"],
+        }
+        created = self.server.create("", "pods", meta["namespace"], pod)
+        return self.server.patch("", "pods", meta["namespace"], created["metadata"]["name"], "status",
+                                 {"status": {"phase": "Running", "startTime": now()}}, "application/merge-patch+json")
+
+    def _pod_done(self, pod: Mapping[str, Any], result: ContainerResult) -> None:
+        container = pod["spec"]["containers"][0]["name"]
+        terminated = {"exitCode": result.exit_code, "reason": result.reason, "finishedAt": now(), "startedAt": now()}
+        if result.message:
+            terminated["message"] = result.message
+        status = {"phase": "Succeeded" if result.exit_code == 0 else "Failed", "containerStatuses": [
+            {"name": container, "ready": False, "restartCount": 0, "image": pod["spec"]["containers"][0]["image"],
+             "state": {"terminated": terminated}}]}
+        self.server.patch("", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"], "status",
+                          {"status": status}, "application/merge-patch+json")
+
+    def _job_status(self, ns: str, name: str, fields: dict[str, Any]) -> None:
+        if self.server.get("batch", "jobs", ns, name) is None:
+            return  # deleted meanwhile
+        self.server.patch("batch", "jobs", ns, name, "status", {"status": fields}, "application/merge-patch+json")
+
+
+class Cluster:
+    """The emulator and kubelet in a background thread; sync helpers for tests."""
+
+    def __init__(self, workdir: Path, runner: Runner | None = None, namespace: str = "ml"):
+        self.workdir, self.runner, self.namespace = workdir, runner, namespace
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="api-server")
+        self.server: ApiServer
+        self.kubelet: Kubelet
+        self.url = ""
+        self.kubeconfig = workdir / "kubeconfig"
+
+    # -------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> Cluster:
+        self.thread.start()
+        self.call(self._start())
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "users": [{"name": "test", "user": {"token": "test-token"}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": self.namespace}}],
+        }))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _start(self) -> None:
+        self.server = ApiServer()
+        for group, version, plural, kind in [
+            (api.GROUP, api.VERSION, api.PLURAL, api.KIND), ("batch", "v1", "jobs", "Job"),
+            ("", "v1", "pods", "Pod"), ("", "v1", "configmaps", "ConfigMap"), ("", "v1", "events", "Event"),
+        ]:
+            self.server.declare(group, version, plural, kind)
+        self.server.declare("", "v1", "namespaces", "Namespace", namespaced=False)
+        self.server.create("", "namespaces", None, {"apiVersion": "v1", "kind": "Namespace",
+                                                    "metadata": {"name": self.namespace}})
+        await self.server.__aenter__()
+        self._http = kmock.Server(self.server)
+        await self._http.__aenter__()
+        self.url = str(self._http.url).rstrip("/")
+        self.kubelet = Kubelet(self.server, self.workdir, self.runner)
+
+    async def _stop(self) -> None:
+        for task in list(self.kubelet.tasks):
+            task.cancel()
+        await asyncio.gather(*self.kubelet.tasks, return_exceptions=True)
+        await self._http.__aexit__(None, None, None)
+        await self.server.__aexit__(None, None, None)
+
+    def call(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        async def run() -> Any:
+            return fn(*args)
+        return self.call(run())
+
+    # -------------------------------------------------------------- objects
+
+    def apply_model(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return self.sync(self.server.create, api.GROUP, api.PLURAL, doc["metadata"].get("namespace", self.namespace), dict(doc), api.VERSION)
+
+    def patch_model(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return self.sync(self.server.patch, api.GROUP, api.PLURAL, self.namespace, name, "", dict(patch),
+                         "application/merge-patch+json")
+
+    def delete_model(self, name: str) -> dict[str, Any]:
+        return self.sync(self.server.delete, api.GROUP, api.PLURAL, self.namespace, name)
+
+    def model(self, name: str) -> dict[str, Any] | None:
+        return self.sync(self.server.get, api.GROUP, api.PLURAL, self.namespace, name)
+
+    def objects(self, group: str, plural: str) -> list[dict[str, Any]]:
+        return self.sync(self.server.objects, group, plural, self.namespace)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.objects("", "events") if name is None or e["involvedObject"]["name"] == name]
+
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def wait_phase(self, name: str, phases: str | set[str], timeout: float = 120) -> dict[str, Any]:
+        wanted = {phases} if isinstance(phases, str) else phases
+
+        def check() -> dict[str, Any] | None:
+            obj = self.model(name)
+            return obj if obj and (obj.get("status") or {}).get("phase") in wanted else None
+
+        try:
+            return self.wait_for(f"{name} in phase {wanted}", check, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last status: {(self.model(name) or {}).get('status')}; "
+                                 f"kubelet logs: {list(self.kubelet.logs.values())[-1:]}") from None
+
+
+@contextlib.contextmanager
+def operator_env(cluster: Cluster, **settings: str) -> Iterator[dict[str, str]]:
+    """Environment for an operator run against ``cluster`` (kubeconfig + MODELPRESS_* settings)."""
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "MODELPRESS_METRICS_PORT": "0", "MODELPRESS_LIVENESS_PORT": "0"}
+    env.update({f"MODELPRESS_{k.upper()}": v for k, v in settings.items()})
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,495 @@
+"""An API-server stand-in: kmock's KubernetesEmulator, extended where the operator depends on it.
+
+kmock serves discovery (``/api``, ``/apis/...``) and the HTTP plumbing; this subclass
+replaces its simple object store with the parts of kube-apiserver's behaviour that an
+operator relies on:
+
+- ``metadata.uid``, a global ``resourceVersion``, ``creationTimestamp``, ``generateName``;
+- ``generation`` bumps on spec changes only (not metadata, not status);
+- the ``status`` subresource: writes to the object ignore status, writes to ``/status``
+  touch nothing else;
+- optimistic concurrency: a stale ``metadata.resourceVersion`` in a patch/PUT is a 409;
+- merge patches (RFC 7386) and JSON patches (RFC 6902, including ``test``);
+- label and ``metadata.name`` field selectors on list and watch;
+- watch resume from a ``resourceVersion`` (410 Gone when too old), ``timeoutSeconds``;
+- cascading deletion through ``ownerReferences``; 409 AlreadyExists on create.
+
+It is fast on purpose: kmock's own request log and DSL matching grow with every request
+(quadratic: 200 models took 69 s), so resource requests bypass them and only a compact
+audit record ``(verb, group, resource, subresource, namespace)`` is kept per request.
+Faults can be injected per verb/resource to prove the operator retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import datetime
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+
+STATUS_SUBRESOURCE = {("modelpress.io", "compressedmodels"), ("batch", "jobs"), ("", "pods")}
+EVENT_LOG_SIZE = 200_000
+
+Key = tuple[str, str]  # (group, plural)
+ObjKey = tuple[str, str, str, str]  # (group, plural, namespace, name)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One request as RBAC sees it."""
+
+    verb: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+
+
+@dataclass
+class Fault:
+    """Answer the next ``times`` matching requests with ``status`` instead of serving them."""
+
+    verb: str
+    resource: str
+    status: int
+    times: int = 1
+    subresource: str = ""
+    hits: int = 0
+
+
+@dataclass
+class Watcher:
+    key: Key
+    namespace: str | None
+    selector: Callable[[Mapping[str, Any]], bool]
+    queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = field(default_factory=asyncio.Queue)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_path(path: str) -> tuple[str, str, str | None, str, str | None, str] | None:
+    """(group, version, namespace, plural, name, subresource) or None for non-resource paths."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        group, version, rest = "", "v1", parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest:
+        return None
+    plural, name, sub = rest[0], rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else ""
+    return group, version, namespace, plural, name, sub
+
+
+_REQ = re.compile(r"^\s*(!?)([A-Za-z0-9./_-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
+
+
+def label_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
+    """Equality- and set-based selectors as kube-apiserver parses them."""
+    if not text:
+        return lambda obj: True
+    terms = []
+    for raw in re.split(r",(?![^(]*\))", text):
+        m = _REQ.match(raw)
+        if not m:
+            raise ApiError(400, "BadRequest", f"unable to parse requirement: {raw!r}")
+        neg, key, op, val, setop, setvals = m.groups()
+        values = {v.strip() for v in (setvals or "").split(",") if v.strip()}
+        terms.append((neg, key, op, val, setop, values))
+
+    def match(obj: Mapping[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        for neg, key, op, val, setop, values in terms:
+            if op in ("=", "=="):
+                ok = labels.get(key) == val
+            elif op == "!=":
+                ok = labels.get(key) != val
+            elif setop == "in":
+                ok = labels.get(key) in values
+            elif setop == "notin":
+                ok = labels.get(key) not in values
+            else:
+                ok = (key in labels) != bool(neg)
+            if not ok:
+                return False
+        return True
+
+    return match
+
+
+def field_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
+    if not text:
+        return lambda obj: True
+    wanted = {}
+    for term in text.split(","):
+        k, _, v = term.partition("=")
+        if k not in ("metadata.name", "metadata.namespace"):
+            raise ApiError(400, "BadRequest", f"field label not supported: {k}")
+        wanted[k.split(".")[1]] = v.lstrip("=")
+    return lambda obj: all((obj.get("metadata") or {}).get(k) == v for k, v in wanted.items())
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            result.pop(k, None)
+        else:
+            result[k] = merge_patch(result.get(k), v)
+    return result
+
+
+def _pointer(doc: Any, pointer: str) -> tuple[Any, str | int]:
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+    for p in parts[:-1]:
+        doc = doc[int(p)] if isinstance(doc, list) else doc[p]
+    last: str | int = parts[-1]
+    if isinstance(doc, list):
+        last = len(doc) if last == "-" else int(last)
+    return doc, last
+
+
+def json_patch(doc: dict[str, Any], ops: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """RFC 6902; a failed ``test`` is a 422 (Invalid) as on a real API server."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        try:
+            parent, key = _pointer(doc, op["path"])
+            kind = op["op"]
+            if kind == "test":
+                if parent[key] != op["value"]:
+                    raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: test failed at {op['path']}")
+            elif kind == "remove":
+                del parent[key]
+            elif kind == "add":
+                if isinstance(parent, list):
+                    parent.insert(key, copy.deepcopy(op["value"]))  # type: ignore[arg-type]
+                else:
+                    parent[key] = copy.deepcopy(op["value"])
+            elif kind == "replace":
+                parent[key]  # noqa: B018 - must exist
+                parent[key] = copy.deepcopy(op["value"])
+            else:
+                raise ApiError(422, "Invalid", f"unsupported json-patch op {kind!r}")
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise ApiError(422, "Invalid", f"json patch {op}: {exc!r}") from None
+    return doc
+
+
+@attrs.define(kw_only=True)
+class ApiServer(kmock.KubernetesEmulator):
+    """kmock's emulator with kube-apiserver semantics and an RBAC audit trail."""
+
+    store: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    audit: list[Audit] = attrs.field(factory=list, init=False)
+    faults: list[Fault] = attrs.field(factory=list, init=False)
+    rv: int = attrs.field(default=1000, init=False)
+    log: dict[Key, collections.deque[tuple[int, str, dict[str, Any]]]] = attrs.field(
+        factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=EVENT_LOG_SIZE)), init=False)
+    watchers: list[Watcher] = attrs.field(factory=list, init=False)
+    listeners: list[Callable[[str, str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
+
+    def declare(self, group: str, version: str, plural: str, kind: str, namespaced: bool = True) -> None:
+        subs = {"status"} if (group, plural) in STATUS_SUBRESOURCE else set()
+        prefix = f"{group}/{version}" if group else version
+        self.resources[f"{prefix}/{plural}"] = kmock.ResourceInfo(
+            kind=kind, namespaced=namespaced, singular=kind.lower(), subresources=subs,
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+
+    # ------------------------------------------------------------------ HTTP entry
+
+    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        parsed = parse_path(raw.path)
+        if parsed is None:
+            return await super().__call__(raw)  # discovery and anything else: kmock as is
+        group, version, ns, plural, name, sub = parsed
+        q = raw.query
+        method = raw.method.upper()
+        watch = q.get("watch") in ("1", "true")
+        verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PUT": "update",
+                "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+        self.audit.append(Audit(verb, group, plural, sub, ns or ""))
+        try:
+            self._inject_fault(verb, plural, sub)
+            body = await raw.read()
+            data = json.loads(body) if body else None
+            if verb == "watch":
+                return await self._watch(raw, group, plural, ns, q)
+            if verb == "list":
+                return _json(self.list_objects(group, version, plural, ns, q.get("labelSelector"), q.get("fieldSelector")))
+            if verb == "get":
+                return _json(self._get(group, plural, ns, name, sub))
+            if verb == "create":
+                return _json(self.create(group, plural, ns, data, version), 201)
+            if verb == "patch":
+                return _json(self.patch(group, plural, ns, name, sub, data, raw.headers.get("Content-Type", "")))
+            if verb == "update":
+                return _json(self.replace(group, plural, ns, name, sub, data))
+            if verb == "delete":
+                return _json(self.delete(group, plural, ns, name))
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+        except ApiError as exc:
+            return _status(exc.status, exc.reason, exc.message)
+
+    def _inject_fault(self, verb: str, plural: str, sub: str) -> None:
+        for fault in self.faults:
+            if fault.times > 0 and fault.verb == verb and fault.resource == plural and fault.subresource == sub:
+                fault.times -= 1
+                fault.hits += 1
+                reason = {409: "Conflict", 500: "InternalError", 503: "ServiceUnavailable", 429: "TooManyRequests"}
+                raise ApiError(fault.status, reason.get(fault.status, "Injected"), "injected by the test")
+
+    # ------------------------------------------------------------------ storage
+
+    def _emit(self, group: str, plural: str, type_: str, obj: dict[str, Any]) -> None:
+        rv = int(obj["metadata"]["resourceVersion"])
+        snapshot = copy.deepcopy(obj)
+        self.log[(group, plural)].append((rv, type_, snapshot))
+        for w in self.watchers:
+            if w.key == (group, plural):
+                w.queue.put_nowait((rv, type_, snapshot))
+        for listener in list(self.listeners):
+            listener(plural, type_, snapshot)
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+
+    def _get(self, group: str, plural: str, ns: str | None, name: str, sub: str = "") -> dict[str, Any]:
+        obj = self.store.get((group, plural, ns or "", name))
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{plural}.{group or "core"} "{name}" not found')
+        return obj
+
+    def get(self, group: str, plural: str, ns: str | None, name: str) -> dict[str, Any] | None:
+        obj = self.store.get((group, plural, ns or "", name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def objects(self, group: str, plural: str, ns: str | None = None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (g, p, n, _), o in self.store.items() if (g, p) == (group, plural)
+                and (ns is None or n == ns)]
+
+    def list_objects(self, group: str, version: str, plural: str, ns: str | None, labels: str | None = None,
+                     fields: str | None = None) -> dict[str, Any]:
+        lsel, fsel = label_selector(labels), field_selector(fields)
+        items = [o for (g, p, n, _), o in self.store.items()
+                 if (g, p) == (group, plural) and (ns is None or n == ns) and lsel(o) and fsel(o)]
+        return {"apiVersion": f"{group}/{version}" if group else version, "kind": "List",
+                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+
+    def create(self, group: str, plural: str, ns: str | None, data: Any, version: str = "v1") -> dict[str, Any]:
+        if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
+            raise ApiError(400, "BadRequest", "object has no metadata")
+        obj = copy.deepcopy(data)
+        meta = obj["metadata"]
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not meta.get("name"):
+            raise ApiError(422, "Invalid", "metadata.name: Required value")
+        ns = ns or meta.get("namespace") or ""
+        key = (group, plural, ns, meta["name"])
+        if key in self.store:
+            raise ApiError(409, "AlreadyExists", f'{plural}.{group or "core"} "{meta["name"]}" already exists')
+        if ns:
+            meta["namespace"] = ns
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        meta.pop("resourceVersion", None)
+        if (group, plural) in STATUS_SUBRESOURCE:
+            obj.pop("status", None)
+        self._bump(obj)
+        self.store[key] = obj
+        self._emit(group, plural, "ADDED", obj)
+        return obj
+
+    def _write(self, group: str, plural: str, ns: str | None, name: str, sub: str, new: dict[str, Any],
+               precondition: str | None) -> dict[str, Any]:
+        old = self._get(group, plural, ns, name)
+        if precondition and precondition != old["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural}.{group} "{name}": '
+                                            "the object has been modified; please apply your changes to the latest version and try again")
+        result = copy.deepcopy(old)
+        if (group, plural) in STATUS_SUBRESOURCE:
+            if sub == "status":
+                result["status"] = new.get("status", {})
+            else:
+                result.update({k: v for k, v in new.items() if k not in ("status", "metadata")})
+                for k in [k for k in result if k not in new and k not in ("status", "metadata", "apiVersion", "kind")]:
+                    del result[k]
+                result["metadata"] = self._merge_meta(old["metadata"], new.get("metadata") or {})
+        else:
+            result = {**new, "metadata": self._merge_meta(old["metadata"], new.get("metadata") or {})}
+        if result == old:
+            return old  # no-op writes do not bump resourceVersion (as on a real server)
+        if sub != "status" and _spec_of(result) != _spec_of(old):
+            result["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        self._bump(result)
+        key = (group, plural, ns or "", name)
+        meta = result["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            del self.store[key]
+            self._emit(group, plural, "DELETED", result)
+            self._cascade(meta["uid"])
+            return result
+        self.store[key] = result
+        self._emit(group, plural, "MODIFIED", result)
+        return result
+
+    @staticmethod
+    def _merge_meta(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-owned metadata fields cannot be changed by clients."""
+        meta = dict(new)
+        for k in ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp", "namespace", "name"):
+            if k in old:
+                meta[k] = old[k]
+            else:
+                meta.pop(k, None)
+        return meta
+
+    def patch(self, group: str, plural: str, ns: str | None, name: str, sub: str, data: Any,
+              content_type: str) -> dict[str, Any]:
+        old = self._get(group, plural, ns, name)
+        if "json-patch" in content_type:
+            new = json_patch(old, data or [])
+            precondition = None
+        else:  # merge-patch (strategic merge is treated as merge: the operator does not rely on it)
+            new = merge_patch(old, data or {})
+            precondition = ((data or {}).get("metadata") or {}).get("resourceVersion")
+        new.setdefault("metadata", {})
+        return self._write(group, plural, ns, name, sub, new, precondition)
+
+    def replace(self, group: str, plural: str, ns: str | None, name: str, sub: str, data: Any) -> dict[str, Any]:
+        precondition = ((data or {}).get("metadata") or {}).get("resourceVersion")
+        if not precondition:
+            raise ApiError(422, "Invalid", "metadata.resourceVersion: must be specified for an update")
+        return self._write(group, plural, ns, name, sub, data, precondition)
+
+    def delete(self, group: str, plural: str, ns: str | None, name: str) -> dict[str, Any]:
+        key = (group, plural, ns or "", name)
+        obj = self._get(group, plural, ns, name)
+        if obj["metadata"].get("finalizers"):
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj = copy.deepcopy(obj)
+                obj["metadata"]["deletionTimestamp"] = now()
+                self._bump(obj)
+                self.store[key] = obj
+                self._emit(group, plural, "MODIFIED", obj)
+            return obj
+        del self.store[key]
+        obj = copy.deepcopy(obj)
+        self._bump(obj)
+        self._emit(group, plural, "DELETED", obj)
+        self._cascade(obj["metadata"]["uid"])
+        return obj
+
+    def _cascade(self, uid: str) -> None:
+        """The garbage collector, in the background-propagation style."""
+        for (g, p, n, name), o in list(self.store.items()):
+            owners = (o.get("metadata") or {}).get("ownerReferences") or []
+            if any(ref.get("uid") == uid for ref in owners) and (g, p, n, name) in self.store:
+                self.delete(g, p, n, name)
+
+    # ------------------------------------------------------------------ watch
+
+    async def _watch(self, raw: aiohttp.web.BaseRequest, group: str, plural: str, ns: str | None,
+                     q: Mapping[str, str]) -> aiohttp.web.StreamResponse:
+        sel_l, sel_f = label_selector(q.get("labelSelector")), field_selector(q.get("fieldSelector"))
+
+        def wanted(obj: Mapping[str, Any]) -> bool:
+            return (ns is None or obj["metadata"].get("namespace") == ns) and sel_l(obj) and sel_f(obj)
+
+        watcher = Watcher((group, plural), ns, wanted)
+        since = q.get("resourceVersion")
+        backlog: list[tuple[int, str, dict[str, Any]]]
+        if since in (None, "", "0"):
+            backlog = [(int(o["metadata"]["resourceVersion"]), "ADDED", o) for (g, p, _, _), o in self.store.items()
+                       if (g, p) == (group, plural)]
+        else:
+            log = self.log[(group, plural)]
+            if log and len(log) == log.maxlen and int(since) < log[0][0]:
+                backlog = [(0, "ERROR", {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                                         "reason": "Expired", "message": f"too old resource version: {since}"})]
+            else:
+                backlog = [e for e in log if e[0] > int(since)]
+        self.watchers.append(watcher)
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(raw)
+        timeout = float(q.get("timeoutSeconds") or 1800)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            for _rv, type_, obj in backlog:
+                if type_ == "ERROR" or wanted(obj):
+                    await resp.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+                if type_ == "ERROR":
+                    return resp
+            seen = max((rv for rv, _, _ in backlog), default=0)
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    rv, type_, obj = await asyncio.wait_for(watcher.queue.get(), left)
+                except asyncio.TimeoutError:
+                    break
+                if rv > seen and wanted(obj):
+                    await resp.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watchers.remove(watcher)
+        return resp
+
+
+def _json(obj: Any, status: int = 200) -> aiohttp.web.Response:
+    return aiohttp.web.Response(body=json.dumps(obj).encode(), status=status, content_type="application/json")
+
+
+def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
+    return _json({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": code,
+                  "reason": reason, "message": message}, code)
+
+
+def _spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything but metadata and status: what bumps metadata.generation."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def rbac_usage(audit: Iterable[Audit]) -> list[tuple[str, str, str, str, str]]:
+    """Distinct (verb, group, resource, subresource, namespace) the operator used, sorted.
+
+    The packaging helper compares this with the chart's Role/ClusterRole so RBAC is exact.
+    """
+    return sorted({(a.verb, a.group, a.resource, a.subresource, a.namespace) for a in audit})
+
+
+def count_requests(audit: Iterable[Audit]) -> dict[str, int]:
+    """Reads (get/list/watch) and writes (everything else)."""
+    counts = collections.Counter("read" if a.verb in ("get", "list", "watch") else "write" for a in audit)
+    return {"read": counts.get("read", 0), "write": counts.get("write", 0)}
+
+
