@@ -37,6 +37,7 @@ import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.errors import InferenceError, InvalidInput
+from kserve.logging import logger
 from kserve.model import InferenceVerb
 from prometheus_client import Counter, Histogram
 
@@ -184,8 +185,29 @@ class OnnxModel(Model):
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._output_types = {o.name: ORT_TO_V2.get(o.type, o.type) for o in self.session.get_outputs()}
+        self._warm_up()
+        # Series exist (at 0) from the first scrape on, so Prometheus' increase()/rate()
+        # count the very first requests too instead of taking them as the starting value.
+        LATENCY.labels(self.name, self.digest)
+        for code in ("200", "400", "500"):
+            REQUESTS.labels(self.name, self.digest, code)
         self.ready = True
         return self.ready
+
+    def _warm_up(self, runs: int = 3) -> None:
+        """A few inferences on zeros before reporting ready, so the first real requests
+        (the ones a canary analysis judges first) do not pay for lazy initialisation."""
+        feed = {}
+        for i in self.session.get_inputs():
+            dtype = ORT_TO_NUMPY.get(i.type)
+            if dtype is None:  # e.g. string inputs: no meaningful zeros
+                return
+            feed[i.name] = np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], dtype=dtype)
+        try:
+            for _ in range(runs):
+                self.session.run(self._outputs, feed)
+        except Exception as e:  # a model that rejects zeros still serves real input
+            logger.warning("warm-up skipped for %s: %s", self.name, e)
 
     def get_input_types(self) -> list[dict]:
         return [

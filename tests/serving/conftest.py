@@ -3,11 +3,16 @@ modelpress-onnx ModelServer processes on loopback."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,12 +29,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    """Poll until the URL answers 200 (or fail with the process's output)."""
+def wait_http(url: str, proc: subprocess.Popen | None = None, log: Path | None = None, timeout: float = 60.0) -> None:
+    """Poll until the URL answers 200 (or fail with the process's log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = log.read_text(errors="replace") if log else ""
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was up:\n{out[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
@@ -79,6 +84,8 @@ class Server:
         self.port = free_port()
         self.name = name
         self.url = f"http://127.0.0.1:{self.port}"
+        # A file, not a pipe: an unread pipe fills up with access logs and blocks the server.
+        self.log = Path(tempfile.mkstemp(prefix=f"modelpress-onnx-{self.port}-", suffix=".log")[1])
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "modelpress.jobs.serving",
@@ -87,11 +94,11 @@ class Server:
                 "--intra_op_threads", "1", "--enable_latency_logging", "false",
             ],
             env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
+            stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            wait_http(f"{self.url}/v2/models/{name}/ready", self.proc)
+            wait_http(f"{self.url}/v2/models/{name}/ready", self.proc, self.log)
         except Exception:
             self.stop()
             raise
@@ -104,6 +111,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.log.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -118,3 +126,101 @@ def start_server() -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.stop()
+
+
+class Prometheus:
+    """A real Prometheus (Debian package) scraping the given servers every second."""
+
+    def __init__(self, workdir: Path, targets: list[str]) -> None:
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is not installed: apt-get install -y prometheus (.ci/run does this)"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            f"  - job_name: modelpress\n    static_configs: [{{targets: {json.dumps(targets)}}}]\n"
+        )
+        self.log = workdir / "prometheus.log"
+        self.proc = subprocess.Popen(
+            [
+                binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+            ],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_http(f"{self.url}/-/ready", self.proc, self.log)
+            self.wait_until(f"count(up == 1) == {len(targets)}")
+        except Exception:
+            self.stop()
+            raise
+
+    def wait_until(self, promql: str, timeout: float = 30.0) -> None:
+        """Until the query returns a non-empty result."""
+        deadline = time.monotonic() + timeout
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if json.loads(r.read())["data"]["result"]:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"Prometheus: {promql} still empty after {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_prometheus(tmp_path) -> Iterator[Callable[[list[Server]], Prometheus]]:
+    started: list[Prometheus] = []
+
+    def start(servers: list[Server]) -> Prometheus:
+        prom = Prometheus(tmp_path, [s.url.removeprefix("http://") for s in servers])
+        started.append(prom)
+        return prom
+
+    yield start
+    for prom in started:
+        prom.stop()
+
+
+def send_load(stable: Server, canary: Server | None, canary_percent: int, requests: int, x: np.ndarray) -> dict[str, int]:
+    """Closed-loop V1 load split by the canary percent (deterministic interleaving, as a
+    weighted router would on average); returns status-code counts per side."""
+    conns = {"stable": http.client.HTTPConnection("127.0.0.1", stable.port, timeout=10)}
+    if canary is not None:
+        conns["canary"] = http.client.HTTPConnection("127.0.0.1", canary.port, timeout=10)
+    counts: dict[str, int] = {}
+    path = f"/v1/models/{MODEL_NAME}:predict"
+    for i in range(requests):
+        to_canary = canary is not None and (i + 1) * canary_percent // 100 > i * canary_percent // 100
+        side = "canary" if to_canary else "stable"
+        body = json.dumps({"instances": x[i % len(x) : i % len(x) + 1].tolist()})
+        conns[side].request("POST", path, body, {"Content-Type": "application/json"})
+        response = conns[side].getresponse()
+        response.read()
+        key = f"{side}:{response.status}"
+        counts[key] = counts.get(key, 0) + 1
+    for conn in conns.values():
+        conn.close()
+    return counts
+
+
+@pytest.fixture
+def load() -> Callable[..., dict[str, int]]:
+    """The load generator (a fixture because test modules cannot import conftest)."""
+    return send_load
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()

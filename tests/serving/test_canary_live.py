@@ -1,0 +1,132 @@
+"""Analysed canary on real parts: two modelpress-onnx ModelServers (stable fp32, canary
+int8), a real Prometheus scraping them every second, a load generator splitting traffic
+by the canary percent, operator/analysis.py querying Prometheus and operator/rollout.py
+deciding. Storage URIs are just names here; the load generator plays the router."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from modelpress.jobs import serving
+from modelpress.operator import analysis as analysis_mod
+from modelpress.operator.analysis import Target, analyse
+from modelpress.operator.rollout import plan
+
+from modelpress.api import Analysis, Rollout
+
+STABLE_URI, CANARY_URI = "file:///artifacts/fp32/", "file:///artifacts/int8/"
+SCOPE = 'model="digits"'
+WINDOW = "20s"
+
+
+def digest(model_dir) -> str:
+    return hashlib.sha256(serving.find_model_file(model_dir).read_bytes()).hexdigest()
+
+
+def drive_rollout(send_load, rollout: Rollout, stable, canary, prom, x, canary_digest: str, requests_per_step: int = 200):
+    """Run the rollout to its end: per interval, load at the current split, let Prometheus
+    scrape, analyse, plan. Returns (final decision, analyses, traffic per interval)."""
+    d = plan(rollout, None, CANARY_URI, STABLE_URI, datetime.now(timezone.utc))
+    analyses, splits = [], []
+    while d.phase == "RollingOut":
+        percent = d.traffic.canary_percent
+        splits.append(percent)
+        send_load(stable, canary, percent, requests_per_step, x)
+        time.sleep(2.5)  # two scrapes
+        result = analyse(rollout.analysis, prom.url, Target(canary_digest, SCOPE, WINDOW))
+        analyses.append(result)
+        d = plan(rollout, d.status, CANARY_URI, STABLE_URI, datetime.now(timezone.utc), analysis=result)
+        assert len(analyses) <= 6, f"rollout did not finish: {[a.message for a in analyses]}"
+    return d, analyses, splits
+
+
+@pytest.fixture
+def x(digits_models) -> np.ndarray:
+    return np.load(digits_models["val"])["x"]
+
+
+def test_metric_names_match_the_runtime():
+    assert (analysis_mod.REQUESTS_METRIC, analysis_mod.LATENCY_METRIC, analysis_mod.DIGEST_LABEL) == (
+        serving.REQUESTS_METRIC, serving.LATENCY_METRIC, serving.DIGEST_LABEL,
+    )  # fmt: skip
+
+
+def test_good_canary_is_promoted(digits_models, start_server, start_prometheus, x, load):
+    stable, canary = start_server(digits_models["fp32"]), start_server(digits_models["int8"])
+    prom = start_prometheus([stable, canary])
+    # Tiny models answer in ~0.05-1 ms, and on 2 shared cores a few percent of requests
+    # are preempted for milliseconds, right where p95 sits: a lenient latency bound keeps
+    # the test about the mechanism, not about scheduler noise.
+    rollout = Rollout(steps=[25, 50], interval="20s", analysis=Analysis(min_requests=30, max_latency_ratio=10.0))
+    d, analyses, splits = drive_rollout(load, rollout, stable, canary, prom, x, digest(digits_models["int8"]))
+    assert [a.verdict for a in analyses] == ["Pass", "Pass"], [a.message for a in analyses]
+    assert splits == [25, 50]
+    assert d.phase == "Serving" and d.traffic.stable_uri == CANARY_URI and d.traffic.canary_uri is None
+    values = analyses[0].values
+    assert values["canaryRequests"] >= 30 and values["canaryErrorRate"] == 0.0
+    assert 0 < values["canaryP95Ms"] < 100 and 0 < values["stableP95Ms"] < 100
+
+
+@pytest.mark.parametrize(
+    "chaos,check",
+    [
+        ({"MODELPRESS_CHAOS_ERROR_RATE": "0.3"}, "error rate"),
+        ({"MODELPRESS_CHAOS_LATENCY_MS": "150"}, "p95 latency ratio"),
+    ],
+    ids=["errors", "latency"],
+)
+def test_bad_canary_is_rolled_back_within_failure_limit(digits_models, start_server, start_prometheus, x, load, chaos, check):
+    stable, canary = start_server(digits_models["fp32"]), start_server(digits_models["int8"], chaos)
+    prom = start_prometheus([stable, canary])
+    rollout = Rollout(
+        steps=[20, 50], interval="20s", analysis=Analysis(min_requests=15, max_latency_ratio=10.0, failure_limit=2)
+    )
+    requests = 100 if "LATENCY" in next(iter(chaos)) else 200  # 150 ms each on the canary side
+    d, analyses, splits = drive_rollout(load, rollout, stable, canary, prom, x, digest(digits_models["int8"]), requests)
+    assert d.phase == "RolledBack"
+    assert [a.verdict for a in analyses] == ["Fail", "Fail"]
+    assert splits == [20, 20]  # never advanced past the first step
+    assert all(check in a.message for a in analyses), [a.message for a in analyses]
+    assert d.traffic.stable_uri == STABLE_URI and d.traffic.canary_uri is None
+    assert d.status.history[-1].event == "RolledBack" and check in d.status.history[-1].message
+
+
+def test_too_little_traffic_is_not_a_pass(digits_models, start_server, start_prometheus, x, load):
+    stable, canary = start_server(digits_models["fp32"]), start_server(digits_models["int8"])
+    prom = start_prometheus([stable, canary])
+    load(stable, canary, 10, 50, x)  # ~5 canary requests
+    time.sleep(2.5)
+    result = analyse(Analysis(min_requests=50), prom.url, Target(digest(digits_models["int8"]), SCOPE, WINDOW))
+    assert result.verdict == "Inconclusive"
+    assert "too little traffic" in result.message and result.values["canaryRequests"] < 50
+
+
+def test_extra_queries_bounds_errors_and_empty_results(digits_models, start_server, start_prometheus, x, load):
+    stable, canary = start_server(digits_models["fp32"]), start_server(digits_models["int8"])
+    prom = start_prometheus([stable, canary])
+    load(stable, canary, 50, 100, x)
+    time.sleep(2.5)
+    target = Target(digest(digits_models["int8"]), SCOPE, WINDOW)
+    base = {"minRequests": 10, "maxLatencyRatio": 1000}
+
+    def run(query: dict):
+        return analyse(Analysis.model_validate({**base, "queries": [query]}), prom.url, target)
+
+    total = f"sum(modelpress_inference_requests_total{{{SCOPE}}})"
+    ok = run({"name": "served", "query": total, "min": 50})
+    assert ok.verdict == "Pass" and ok.values["served"] >= 100
+    too_high = run({"name": "served", "query": total, "max": 10})
+    assert too_high.verdict == "Fail" and "served" in too_high.message and "> max 10" in too_high.message
+    broken = run({"name": "broken", "query": "sum(rate(", "max": 1})
+    assert broken.verdict == "Inconclusive" and "failed" in broken.message
+    empty = run({"name": "nothing", "query": "sum(no_such_metric_anywhere)", "max": 1})
+    assert empty.verdict == "Inconclusive" and "nothing: empty result" in empty.message
+
+
+def test_unreachable_prometheus_is_inconclusive_never_a_pass(unused_port):
+    result = analyse(Analysis(), f"http://127.0.0.1:{unused_port}", Target("abc", SCOPE, WINDOW), timeout=2)
+    assert result.verdict == "Inconclusive" and "unreachable" in result.message
