@@ -1,0 +1,213 @@
+"""Operator behaviour around the Job: invalid specs, recipe changes, restarts, API faults,
+deletion, the concurrency cap and pod-level failures.
+
+The kubelet stand-in here finishes Jobs with a summary written the way the job writes it
+(``JobSummary.to_termination_message``), and a gate lets a test hold a Job "running".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import Cluster, ContainerResult
+from conftest import running_operator
+from k8s_emulator import Fault
+
+from modelpress import api
+from modelpress.summary import JobSummary
+
+DOC: dict[str, Any] = {
+    "apiVersion": api.API_VERSION,
+    "kind": api.KIND,
+    "metadata": {"name": "digits", "namespace": "ml"},
+    "spec": {
+        "source": {"storageUri": "s3://models/digits/model.onnx", "format": "onnx", "task": "classification"},
+        "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
+        "validation": {"dataset": {"storageUri": "s3://models/digits/val.npz", "format": "npz"},
+                       "metric": "accuracy", "maxAccuracyDrop": {"absolute": 0.02}},
+        "job": {"gpu": 0},
+        "output": {"storageUri": "s3://models/out/"},
+    },
+}
+
+
+def doc(name: str = "digits", **spec: Any) -> dict[str, Any]:
+    out = {**DOC, "metadata": {"name": name, "namespace": "ml"}, "spec": {**DOC["spec"], **spec}}
+    return out
+
+
+class Gate:
+    """Holds Jobs "running" until opened; then they succeed with a real-shaped summary."""
+
+    def __init__(self, open_: bool = True, outcome: str = "Validated"):
+        self.event = threading.Event()
+        if open_:
+            self.event.set()
+        self.outcome = outcome
+        self.runs: list[str] = []
+
+    async def __call__(self, job: Mapping[str, Any], root: Path) -> ContainerResult:
+        self.runs.append(job["metadata"]["name"])
+        while not self.event.is_set():
+            await asyncio.sleep(0.02)
+        rh = job["metadata"]["labels"]["modelpress.io/recipe-hash"]
+        summary = JobSummary(
+            outcome=self.outcome, reason="trial 0 met every threshold", recipeHash=rh,
+            artifact={"storageUri": f"s3://models/out/{rh}", "sha256": "0" * 64, "sizeBytes": 1000},
+            results={"passed": True, "metric": "accuracy", "accuracyDrop": 0.004, "speedup": 2.5, "sizeRatio": 0.26},
+        )
+        return ContainerResult(summary.exit_code.value, summary.to_termination_message(), "Completed")
+
+
+@pytest.fixture()
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture()
+def gated(tmp_path: Path, gate: Gate):
+    with Cluster(tmp_path, runner=gate) as c:
+        yield c
+
+
+def status(c: Cluster, name: str = "digits") -> dict[str, Any]:
+    return (c.model(name) or {}).get("status") or {}
+
+
+def cond(st: Mapping[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in st["conditions"] if c["type"] == type_)
+
+
+def test_invalid_spec_gets_a_condition_and_no_job(gated: Cluster) -> None:
+    bad = doc(validation={**DOC["spec"]["validation"], "metric": "mse"})
+    with running_operator(gated):
+        gated.apply_model(bad)
+        gated.wait_for("SpecValid=False", lambda: any(
+            c["type"] == "SpecValid" and c["status"] == "False" for c in status(gated).get("conditions", [])))
+        st = status(gated)
+        spec_valid = cond(st, "SpecValid")
+        assert spec_valid["reason"] == "InvalidSpec"
+        assert "spec.validation.metric" in spec_valid["message"] and "accuracy" in spec_valid["message"]
+        assert st["observedGeneration"] == 1 and st["phase"] == "Failed"
+        events = gated.wait_for("a warning", lambda: gated.events("digits"))
+        assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpec")]
+        assert gated.objects("batch", "jobs") == [] and gated.objects("", "configmaps") == []
+
+        # Fixing the spec starts the Job.
+        gated.patch_model("digits", {"spec": {"validation": {"metric": "accuracy"}}})
+        gated.wait_phase("digits", "Validated", 30)
+        assert cond(status(gated), "SpecValid")["status"] == "True"
+        assert len(gated.objects("batch", "jobs")) == 1
+
+
+def test_recipe_change_starts_a_new_job_serving_change_does_not(gated: Cluster, gate: Gate) -> None:
+    with running_operator(gated):
+        gated.apply_model(doc())
+        first = gated.wait_phase("digits", "Validated", 30)["status"]
+        gated.patch_model("digits", {"spec": {"serving": {"enabled": True, "autoscaling": {"maxReplicas": 5}}}})
+        gated.wait_for("generation 2", lambda: status(gated).get("observedGeneration") == 2)
+        assert [j["metadata"]["name"] for j in gated.objects("batch", "jobs")] == [first["jobName"]]
+
+        gated.patch_model("digits", {"spec": {"compression": {"steps": [{"quantize": {"mode": "fp16"}}]}}})
+        gated.wait_for("a second job", lambda: len(gated.objects("batch", "jobs")) == 2)
+        second = gated.wait_for("the new recipe validated", lambda: (
+            (s := status(gated)).get("phase") == "Validated" and s.get("recipeHash") != first["recipeHash"] and s))
+        assert second["observedGeneration"] == 3 and second["jobName"] != first["jobName"]
+        assert gate.runs == [first["jobName"], second["jobName"]]
+        # Serving is enabled now: validated, but Ready waits for the rollout.
+        assert cond(second, "Ready")["reason"] == "RolloutPending"
+
+
+def test_operator_restart_mid_job_collects_without_duplicates(tmp_path: Path) -> None:
+    gate = Gate(open_=False)
+    with Cluster(tmp_path, runner=gate) as c:
+        with running_operator(c):
+            c.apply_model(doc())
+            c.wait_for("the job to run", lambda: gate.runs)
+            assert status(c)["phase"] == "Compressing"
+        gate.event.set()  # the Job finishes while no operator runs
+        c.wait_for("the job to finish", lambda: (c.objects("batch", "jobs")[0].get("status") or {}).get("succeeded"))
+        with running_operator(c):
+            st = c.wait_phase("digits", "Validated", 30)["status"]
+        assert len(c.objects("batch", "jobs")) == 1 and gate.runs == [st["jobName"]]
+        assert st["results"]["speedup"] == 2.5
+        creates = [a for a in c.server.audit if a.verb == "create" and a.resource == "jobs"]
+        assert len(creates) == 1
+
+
+def test_restart_after_status_but_before_job_recreates_it(tmp_path: Path) -> None:
+    """A crash between the Compressing status write and the Job create: the next run creates it."""
+    gate = Gate()
+    with Cluster(tmp_path, runner=gate) as c:
+        c.server.faults.append(Fault("create", "jobs", 500, times=100))
+        with running_operator(c):
+            c.apply_model(doc())
+            c.wait_for("Compressing", lambda: status(c).get("phase") == "Compressing")
+            c.wait_for("create attempts", lambda: c.server.faults[0].hits >= 6)
+        c.server.faults.clear()
+        with running_operator(c):
+            c.wait_phase("digits", "Validated", 30)
+        assert len(c.objects("batch", "jobs")) == 1
+
+
+def test_api_errors_are_retried(gated: Cluster) -> None:
+    gated.server.faults.extend([
+        Fault("create", "jobs", 500, times=2),
+        Fault("create", "configmaps", 503, times=1),
+        Fault("patch", "compressedmodels", 500, times=2, subresource="status"),
+        Fault("patch", "compressedmodels", 409, times=1, subresource="status"),
+        Fault("list", "pods", 500, times=1),
+    ])
+    with running_operator(gated):
+        gated.apply_model(doc())
+        st = gated.wait_phase("digits", "Validated", 60)["status"]
+    assert all(f.times == 0 for f in gated.server.faults), gated.server.faults
+    assert len(gated.objects("batch", "jobs")) == 1 and st["artifact"]["sizeBytes"] == 1000
+
+
+def test_delete_removes_owned_objects_and_metrics(gated: Cluster) -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"namespace": "ml", "name": "digits"}
+    with running_operator(gated):
+        gated.apply_model(doc())
+        gated.wait_phase("digits", "Validated", 30)
+        assert REGISTRY.get_sample_value("modelpress_model_speedup", labels) == 2.5
+        gated.delete_model("digits")
+        gated.wait_for("the model to go", lambda: gated.model("digits") is None, 10)
+        assert gated.objects("batch", "jobs") == [] and gated.objects("", "configmaps") == []
+        gated.wait_for("gauges removed", lambda: REGISTRY.get_sample_value("modelpress_model_speedup", labels) is None)
+
+
+def test_concurrency_cap_queues_models(tmp_path: Path) -> None:
+    gate = Gate(open_=False)
+    with Cluster(tmp_path, runner=gate) as c:
+        with running_operator(c, max_concurrent_jobs="1"):
+            c.apply_model(doc("first"))
+            c.wait_for("first running", lambda: gate.runs)
+            c.apply_model(doc("second"))
+            c.wait_for("second queued", lambda: status(c, "second").get("phase") == "Queued")
+            assert cond(status(c, "second"), "Compressed")["reason"] == "Queued"
+            assert len(c.objects("batch", "jobs")) == 1
+            gate.event.set()
+            c.wait_phase("first", "Validated", 30)
+            c.wait_phase("second", "Validated", 30)
+        assert len(c.objects("batch", "jobs")) == 2
+
+
+def test_pod_level_failure_reason(tmp_path: Path) -> None:
+    async def oom(job: Mapping[str, Any], root: Path) -> ContainerResult:
+        return ContainerResult(137, "", "OOMKilled")
+
+    with Cluster(tmp_path, runner=oom) as c:
+        with running_operator(c):
+            c.apply_model(doc(job={"gpu": 0, "backoffLimit": 1}))
+            st = c.wait_phase("digits", "Failed", 30)["status"]
+        assert cond(st, "Compressed")["reason"] == "OOMKilled"
+        assert cond(st, "Ready")["status"] == "False"
+        assert len(c.objects("", "pods")) == 2  # backoffLimit 1: one retry, then no more
