@@ -1,0 +1,133 @@
+"""Pure builder: (CompressedModel, desired traffic, Settings) -> a KServe InferenceService.
+
+The traffic split comes from :func:`modelpress.operator.rollout.desired_traffic`, so the
+manifest is a function of ``status.rollout`` only (restart-safe, ``modelpress render``
+prints the same thing). How a canary is expressed depends on the deployment mode:
+
+* ``Knative``: the predictor points at the canary artifact and ``canaryTrafficPercent``
+  sends that share to the newest revision; the rest stays on the previous revision (the
+  stable model, which KServe remembers).
+* ``Standard`` (KServe >= 0.20): the predictor is the stable model and ``spec.canary[]``
+  holds one entry with the canary predictor and its ``trafficPercent``.
+
+Promotion and rollback both end as a plain predictor on one artifact with no canary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelpress.operator.job_builder import LABEL_MODEL, owner_reference
+from modelpress.operator.rollout import Traffic
+from modelpress.operator.settings import Settings
+
+from modelpress import api
+
+ISVC_API_VERSION = "serving.kserve.io/v1beta1"
+ISVC_KIND = "InferenceService"
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+GPU_RESOURCE = "nvidia.com/gpu"
+CONTAINER_NAME = "kserve-container"
+# KServe's Triton runtime speaks the Open Inference (v2) protocol only.
+PROTOCOL = {api.Runtime.kserve_tritonserver.value: "v2"}
+# HPA metrics in Standard mode are utilisation percentages; Knative's are raw values.
+UTILIZATION_METRICS = ("cpu", "memory")
+
+
+def isvc_name(model: api.CompressedModel) -> str:
+    serving = model.spec.serving
+    return (serving.inference_service if serving else None) or model.metadata.name
+
+
+def _model_block(serving: api.Serving, storage_uri: str) -> dict[str, Any]:
+    resources: dict[str, dict[str, Any]] = {
+        "requests": dict(serving.resources.requests),
+        "limits": dict(serving.resources.limits),
+    }
+    if serving.gpu:
+        resources["limits"][GPU_RESOURCE] = serving.gpu
+        resources["requests"][GPU_RESOURCE] = serving.gpu
+    block: dict[str, Any] = {
+        # KServe's own container name; the schema of spec.canary[] requires it.
+        "name": CONTAINER_NAME,
+        "modelFormat": {"name": "onnx"},
+        "runtime": serving.runtime,
+        "storageUri": storage_uri,
+    }
+    if serving.runtime in PROTOCOL:
+        block["protocolVersion"] = PROTOCOL[serving.runtime]
+    resources = {k: v for k, v in resources.items() if v}
+    if resources:
+        block["resources"] = resources
+    return block
+
+
+def _predictor(serving: api.Serving, storage_uri: str) -> dict[str, Any]:
+    scaling = serving.autoscaling
+    predictor: dict[str, Any] = {
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "scaleMetric": scaling.metric,
+        "scaleTarget": scaling.target,
+        "model": _model_block(serving, storage_uri),
+    }
+    if serving.deployment_mode == api.DeploymentMode.Standard.value and scaling.metric in UTILIZATION_METRICS:
+        predictor["scaleMetricType"] = "Utilization"
+    return predictor
+
+
+def labels(model: api.CompressedModel, settings: Settings) -> dict[str, str]:
+    return {
+        **settings.extra_labels,
+        "app.kubernetes.io/name": "modelpress",
+        "app.kubernetes.io/instance": model.metadata.name,
+        "app.kubernetes.io/component": "inference-service",
+        "app.kubernetes.io/managed-by": "modelpress-operator",
+        LABEL_MODEL: model.metadata.name,
+    }
+
+
+def build_inference_service(
+    model: api.CompressedModel,
+    traffic: Traffic,
+    settings: Settings,
+    owned: bool = True,
+) -> dict[str, Any]:
+    """The whole InferenceService for ``traffic``.
+
+    ``owned``: ModelPress created it (the CR owns it and garbage collection removes it);
+    False when it rolls out into an InferenceService someone else created.
+    """
+    serving = model.spec.serving or api.Serving()
+    metadata: dict[str, Any] = {
+        "name": isvc_name(model),
+        "namespace": model.metadata.namespace or "default",
+        "labels": labels(model, settings),
+        "annotations": {DEPLOYMENT_MODE_ANNOTATION: serving.deployment_mode},
+    }
+    if owned and (owners := owner_reference(model)):
+        metadata["ownerReferences"] = owners
+    canary = traffic.canary_uri is not None
+    if serving.deployment_mode == api.DeploymentMode.Knative.value:
+        predictor = _predictor(serving, traffic.canary_uri if canary else traffic.stable_uri)
+        if canary:
+            predictor["canaryTrafficPercent"] = traffic.canary_percent
+        spec: dict[str, Any] = {"predictor": predictor}
+    else:
+        spec = {"predictor": _predictor(serving, traffic.stable_uri)}
+        if canary:
+            spec["canary"] = [
+                {"predictor": _predictor(serving, traffic.canary_uri), "trafficPercent": traffic.canary_percent}
+            ]
+    return {"apiVersion": ISVC_API_VERSION, "kind": ISVC_KIND, "metadata": metadata, "spec": spec}
+
+
+def serving_uri(isvc: dict[str, Any] | None) -> str | None:
+    """What an existing InferenceService serves as its stable model (None if absent).
+
+    In Knative mode with a canary in flight the predictor already points at the canary;
+    the stable model is then the one ModelPress recorded in ``status.rollout``.
+    """
+    if not isvc:
+        return None
+    return ((isvc.get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")

@@ -1,0 +1,147 @@
+"""The InferenceService builder against KServe's published CRD schema (strict: unknown
+fields are errors, as the API server's structural pruning would silently drop them)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from modelpress.operator.inference_service import build_inference_service, serving_uri
+from modelpress.operator.rollout import Traffic
+from modelpress.operator.settings import Settings
+
+from modelpress import api
+
+REPO = Path(__file__).resolve().parents[2]
+KSERVE_SCHEMAS = REPO.parent / "shared" / "schemas" / "kserve"
+STABLE, CANARY = "s3://models/out/aaaa/", "s3://models/out/bbbb/"
+
+
+def strict(schema: Any) -> Any:
+    """Objects with declared properties and no additionalProperties reject unknown keys."""
+    if isinstance(schema, dict):
+        out = {k: strict(v) for k, v in schema.items()}
+        if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def isvc_validator() -> jsonschema.Draft7Validator:
+    # The CRD is megabytes of YAML: the C loader keeps this test fast.
+    text = (KSERVE_SCHEMAS / "full_serving.kserve.io_inferenceservices.yaml").read_text()
+    crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
+    schema = strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta is not in the CRD
+    return jsonschema.Draft7Validator(schema)
+
+
+def make_model(serving: dict[str, Any], uid: str | None = "1234-uid") -> api.CompressedModel:
+    meta: dict[str, Any] = {"name": "digits", "namespace": "ml"}
+    if uid:
+        meta["uid"] = uid
+    return api.CompressedModel.model_validate({
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": meta,
+        "spec": {
+            "source": {"storageUri": "s3://models/digits.onnx", "format": "onnx", "task": "classification"},
+            "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
+            "validation": {
+                "dataset": {"storageUri": "s3://data/val.npz", "format": "npz"},
+                "metric": "accuracy",
+                "maxAccuracyDrop": {"absolute": 0.01},
+            },
+            "output": {"storageUri": "s3://models/out/"},
+            "serving": serving,
+        },
+    })
+
+
+SERVINGS = {
+    "knative-cpu": {"deploymentMode": "Knative"},
+    "standard-gpu-triton": {
+        "deploymentMode": "Standard",
+        "runtime": "kserve-tritonserver",
+        "gpu": 1,
+        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "metric": "cpu", "target": 70},
+        "inferenceService": "digits-prod",
+    },
+    "standard-rps": {"deploymentMode": "Standard", "autoscaling": {"metric": "rps", "target": 100}},
+}
+TRAFFIC = {"stable": Traffic(STABLE), "canary": Traffic(STABLE, CANARY, 25)}
+
+
+@pytest.mark.parametrize("serving", SERVINGS, ids=list(SERVINGS))
+@pytest.mark.parametrize("traffic", TRAFFIC, ids=list(TRAFFIC))
+def test_every_built_inference_service_validates(isvc_validator, serving, traffic):
+    isvc = build_inference_service(make_model(SERVINGS[serving]), TRAFFIC[traffic], Settings())
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in isvc_validator.iter_errors(isvc)]
+    assert not errors
+
+
+def test_the_strict_schema_catches_a_typo(isvc_validator):
+    isvc = build_inference_service(make_model({}), Traffic(STABLE), Settings())
+    isvc["spec"]["predictor"]["scaleMetrc"] = "rps"
+    assert any("scaleMetrc" in e.message for e in isvc_validator.iter_errors(isvc))
+
+
+def test_knative_canary_uses_canary_traffic_percent():
+    isvc = build_inference_service(make_model({"deploymentMode": "Knative"}), Traffic(STABLE, CANARY, 10), Settings())
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == CANARY and predictor["canaryTrafficPercent"] == 10
+    assert "canary" not in isvc["spec"]
+    promoted = build_inference_service(make_model({"deploymentMode": "Knative"}), Traffic(CANARY), Settings())
+    assert "canaryTrafficPercent" not in promoted["spec"]["predictor"]
+
+
+def test_standard_canary_uses_canary_entries_and_keeps_stable_predictor():
+    model = make_model(SERVINGS["standard-gpu-triton"])
+    isvc = build_inference_service(model, Traffic(STABLE, CANARY, 30), Settings(extra_labels={"team": "ml"}))
+    assert isvc["metadata"]["name"] == "digits-prod" and isvc["metadata"]["namespace"] == "ml"
+    assert isvc["metadata"]["labels"]["team"] == "ml"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["model"] == {
+        "name": "kserve-container",
+        "modelFormat": {"name": "onnx"},
+        "runtime": "kserve-tritonserver",
+        "storageUri": STABLE,
+        "protocolVersion": "v2",
+        "resources": {
+            "requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": 1},
+            "limits": {"memory": "8Gi", "nvidia.com/gpu": 1},
+        },
+    }
+    assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"]) == (2, 6, "cpu")
+    assert (predictor["scaleTarget"], predictor["scaleMetricType"]) == (70, "Utilization")
+    [entry] = isvc["spec"]["canary"]
+    assert entry["trafficPercent"] == 30 and entry["predictor"]["model"]["storageUri"] == CANARY
+    assert serving_uri(isvc) == STABLE
+
+
+def test_owner_reference_only_when_modelpress_created_it():
+    owned = build_inference_service(make_model({}), Traffic(STABLE), Settings())
+    [ref] = owned["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("CompressedModel", "digits", "1234-uid", True)
+    adopted = build_inference_service(make_model({}), Traffic(STABLE), Settings(), owned=False)
+    assert "ownerReferences" not in adopted["metadata"]
+    rendered = build_inference_service(make_model({}, uid=None), Traffic(STABLE), Settings())
+    assert "ownerReferences" not in rendered["metadata"]
+
+
+def test_builder_is_pure():
+    model = make_model(SERVINGS["standard-rps"])
+    assert build_inference_service(model, Traffic(STABLE, CANARY, 5), Settings()) == build_inference_service(
+        model, Traffic(STABLE, CANARY, 5), Settings()
+    )
+    assert serving_uri(None) is None
