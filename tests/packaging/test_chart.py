@@ -292,7 +292,7 @@ def test_cluster_wide_install_binds_one_cluster_role(render) -> None:
 
 
 def test_namespaced_install_grants_nothing_cluster_wide(render) -> None:
-    objects = render(NON_DEFAULT)
+    objects = render(dict(NON_DEFAULT, rbac={"create": True, "kserve": False, "kopfScanning": False}))
     assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
     roles, bindings = by_kind(objects, "Role"), by_kind(objects, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -303,6 +303,21 @@ def test_namespaced_install_grants_nothing_cluster_wide(render) -> None:
     assert not [r for r in rules_of(objects) if "serving.kserve.io" in r["apiGroups"]]
     peerings = by_kind(objects, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+
+
+def test_kopf_scanning_is_the_only_cluster_wide_grant_of_a_namespaced_install(render) -> None:
+    objects = render(NON_DEFAULT)
+    (role,) = by_kind(objects, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    ]
+    (binding,) = by_kind(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    # Cluster-wide installs see every namespace anyway: only the CRD watch is added.
+    (cluster_role,) = by_kind(render({}), "ClusterRole")
+    assert role["rules"][0] in cluster_role["rules"]
+    assert not [r for r in cluster_role["rules"] if "namespaces" in r["resources"]]
 
 
 def test_peering_patch_is_limited_to_our_peering_object(render) -> None:

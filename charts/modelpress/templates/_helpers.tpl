@@ -87,3 +87,20 @@ against every request the operator makes in tests/packaging/test_rbac.py.
   resourceNames: [{{ .Values.peering.name | quote }}]
   verbs: [patch]
 {{- end -}}
+
+{{/*
+kopf's cluster observation (settings.scanning): it watches CRDs to notice new resource
+kinds and, when watching a namespace list, lists/watches Namespaces. Without these kopf
+still runs, with warnings; rbac.kopfScanning=false drops them (pair it with
+settings.scanning.disabled in the operator).
+*/}}
+{{- define "modelpress.scanningRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end -}}
