@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from modelpress.api import ModelMetrics, Validation
 
+# Threshold names as users write them (the API's wire aliases), for the messages.
+NAME = {f: info.alias or f for f, info in Validation.model_fields.items()}
 MB = 1_000_000  # maxSizeMB is in decimal megabytes, like `ls --si` and object stores
 HIGHER_IS_BETTER = {"accuracy": True, "top5": True, "f1": True, "cosine": True, "mse": False}
 
@@ -39,20 +41,20 @@ def evaluate(validation: Validation, baseline: ModelMetrics, candidate: ModelMet
         drop = accuracy_drop(metric, baseline.score, candidate.score)
         budget = validation.max_accuracy_drop
         if budget.absolute is not None and drop > budget.absolute:
-            failed.append(f"maxAccuracyDrop: drop {drop:.4g} > {budget.absolute:.4g} (absolute)")
+            failed.append(f"{NAME['max_accuracy_drop']}: drop {drop:.4g} > {budget.absolute:.4g} (absolute)")
         if budget.relative is not None:
             relative = drop / abs(baseline.score) if baseline.score else (0.0 if drop <= 0 else float("inf"))
             if relative > budget.relative:
-                failed.append(f"maxAccuracyDrop: drop {relative:.4g} > {budget.relative:.4g} (relative; {drop:.4g} {metric})")
+                failed.append(f"{NAME['max_accuracy_drop']}: drop {relative:.4g} > {budget.relative:.4g} (relative; {drop:.4g} {metric})")
     speedup = _ratio(baseline.latency_p50_ms, candidate.latency_p50_ms)
     if validation.min_speedup is not None and (speedup is None or speedup < validation.min_speedup):
-        failed.append(f"minSpeedup: speedup {_fmt(speedup)}x < {validation.min_speedup:.4g}x")
+        failed.append(f"{NAME['min_speedup']}: speedup {_fmt(speedup)}x < {validation.min_speedup:.4g}x")
     p95 = candidate.latency_p95_ms
     if validation.max_latency_ms is not None and (p95 is None or p95 > validation.max_latency_ms):
-        failed.append(f"maxLatencyMs: p95 {_fmt(p95)} ms > {validation.max_latency_ms:.4g} ms")
+        failed.append(f"{NAME['max_latency_ms']}: p95 {_fmt(p95)} ms > {validation.max_latency_ms:.4g} ms")
     size = candidate.size_bytes
     if validation.max_size_mb is not None and (size is None or size / MB > validation.max_size_mb):
-        failed.append(f"maxSizeMB: {_fmt(None if size is None else size / MB)} MB > {validation.max_size_mb:.4g} MB")
+        failed.append(f"{NAME['max_size_mb']}: {_fmt(None if size is None else size / MB)} MB > {validation.max_size_mb:.4g} MB")
     size_ratio = _ratio(candidate.size_bytes, baseline.size_bytes)
     return GateResult(passed=not failed, accuracy_drop=drop, speedup=speedup, size_ratio=size_ratio, failed=failed)
 

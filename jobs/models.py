@@ -15,9 +15,11 @@ with a message saying how to export the model instead.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
+import types
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +92,8 @@ def load_pt2(path: Path, task: str, field: str = FIELD) -> ModelHandle:
     names = list(program.graph_signature.user_inputs)
     positional = names[: args_spec.num_children]
     keywords = list(kwargs_spec.context or [])
-    module = KeywordInputs(program.module(), positional, keywords)
+    # Exported with keywords (the usual way): the program already takes ModelHandle's convention.
+    module = KeywordInputs(program.module(), positional, keywords) if positional else program.module()
     dynamic = {n: {0: "batch"} for n in positional + keywords}
     output = OUTPUT_NAME_BY_TASK.get(task, "output")
     log.info("loaded torch.export program %s: inputs %s", path.name, positional + keywords)
@@ -110,6 +113,22 @@ class KeywordInputs(torch.nn.Module):
         self.program = program
         self.positional = positional
         self.keywords = keywords
+        # torch.export binds inputs (and dynamic_shapes) by the parameter names of
+        # forward, so give this instance's forward the program's input names.
+        names = ["self", *positional, *keywords]
+        params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+
+        def forward(this: KeywordInputs, *args: Any, **kwargs: Any) -> Any:
+            return KeywordInputs.forward(this, *args, **kwargs)
+
+        forward.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        self.forward = types.MethodType(forward, self)
+
+    def train(self, mode: bool = True) -> KeywordInputs:
+        """Exported programs refuse ``train()`` (their graph is fixed at export time:
+        dropout/batch-norm behave as exported), so only this wrapper's flag changes."""
+        self.training = mode
+        return self
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         values = dict(zip(self.positional + self.keywords, args, strict=False))

@@ -1,0 +1,215 @@
+"""The pipeline: gate rules, candidate generation, metrics, and whole jobs on a real
+digits model (torch.export and ONNX sources, recipe and accuracy-aware search)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from sklearn.metrics import f1_score
+
+from modelpress.api import ModelMetrics, Step, Validation
+from modelpress.jobs import gate
+from modelpress.jobs.artifact import CONFIG_RELPATH, MODEL_RELPATH
+from modelpress.jobs.entrypoint import load_spec
+from modelpress.jobs.measure import score_outputs
+from modelpress.jobs.pipeline import candidates, run
+
+from .conftest import make_spec, write_spec
+
+
+def validation(**kw) -> Validation:
+    base = {"dataset": {"storageUri": "file:///v.npz", "format": "npz"}, "metric": "accuracy",
+            "maxAccuracyDrop": {"absolute": 0.005}}
+    base.update(kw)
+    return Validation.model_validate(base)
+
+
+BASE = ModelMetrics(score=0.95, latency_p50_ms=2.0, latency_p95_ms=3.0, size_bytes=4_000_000)
+
+
+# --------------------------------------------------------------------------- gate
+
+
+def test_gate_names_each_broken_threshold_with_value_and_limit() -> None:
+    cand = ModelMetrics(score=0.919, latency_p50_ms=1.6, latency_p95_ms=2.5, size_bytes=1_200_000)
+    result = gate.evaluate(validation(minSpeedup=1.5, maxLatencyMs=2.0, maxSizeMb=1.0), BASE, cand)
+    assert not result.passed
+    assert result.failed == [
+        "maxAccuracyDrop: drop 0.031 > 0.005 (absolute)",
+        "minSpeedup: speedup 1.25x < 1.5x",
+        "maxLatencyMs: p95 2.5 ms > 2 ms",
+        "maxSizeMb: 1.2 MB > 1 MB",
+    ]
+    assert result.speedup == pytest.approx(1.25) and result.size_ratio == pytest.approx(0.3)
+
+
+def test_gate_passes_within_every_limit() -> None:
+    cand = ModelMetrics(score=0.948, latency_p50_ms=1.0, latency_p95_ms=1.5, size_bytes=900_000)
+    result = gate.evaluate(validation(minSpeedup=1.5, maxLatencyMs=2.0, maxSizeMb=1.0), BASE, cand)
+    assert result.passed and result.failed == []
+    assert result.accuracy_drop == pytest.approx(0.002)
+
+
+def test_gate_relative_budget() -> None:
+    v = validation(maxAccuracyDrop={"relative": 0.01})
+    assert gate.evaluate(v, BASE, ModelMetrics(score=0.945)).passed  # 0.53% of 0.95
+    failed = gate.evaluate(v, BASE, ModelMetrics(score=0.93)).failed
+    assert failed == ["maxAccuracyDrop: drop 0.02105 > 0.01 (relative; 0.02 accuracy)"]
+
+
+def test_gate_mse_is_lower_is_better() -> None:
+    v = validation(metric="mse", maxAccuracyDrop={"absolute": 0.1})
+    base = ModelMetrics(score=1.0)
+    assert gate.evaluate(v, base, ModelMetrics(score=0.5)).passed  # lower error is no drop
+    result = gate.evaluate(v, base, ModelMetrics(score=1.3))
+    assert result.accuracy_drop == pytest.approx(0.3)
+    assert result.failed == ["maxAccuracyDrop: drop 0.3 > 0.1 (absolute)"]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_scores() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 200)
+    assert score_outputs("accuracy", logits, labels, logits) == np.mean(logits.argmax(1) == labels)
+    assert score_outputs("f1", logits, labels, logits) == pytest.approx(f1_score(labels, logits.argmax(1), average="macro"))
+    top5 = np.argsort(-logits, 1)[:, :5]
+    assert score_outputs("top5", logits, labels, logits) == np.mean([labels[i] in top5[i] for i in range(200)])
+    assert score_outputs("cosine", logits, None, logits) == pytest.approx(1.0)
+    assert score_outputs("cosine", -logits, None, logits) == pytest.approx(-1.0)
+    assert score_outputs("mse", logits, None, logits + 0.5) == pytest.approx(0.25)
+    targets = rng.normal(size=(200, 10))
+    assert score_outputs("mse", logits, targets, logits) == pytest.approx(np.mean((logits - targets) ** 2))
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def steps(*raw: dict) -> list[Step]:
+    return [Step.model_validate(s) for s in raw]
+
+
+def test_without_search_only_the_recipe_runs() -> None:
+    cands = candidates(steps({"prune": {"sparsity": 0.8}}, {"quantize": {}}), search=False, max_trials=8)
+    assert len(cands) == 1 and cands[0].levels == (0, 0)
+
+
+def test_search_relaxes_one_step_at_a_time_then_all() -> None:
+    cands = candidates(steps({"prune": {"sparsity": 0.8}}, {"quantize": {}}), search=True, max_trials=64)
+    first = cands[0]
+    assert first.levels == (0, 0)
+    sparsities = [c.variants[0].config.sparsity for c in cands]
+    assert sparsities[:3] == [0.8, 0.6, 0.8]  # rung 1: prune milder, then quantize milder
+    assert [c.variants[1].exclude_top for c in cands[:3]] == [0, 0, 1]
+    assert {0.8, 0.6, 0.4, 0.2} == set(sparsities)
+    assert any(c.variants[1].config.per_channel for c in cands)
+    assert cands[-1].levels == (3, 3)  # everything at its mildest
+    assert all(c.milder_than(first) for c in cands[1:] if any(c.levels))
+    assert len(candidates(steps({"prune": {"sparsity": 0.8}}, {"quantize": {}}), True, max_trials=3)) == 3
+
+
+def test_low_rank_ladder_keeps_more() -> None:
+    cands = candidates(steps({"lowRank": {"energy": 0.8}}), search=True, max_trials=8)
+    assert [c.variants[0].config.energy for c in cands] == [0.8, 0.9, 0.95]
+    cands = candidates(steps({"lowRank": {"rankRatio": 0.25}}), search=True, max_trials=8)
+    assert [c.variants[0].config.rank_ratio for c in cands] == [0.25, 0.375, 0.5]
+
+
+# --------------------------------------------------------------------------- whole jobs
+
+
+def job(tmp_path: Path, doc: dict):
+    return run(load_spec(write_spec(tmp_path / "cm.yaml", doc)), tmp_path / "work")
+
+
+def test_torch_source_prune_then_quantize(tmp_path: Path, digits_dir: Path) -> None:
+    out = tmp_path / "out"
+    doc = make_spec((digits_dir / "model.pt2").as_uri(), (digits_dir / "val.npz").as_uri(), out.as_uri() + "/",
+                    fmt="pytorch-export", calibration_uri=(digits_dir / "calib.npz").as_uri(),
+                    steps=[{"prune": {"structure": "neurons", "sparsity": 0.25, "fineTuneEpochs": 2}},
+                           {"quantize": {"mode": "dynamic"}}],
+                    maxAccuracyDrop={"absolute": 0.05})
+    result = job(tmp_path, doc)
+    summary = result.summary
+    assert summary.outcome == "Validated", summary.reason
+    results = summary.results
+    assert results.trials == 1
+    assert results.compressed.parameters < results.baseline.parameters
+    assert results.compressed.size_bytes < results.baseline.size_bytes
+    assert results.chosen_recipe[0]["prune"]["sparsity"] == 0.25
+    assert "CPU:" in results.hardware and "onnxruntime" in results.hardware
+
+    art = out / summary.recipe_hash
+    assert summary.artifact.storage_uri == (out.as_uri() + "/" + summary.recipe_hash)
+    model_bytes = (art / MODEL_RELPATH).read_bytes()
+    assert hashlib.sha256(model_bytes).hexdigest() == summary.artifact.sha256
+    assert summary.artifact.size_bytes == len(model_bytes)
+    graph = onnx.load_from_string(model_bytes).graph
+    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["logits"]
+    config = (art / CONFIG_RELPATH).read_text()
+    assert 'name: "model"' in config and 'name: "input"' in config and "dims: [ -1, 64 ]" in config
+
+    report = json.loads((art / "report.json").read_text())
+    assert report["recipeHash"] == summary.recipe_hash and report["outcome"] == "Validated"
+    assert report["baseline"]["score"] == results.baseline.score
+    assert report["trials"][0]["changes"][0]["prune"]["structure"] == "neurons"
+    html = (art / "report.html").read_text()
+    assert html.count('<polygon class="baseline"') == 2 and html.count('<circle class="trial"') == 2
+    assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert len(summary.to_termination_message().encode()) <= 4096
+
+
+def test_search_finds_a_milder_recipe_when_the_asked_one_fails(tmp_path: Path, digits_dir: Path) -> None:
+    """Unstructured 95% pruning of a 64-unit MLP without fine-tuning ruins it; milder passes."""
+    doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
+                    (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
+                    steps=[{"prune": {"sparsity": 0.95}}], search={"enabled": True, "maxTrials": 4,
+                                                                  "objective": "size"},
+                    maxAccuracyDrop={"absolute": 0.03})
+    result = job(tmp_path, doc)
+    trials = result.report["trials"]
+    assert trials[0]["passed"] is False
+    assert trials[0]["failedThresholds"][0].startswith("maxAccuracyDrop: drop ")
+    assert result.summary.outcome == "Validated", result.summary.reason
+    chosen = trials[result.report["chosenTrial"]]
+    assert chosen["passed"] and chosen["recipe"][0]["prune"]["sparsity"] < 0.95
+    # the first passing rung is the most pruned one that passes: nothing milder was tried after it
+    assert trials[-1] is chosen and len(trials) < 4
+    assert [t["recipe"][0]["prune"]["sparsity"] for t in trials] == [0.95, 0.712, 0.475][: len(trials)]
+
+
+def test_rejected_with_the_closest_trials_thresholds(tmp_path: Path, digits_dir: Path) -> None:
+    doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
+                    (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
+                    search={"enabled": True, "maxTrials": 3}, maxSizeMb=0.001)
+    result = job(tmp_path, doc)
+    summary = result.summary
+    assert summary.outcome == "Rejected" and summary.exit_code == 3
+    assert len(result.report["trials"]) == 3
+    assert summary.results.failed_thresholds and all(f.startswith("maxSizeMb: ") for f in summary.results.failed_thresholds)
+    assert "no candidate met the thresholds (3 trials); closest: maxSizeMb: " in summary.reason
+    assert summary.artifact is None
+    art = tmp_path / "out" / summary.recipe_hash
+    assert (art / "report.json").exists() and not (art / MODEL_RELPATH).exists()
+
+
+def test_quantize_search_ranks_sensitive_nodes(tmp_path: Path, digits_dir: Path) -> None:
+    """With every candidate failing, the search walks the whole quantize ladder,
+    including keeping the most sensitive MatMul/Gemm nodes in float."""
+    doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
+                    (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
+                    search={"enabled": True, "maxTrials": 4}, maxLatencyMs=1e-6)
+    result = job(tmp_path, doc)
+    recipes = [t["recipe"][0]["quantize"] for t in result.report["trials"]]
+    graph = onnx.load(str(digits_dir / "model.onnx")).graph
+    quantizable = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")}
+    assert [len(r["excludeNodes"]) for r in recipes] == [0, 1, 0, 2]
+    assert [r["perChannel"] for r in recipes] == [False, False, True, False]
+    assert set(recipes[3]["excludeNodes"]) <= quantizable and recipes[1]["excludeNodes"][0] in recipes[3]["excludeNodes"]
