@@ -1,0 +1,131 @@
+"""Knowledge distillation: the incoming model teaches a smaller student.
+
+Student: the teacher with every hidden Linear/Conv width scaled by ``widthMultiplier``
+(the same dependency-aware shrinking as structured pruning, so input and output dims
+stay and the student starts from the teacher's largest-magnitude units), or a
+pytorch-export model from ``student.storageUri``.
+
+Loss (Hinton et al.): ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) *
+CE(s, labels)`` for classification; regression and embedding models have no logits to
+soften, so the soft term is the MSE to the teacher's outputs (plus MSE to the labels
+for regression when the data has them).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from modelpress.jobs.dataset import collate
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods import _torch_graph as tg
+from torch import nn
+
+from modelpress.api import Distill
+
+STUDENT_FIELD = "distill.student.storageUri"
+
+
+@register
+class DistillMethod(Method):
+    key = "distill"
+    stages = frozenset({"torch"})
+
+    def apply(self, model: ModelHandle, config: Distill, data: MethodData) -> StepResult:
+        teacher = tg.graph_module(model, data.train)  # a private copy: the handle is never trained
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if config.student.width_multiplier is not None:
+            student, widths = _shrunk_student(teacher, config.student.width_multiplier)
+        else:
+            student, widths = _loaded_student(model, config.student.storage_uri, data), {}
+        _check_compatible(teacher, student, model, data)
+        task = getattr(data.task, "value", data.task)
+        loss = distillation_loss(teacher, task, config.temperature, config.alpha, data.train.labels is not None)
+        tg.fit(student, data.train, task, config.epochs, config.learning_rate, data.seed, loss_fn=loss, device=data.device)
+        teacher.to("cpu")
+        changes = {
+            "parametersBefore": tg.count_parameters(teacher),
+            "parametersAfter": tg.count_parameters(student),
+            "widths": widths,
+            "epochs": config.epochs,
+            "temperature": config.temperature,
+            "alpha": config.alpha,
+        }
+        handle = ModelHandle(list(model.input_names), list(model.output_names), module=student,
+                             dynamic_axes={k: dict(v) for k, v in model.dynamic_axes.items()})
+        return StepResult(handle, changes)
+
+
+def _shrunk_student(teacher: nn.Module, width: float) -> tuple[nn.Module, dict[str, list[int]]]:
+    student = tg.copy_module(teacher)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    pairs = tg.prunable_pairs(student, ("linear", "conv"))
+    if not pairs:
+        raise ValueError(
+            "distill.student.widthMultiplier: the model has no hidden Linear/Conv layer that feeds another "
+            "one through elementwise ops, so there is no width to scale; set student.storageUri to your own student"
+        )
+    return student, tg.shrink_pairs(student, pairs, width)
+
+
+def _loaded_student(model: ModelHandle, uri: str, data: MethodData) -> nn.Module:
+    """Fetch and load a pytorch-export student with the job's own storage and loader."""
+    from modelpress.jobs.models import load_source
+    from modelpress.jobs.storage import fetch
+
+    with tempfile.TemporaryDirectory(prefix="modelpress-student-") as tmp:
+        path = fetch(uri, Path(tmp), STUDENT_FIELD)
+        loaded = load_source(path, "pytorch-export", getattr(data.task, "value", data.task))
+        if sorted(loaded.input_names) != sorted(model.input_names):
+            raise ValueError(f"{STUDENT_FIELD}: the student takes inputs {loaded.input_names}, "
+                             f"the teacher {model.input_names}; export the student with the same input names")
+        student_handle = ModelHandle(list(model.input_names), list(model.output_names), module=loaded.module,
+                                     dynamic_axes=model.dynamic_axes)
+        student = tg.graph_module(student_handle, data.train)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student
+
+
+def _check_compatible(teacher: nn.Module, student: nn.Module, model: ModelHandle, data: MethodData) -> None:
+    if len(data.train) == 0:
+        raise ValueError("distill needs training samples (the validation dataset's transfer split)")
+    sample = {k: torch.from_numpy(np.ascontiguousarray(v))
+              for k, v in collate(data.train.features[:2], data.train.pad_values).items()}
+    with torch.no_grad():
+        t_shape, s_shape = tuple(teacher(**sample).shape), tuple(student(**sample).shape)
+    if t_shape != s_shape:
+        raise ValueError(f"{STUDENT_FIELD}: the student outputs shape {s_shape[1:]} per sample, the teacher "
+                         f"{t_shape[1:]}; the student must predict the same thing")
+
+
+def distillation_loss(teacher: nn.Module, task: str, temperature: float, alpha: float,
+                      has_labels: bool) -> Callable[[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]:
+    """The per-batch loss for ``tg.fit``; the teacher runs on the same batch without grads."""
+    t2 = temperature * temperature
+
+    def loss(student_out: torch.Tensor, feeds: dict[str, torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_out = teacher(**feeds)
+        if task == "classification":
+            soft = nn.functional.kl_div(
+                nn.functional.log_softmax(student_out / temperature, dim=-1),
+                nn.functional.log_softmax(teacher_out / temperature, dim=-1),
+                log_target=True,
+                reduction="batchmean",
+            ) * t2
+            if not has_labels or labels is None:
+                return soft
+            return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_out, labels.long())
+        soft = nn.functional.mse_loss(student_out, teacher_out)
+        if task == "regression" and has_labels and labels is not None:
+            hard = nn.functional.mse_loss(student_out, labels.to(student_out.dtype).reshape(student_out.shape))
+            return alpha * soft + (1 - alpha) * hard
+        return soft
+
+    return loss
