@@ -1,0 +1,177 @@
+"""The rollout end to end through the operator: kopf (handlers + rollout_handlers) against
+the API-server stand-in of tests/operator, real modelpress-onnx ModelServers (stable fp32,
+canary int8), a real Prometheus scraping them, and a router thread that plays KServe: it
+reads the InferenceService's traffic split from the stand-in and sends load accordingly.
+The compression Job "runs" instantly with a summary naming the real canary artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the stand-in (importlib mode)
+
+from cluster import Cluster, ContainerResult, operator_env  # noqa: E402
+from kopf.testing import KopfRunner  # noqa: E402
+from modelpress.jobs.serving import find_model_file  # noqa: E402
+
+from modelpress import api  # noqa: E402
+from modelpress.summary import JobSummary  # noqa: E402
+
+NS = "ml"
+STABLE_URI = "s3://models/digits-fp32/"
+ISVC = ("serving.kserve.io", "inferenceservices")
+MODULES = ["-m", "modelpress.operator.handlers", "-m", "modelpress.operator.rollout_handlers"]
+
+
+def model_doc(prometheus_url: str, **rollout: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": "digits", "namespace": NS},
+        "spec": {
+            "source": {"storageUri": "s3://models/digits.onnx", "format": "onnx", "task": "classification"},
+            "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
+            "validation": {"dataset": {"storageUri": "s3://models/val.npz", "format": "npz"},
+                           "metric": "accuracy", "maxAccuracyDrop": {"absolute": 0.02}},
+            "job": {"gpu": 0},
+            "output": {"storageUri": "s3://models/out/"},
+            "serving": {
+                "deploymentMode": "Standard",
+                "rollout": {
+                    "steps": [30, 60], "interval": "5s",
+                    "analysis": {"prometheusUrl": prometheus_url, "minRequests": 10, "maxLatencyRatio": 10.0,
+                                 "failureLimit": 2},
+                    **rollout,
+                },
+            },
+        },
+    }  # fmt: skip
+
+
+def instant_job(canary_dir: Path):
+    """The kubelet stand-in's runner: the Job validates and names the real int8 artifact."""
+    data = find_model_file(canary_dir).read_bytes()
+
+    async def run(job: Mapping[str, Any], root: Path) -> ContainerResult:
+        rh = job["metadata"]["labels"]["modelpress.io/recipe-hash"]
+        summary = JobSummary(
+            outcome="Validated", reason="met every threshold", recipeHash=rh,
+            artifact={"storageUri": f"s3://models/out/{rh}/", "sha256": hashlib.sha256(data).hexdigest(),
+                      "sizeBytes": len(data)},
+            results={"passed": True, "metric": "accuracy", "accuracyDrop": 0.0, "speedup": 1.5, "sizeRatio": 0.3},
+        )  # fmt: skip
+        return ContainerResult(0, summary.to_termination_message(), "Completed")
+
+    return run
+
+
+def existing_isvc() -> dict[str, Any]:
+    """What a user created before ModelPress: the fp32 model, no owner."""
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "digits", "namespace": NS},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"}, "runtime": "modelpress-onnx",
+                                         "storageUri": STABLE_URI}}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }  # fmt: skip
+
+
+class Router(threading.Thread):
+    """Plays KServe's traffic split: per request, read the split and pick a side."""
+
+    def __init__(self, c: Cluster, servers: dict[str, Any], x: np.ndarray) -> None:
+        super().__init__(daemon=True)
+        self.c, self.servers, self.x = c, servers, x
+        self.stop = threading.Event()
+        self.seen: list[tuple[str, int]] = []  # (canary uri or "", percent) whenever it changes
+
+    def split(self) -> tuple[str, str | None, int]:
+        isvc = next(iter(self.c.objects(*ISVC)), None) or {}
+        spec = isvc.get("spec") or {}
+        stable = spec["predictor"]["model"]["storageUri"]
+        canary = (spec.get("canary") or [None])[0]
+        if canary is None:
+            return stable, None, 0
+        return stable, canary["predictor"]["model"]["storageUri"], canary["trafficPercent"]
+
+    def run(self) -> None:
+        conns: dict[str, http.client.HTTPConnection] = {}
+        i = 0
+        while not self.stop.is_set():
+            if i % 20 == 0:
+                stable, canary, percent = self.split()
+                if not self.seen or self.seen[-1] != (canary or "", percent):
+                    self.seen.append((canary or "", percent))
+            uri = canary if canary and (i + 1) * percent // 100 > i * percent // 100 else stable
+            server = self.servers["stable" if uri == STABLE_URI else "canary"]
+            conn = conns.setdefault(uri, http.client.HTTPConnection("127.0.0.1", server.port, timeout=10))
+            body = json.dumps({"instances": self.x[i % len(self.x) : i % len(self.x) + 1].tolist()})
+            conn.request("POST", "/v1/models/digits:predict", body, {"Content-Type": "application/json"})
+            conn.getresponse().read()
+            i += 1
+
+
+@pytest.fixture
+def world(tmp_path, digits_models, start_server, start_prometheus, monkeypatch) -> Iterator[dict[str, Any]]:
+    """Servers + Prometheus + the stand-in with an existing InferenceService, and a router."""
+    monkeypatch.setenv("MODELPRESS_ROLLOUT_TICK_SECONDS", "1")
+    yield {"tmp": tmp_path, "models": digits_models, "start_server": start_server, "start_prometheus": start_prometheus}
+
+
+def run_rollout(world: dict[str, Any], chaos: dict[str, str] | None, until: set[str], **rollout: Any):
+    models = world["models"]
+    stable = world["start_server"](models["fp32"])
+    canary = world["start_server"](models["int8"], chaos)
+    prom = world["start_prometheus"]([stable, canary])
+    x = np.load(models["val"])["x"]
+    with Cluster(world["tmp"], runner=instant_job(models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, *ISVC[:1], "v1beta1", ISVC[1], "InferenceService")
+        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        router = Router(c, {"stable": stable, "canary": canary}, x)
+        router.start()
+        try:
+            with operator_env(c), KopfRunner(["run", "--standalone", "--namespace", NS, *MODULES], timeout=60):
+                c.apply_model(model_doc(prom.url, **rollout))
+                final = c.wait_phase("digits", until, timeout=90)
+        finally:
+            router.stop.set()
+            router.join(15)
+        return final, c.objects(*ISVC)[0], c.events("digits"), router.seen
+
+
+def test_good_canary_is_stepped_through_and_promoted(world):
+    final, isvc, events, seen = run_rollout(world, None, {"Serving", "RolledBack"})
+    rollout = final["status"]["rollout"]
+    canary_uri = final["status"]["artifact"]["storageUri"]
+    assert final["status"]["phase"] == "Serving", rollout
+    assert [h["event"] for h in rollout["history"]] == ["Started", "StepAdvanced", "Promoted"]
+    assert [s for s in seen if s[0]] == [(canary_uri, 30), (canary_uri, 60)]  # every step, in order, once
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == canary_uri and not isvc["spec"].get("canary")
+    assert "ownerReferences" not in isvc["metadata"]  # the user's InferenceService stays the user's
+    assert rollout["lastAnalysis"]["verdict"] == "Pass"
+    assert {"Started", "StepAdvanced", "Promoted"} <= {e["reason"] for e in events}
+    ready = next(cond for cond in final["status"]["conditions"] if cond["type"] == "Ready")
+    assert ready["status"] == "True"
+
+
+def test_bad_canary_is_rolled_back_with_the_failed_check_named(world):
+    final, isvc, events, seen = run_rollout(world, {"MODELPRESS_CHAOS_ERROR_RATE": "0.5"}, {"Serving", "RolledBack"})
+    rollout = final["status"]["rollout"]
+    assert final["status"]["phase"] == "RolledBack", rollout
+    assert rollout["failures"] == 2 and rollout["history"][-1]["event"] == "RolledBack"
+    assert [s[1] for s in seen if s[0]] == [30]  # never went past the first step
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI and not isvc["spec"].get("canary")
+    warning = next(e for e in events if e["reason"] == "RolledBack")
+    assert warning["type"] == "Warning" and "error rate" in warning["message"]
+    ready = next(cond for cond in final["status"]["conditions"] if cond["type"] == "Ready")
+    assert ready["status"] == "False" and "error rate" in ready["message"]
