@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import onnx
 import pytest
 
 from modelpress.jobs import storage
+from modelpress.jobs.entrypoint import run_job
 from modelpress.jobs.errors import JobInputError
 
-from .conftest import PYTHON, REPO, job_env, make_spec, write_spec
+from .conftest import make_spec, write_spec
 
 
 def test_file_uri_gives_the_named_file(digits_dir: Path, tmp_path: Path) -> None:
@@ -78,19 +79,14 @@ def test_whole_job_with_s3_source_dataset_and_output(s3, digits_dir: Path, tmp_p
     for name in ("model.onnx", "val.npz"):
         s3.upload_file(str(digits_dir / name), "mlops", f"in/{name}")
     spec = write_spec(tmp_path / "cm.yaml", make_spec("s3://mlops/in/model.onnx", "s3://mlops/in/val.npz", "s3://mlops/out/"))
-    log = tmp_path / "termination-log"
-    proc = subprocess.run([PYTHON, "-m", "modelpress.jobs", "--spec", str(spec), "--termination-log", str(log),
-                           "--workdir", str(tmp_path / "work")], env=job_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
-    summary = json.loads(log.read_text())
-    assert proc.returncode == 0, (summary, proc.stderr[-2000:])
+    result = run_job(spec, tmp_path / "work")
+    summary = json.loads(result.to_termination_message())
+    assert result.exit_code == 0, summary
     assert summary["outcome"] == "Validated"
     prefix = f"out/{summary['recipeHash']}/"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="mlops", Prefix=prefix)["Contents"]}
     assert {prefix + p for p in ("model/1/model.onnx", "model/config.pbtxt", "report.json", "report.html")} <= keys
     assert summary["artifact"]["storageUri"] == f"s3://mlops/out/{summary['recipeHash']}"
     body = s3.get_object(Bucket="mlops", Key=prefix + "model/1/model.onnx")["Body"].read()
-    import hashlib
-
     assert hashlib.sha256(body).hexdigest() == summary["artifact"]["sha256"]
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in onnx.load_from_string(body).graph.node)

@@ -1,0 +1,104 @@
+"""The Job's entry point and ``modelpress run``: spec input, termination log, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelpress.jobs.entrypoint import load_spec, run_job
+from modelpress.jobs.errors import JobInputError
+from modelpress.summary import TERMINATION_MESSAGE_LIMIT
+
+from .conftest import PYTHON, REPO, job_env, make_spec, write_spec
+
+
+def digits_doc(digits_dir: Path, out: Path, **kw) -> dict:
+    return make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(), out.as_uri(),
+                     calibration_uri=(digits_dir / "calib.npz").as_uri(), **kw)
+
+
+def test_spec_from_env_validated_exit_0(tmp_path: Path, digits_dir: Path) -> None:
+    spec_only = digits_doc(digits_dir, tmp_path / "out")["spec"]
+    log = tmp_path / "termination-log"
+    proc = subprocess.run([PYTHON, "-m", "modelpress.jobs", "--termination-log", str(log), "--workdir",
+                           str(tmp_path / "work")], env=job_env(MODELPRESS_SPEC=json.dumps(spec_only)), cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = log.read_text()
+    assert len(message.encode()) <= TERMINATION_MESSAGE_LIMIT
+    summary = json.loads(message)
+    assert summary["outcome"] == "Validated" and summary["version"] == 1
+    assert summary["results"]["passed"] is True and summary["results"]["trials"] == 1
+    assert (tmp_path / "out" / summary["recipeHash"] / "model" / "1" / "model.onnx").is_file()
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == summary  # the summary is also the last log line
+    assert "downloading" in proc.stderr and "Validated" in proc.stderr  # the log says what it does
+
+
+def test_modelpress_job_rejected_exit_3(tmp_path: Path, digits_dir: Path) -> None:
+    spec = write_spec(tmp_path / "cm.yaml", digits_doc(digits_dir, tmp_path / "out", maxLatencyMs=1e-6))
+    log = tmp_path / "termination-log"
+    proc = subprocess.run([PYTHON, "-m", "modelpress.cli", "job", "--spec", str(spec), "--termination-log", str(log),
+                           "--workdir", str(tmp_path / "work")], env=job_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    summary = json.loads(log.read_text())
+    assert summary["outcome"] == "Rejected"
+    assert summary["results"]["failedThresholds"][0].startswith("maxLatencyMs: p95 ")
+    assert "artifact" not in summary
+
+
+def test_modelpress_run_prints_a_results_table(tmp_path: Path, digits_dir: Path) -> None:
+    spec = write_spec(tmp_path / "cm.yaml", digits_doc(digits_dir, tmp_path / "out"))
+    proc = subprocess.run([PYTHON, "-m", "modelpress.cli", "run", str(spec), "--workdir", str(tmp_path / "work")],
+                          env=job_env(COLUMNS="160"), cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("accuracy", "p50 latency (ms)", "size (MB)", "parameters", "speedup"):
+        assert row in proc.stdout
+    assert "Validated" in proc.stdout + proc.stderr
+    assert "artifact: file://" in proc.stderr
+
+
+def test_load_spec_accepts_a_whole_resource_or_only_its_spec(tmp_path: Path, digits_dir: Path) -> None:
+    doc = digits_doc(digits_dir, tmp_path / "out")
+    whole = load_spec(write_spec(tmp_path / "whole.yaml", doc))
+    bare = load_spec(write_spec(tmp_path / "bare.yaml", doc["spec"]))
+    (tmp_path / "spec.json").write_text(json.dumps(doc["spec"]))
+    assert whole == bare == load_spec(tmp_path / "spec.json")
+
+
+def test_invalid_spec_fails_naming_the_field(tmp_path: Path, digits_dir: Path) -> None:
+    doc = digits_doc(digits_dir, tmp_path / "out", steps=[{"prune": {"sparsity": 2.0}}])
+    summary = run_job(write_spec(tmp_path / "cm.yaml", doc), tmp_path / "work")
+    assert summary.outcome == "Failed" and summary.exit_code == 1
+    assert "spec.compression.steps[0].prune.sparsity: Input should be less than or equal to 0.95" in summary.reason
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("source: [unclosed", "is not YAML/JSON"),
+    ("- just\n- a list\n", "must hold a CompressedModel or its spec"),
+])
+def test_unreadable_spec_files(tmp_path: Path, text: str, fragment: str) -> None:
+    (tmp_path / "cm.yaml").write_text(text)
+    with pytest.raises(JobInputError, match=fragment):
+        load_spec(tmp_path / "cm.yaml")
+
+
+def test_no_spec_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODELPRESS_SPEC", raising=False)
+    with pytest.raises(JobInputError, match="pass --spec PATH or set MODELPRESS_SPEC"):
+        load_spec(None)
+
+
+def test_same_recipe_lands_in_the_same_place(tmp_path: Path, digits_dir: Path) -> None:
+    """Content addressing: changing only where the Job runs keeps the artifact path."""
+    doc = digits_doc(digits_dir, tmp_path / "out")
+    first = run_job(write_spec(tmp_path / "a.yaml", doc), tmp_path / "w1")
+    doc["spec"]["job"] = {"gpu": 0, "backoffLimit": 2}
+    second = run_job(write_spec(tmp_path / "b.yaml", yaml.safe_load(yaml.safe_dump(doc))), tmp_path / "w2")
+    assert first.recipe_hash == second.recipe_hash
+    assert first.artifact.storage_uri == second.artifact.storage_uri
