@@ -13,6 +13,9 @@ from modelpress.operator.settings import Settings
 
 from modelpress import api
 
+# libyaml's dumper when present: the pure-Python one dominated the operator's CPU at scale.
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 SPEC_DIR = "/etc/modelpress"
 SPEC_KEY = "spec.yaml"
 SCRATCH_DIR = "/tmp"
@@ -89,7 +92,7 @@ def spec_document(model: api.CompressedModel) -> str:
         "metadata": {"name": model.metadata.name, "namespace": model.metadata.namespace or "default"},
         "spec": model.spec.model_dump(by_alias=True, mode="json", exclude_none=True),
     }
-    return yaml.safe_dump(doc, sort_keys=True)
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=True)
 
 
 def build_config_map(model: api.CompressedModel) -> dict[str, Any]:

@@ -25,6 +25,9 @@ def operator_command(args: argparse.Namespace) -> int:
     handlers.configure(settings)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if not args.verbose:
+        # kopf logs "Handler ... succeeded" for every watch event: noise at a thousand models.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=settings.standalone,
         peering_name=None if settings.standalone else settings.peering_name,

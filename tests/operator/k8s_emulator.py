@@ -42,6 +42,7 @@ EVENT_LOG_SIZE = 200_000
 
 Key = tuple[str, str]  # (group, plural)
 ObjKey = tuple[str, str, str, str]  # (group, plural, namespace, name)
+LogEntry = tuple[int, str, dict[str, Any], bytes]  # (resourceVersion, type, object, watch line)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Watcher:
     key: Key
     namespace: str | None
     selector: Callable[[Mapping[str, Any]], bool]
-    queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[LogEntry] = field(default_factory=asyncio.Queue)
 
 
 class ApiError(Exception):
@@ -209,7 +210,7 @@ class ApiServer(kmock.KubernetesEmulator):
     audit: list[Audit] = attrs.field(factory=list, init=False)
     faults: list[Fault] = attrs.field(factory=list, init=False)
     rv: int = attrs.field(default=1000, init=False)
-    log: dict[Key, collections.deque[tuple[int, str, dict[str, Any]]]] = attrs.field(
+    log: dict[Key, collections.deque[LogEntry]] = attrs.field(
         factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=EVENT_LOG_SIZE)), init=False)
     watchers: list[Watcher] = attrs.field(factory=list, init=False)
     listeners: list[Callable[[str, str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
@@ -267,14 +268,16 @@ class ApiServer(kmock.KubernetesEmulator):
     # ------------------------------------------------------------------ storage
 
     def _emit(self, group: str, plural: str, type_: str, obj: dict[str, Any]) -> None:
-        rv = int(obj["metadata"]["resourceVersion"])
-        snapshot = copy.deepcopy(obj)
-        self.log[(group, plural)].append((rv, type_, snapshot))
+        # Stored objects are never mutated in place (every write builds a new dict), so the
+        # log can share them; each event is serialised once for all watchers.
+        entry = (int(obj["metadata"]["resourceVersion"]), type_, obj,
+                 json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+        self.log[(group, plural)].append(entry)
         for w in self.watchers:
             if w.key == (group, plural):
-                w.queue.put_nowait((rv, type_, snapshot))
+                w.queue.put_nowait(entry)
         for listener in list(self.listeners):
-            listener(plural, type_, snapshot)
+            listener(plural, type_, obj)
 
     def _bump(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -332,7 +335,7 @@ class ApiServer(kmock.KubernetesEmulator):
         if precondition and precondition != old["metadata"]["resourceVersion"]:
             raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural}.{group} "{name}": '
                                             "the object has been modified; please apply your changes to the latest version and try again")
-        result = copy.deepcopy(old)
+        result = dict(old)  # shallow: nested values are replaced, never mutated
         if (group, plural) in STATUS_SUBRESOURCE:
             if sub == "status":
                 result["status"] = new.get("status", {})
@@ -393,14 +396,13 @@ class ApiServer(kmock.KubernetesEmulator):
         obj = self._get(group, plural, ns, name)
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
-                obj = copy.deepcopy(obj)
-                obj["metadata"]["deletionTimestamp"] = now()
+                obj = {**obj, "metadata": {**obj["metadata"], "deletionTimestamp": now()}}
                 self._bump(obj)
                 self.store[key] = obj
                 self._emit(group, plural, "MODIFIED", obj)
             return obj
         del self.store[key]
-        obj = copy.deepcopy(obj)
+        obj = {**obj, "metadata": dict(obj["metadata"])}
         self._bump(obj)
         self._emit(group, plural, "DELETED", obj)
         self._cascade(obj["metadata"]["uid"])
@@ -424,15 +426,17 @@ class ApiServer(kmock.KubernetesEmulator):
 
         watcher = Watcher((group, plural), ns, wanted)
         since = q.get("resourceVersion")
-        backlog: list[tuple[int, str, dict[str, Any]]]
+        backlog: list[LogEntry]
         if since in (None, "", "0"):
-            backlog = [(int(o["metadata"]["resourceVersion"]), "ADDED", o) for (g, p, _, _), o in self.store.items()
-                       if (g, p) == (group, plural)]
+            backlog = [(int(o["metadata"]["resourceVersion"]), "ADDED", o,
+                        json.dumps({"type": "ADDED", "object": o}).encode() + b"\n")
+                       for (g, p, _, _), o in self.store.items() if (g, p) == (group, plural)]
         else:
             log = self.log[(group, plural)]
             if log and len(log) == log.maxlen and int(since) < log[0][0]:
-                backlog = [(0, "ERROR", {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
-                                         "reason": "Expired", "message": f"too old resource version: {since}"})]
+                gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                        "reason": "Expired", "message": f"too old resource version: {since}"}
+                backlog = [(0, "ERROR", gone, json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")]
             else:
                 backlog = [e for e in log if e[0] > int(since)]
         self.watchers.append(watcher)
@@ -442,22 +446,22 @@ class ApiServer(kmock.KubernetesEmulator):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            for _rv, type_, obj in backlog:
+            for _rv, type_, obj, line in backlog:
                 if type_ == "ERROR" or wanted(obj):
-                    await resp.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+                    await resp.write(line)
                 if type_ == "ERROR":
                     return resp
-            seen = max((rv for rv, _, _ in backlog), default=0)
+            seen = max((e[0] for e in backlog), default=0)
             while True:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
                 try:
-                    rv, type_, obj = await asyncio.wait_for(watcher.queue.get(), left)
+                    rv, type_, obj, line = await asyncio.wait_for(watcher.queue.get(), left)
                 except asyncio.TimeoutError:
                     break
                 if rv > seen and wanted(obj):
-                    await resp.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+                    await resp.write(line)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
