@@ -11,6 +11,7 @@ import http.client
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,87 @@ def test_bad_canary_is_rolled_back_with_the_failed_check_named(world):
     assert warning["type"] == "Warning" and "error rate" in warning["message"]
     ready = next(cond for cond in final["status"]["conditions"] if cond["type"] == "Ready")
     assert ready["status"] == "False" and "error rate" in ready["message"]
+
+
+# ---------------------------------------------------------------- without traffic: holds and bad input
+
+
+@pytest.fixture
+def quick_ticks(monkeypatch) -> None:
+    monkeypatch.setenv("MODELPRESS_ROLLOUT_TICK_SECONDS", "1")
+
+
+def rollout_of(c: Cluster) -> dict[str, Any]:
+    return ((c.model("digits") or {}).get("status") or {}).get("rollout") or {}
+
+
+def canary_split(c: Cluster) -> tuple[str | None, int | None]:
+    spec = (next(iter(c.objects(*ISVC)), None) or {}).get("spec") or {}
+    canary = (spec.get("canary") or [None])[0]
+    return (canary["predictor"]["model"]["storageUri"], canary["trafficPercent"]) if canary else (None, None)
+
+
+def operator(c: Cluster):
+    return KopfRunner(["run", "--standalone", "--namespace", NS, *MODULES], timeout=60)
+
+
+def test_unreachable_prometheus_holds_pause_and_operator_restart_repeat_nothing(
+    tmp_path, digits_models, quick_ticks, unused_port
+):
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        doc = model_doc(f"http://127.0.0.1:{unused_port}", interval="2s")
+        with operator_env(c), operator(c):
+            c.apply_model(doc)
+            c.wait_for("two inconclusive analyses", lambda: sum(
+                e["reason"] == "AnalysisInconclusive" for e in c.events("digits")) >= 2)
+        held = c.model("digits")["status"]
+        assert held["phase"] == "RollingOut"
+        assert held["rollout"]["lastAnalysis"]["verdict"] == "Inconclusive"
+        assert "unreachable" in held["rollout"]["lastAnalysis"]["message"]
+        ready = next(cond for cond in held["conditions"] if cond["type"] == "Ready")
+        assert ready["status"] == "False" and "unreachable" in ready["message"]
+        artifact = held["artifact"]["storageUri"]
+        assert canary_split(c) == (artifact, 30)
+
+        # Operator restarted, paused meanwhile: it resumes from status, changes nothing.
+        c.patch_model("digits", {"spec": {"serving": {"rollout": {"paused": True}}}})
+        before = rollout_of(c)
+        with operator_env(c), operator(c):
+            time.sleep(6)  # three intervals, six ticks
+        after = rollout_of(c)
+        assert after["history"] == before["history"]  # no second Started, no step change
+        assert after["lastAnalysis"] == before["lastAnalysis"]  # paused: no analysis ran
+        assert canary_split(c) == (artifact, 30)
+
+
+def test_new_artifact_mid_rollout_restarts_from_the_first_step(tmp_path, digits_models, quick_ticks, unused_port):
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        with operator_env(c), operator(c):
+            c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}"))
+            c.wait_for("the first canary", lambda: canary_split(c)[0])
+            first = canary_split(c)[0]
+            # A new recipe: a new Job, a new artifact while the first canary is in flight.
+            c.patch_model("digits", {"spec": {"compression": {"steps": [{"quantize": {"mode": "dynamic", "perChannel": True}}]}}})
+            c.wait_for("the new canary", lambda: canary_split(c)[0] not in (None, first))
+            c.wait_for("the restart in history", lambda: rollout_of(c)["history"][-1]["event"] == "Restarted")
+        rollout = rollout_of(c)
+        assert canary_split(c) == (rollout["canaryStorageUri"], 30)
+        assert rollout["stableStorageUri"] == STABLE_URI and rollout["step"] == 0
+        assert c.objects(*ISVC)[0]["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
+
+
+def test_missing_inference_service_with_baseline_previous_is_reported(tmp_path, digits_models, quick_ticks, unused_port):
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        with operator_env(c), operator(c):
+            c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}"))
+            c.wait_for("the BaselineMissing event", lambda: any(e["reason"] == "BaselineMissing" for e in c.events("digits")))
+        status = c.model("digits")["status"]
+        ready = next(cond for cond in status["conditions"] if cond["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "BaselineMissing")
+        assert "baseline: source" in ready["message"]
+        assert status["phase"] == "Validated" and not c.objects(*ISVC)  # nothing created blind
