@@ -103,8 +103,9 @@ def parse_summary(message: str | None) -> JobSummary | None:
 
 
 def serving_enabled(spec: Mapping[str, Any]) -> bool:
+    """``serving: {}`` means enabled (the API default); absent means no serving."""
     serving = spec.get("serving")
-    return bool(serving) and serving.get("enabled", True) is not False
+    return serving is not None and serving.get("enabled", True) is not False
 
 
 def outcome_status(spec: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
