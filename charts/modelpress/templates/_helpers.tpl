@@ -53,7 +53,7 @@ against every request the operator makes in tests/packaging/test_rbac.py.
 {{- define "modelpress.namespacedRules" -}}
 - apiGroups: [modelpress.io]
   resources: [compressedmodels]
-  verbs: [list, watch]
+  verbs: [get, list, watch]
 - apiGroups: [modelpress.io]
   resources: [compressedmodels/status]
   verbs: [patch]
