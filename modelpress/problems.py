@@ -221,7 +221,8 @@ def explain(root: type[BaseModel], error: dict[str, Any]) -> Problem:
         allowed = _range(node.constraints) or error["msg"].replace("Input should be ", "")
         return Problem(node.path, f"got {_shown(value)}; out of range", f"allowed: {allowed}")
     if kind in TYPE_WORDS:
-        return Problem(node.path, f"got {_type_name(value)} {_shown(value)}", f"must be {TYPE_WORDS[kind]}")
+        got = "got null" if value is None else f"got {_type_name(value)} {_shown(value)}"
+        return Problem(node.path, got, f"must be {TYPE_WORDS[kind]}")
     if kind == "string_pattern_mismatch":
         pattern = ctx.get("pattern", "")
         return Problem(node.path, f"got {_shown(value)}", PATTERN_HINTS.get(pattern, f"must match {pattern}"))

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from modelpress.crd import open_api_schema
 from modelpress.crd_check import CelEvaluator, api_server_verdict, apply_defaults, cel_rules
 from modelpress.validate import check_object
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 BASE = yaml.safe_load((ROOT / "examples" / "quantize-dynamic.yaml").read_text())
 SCHEMA = open_api_schema()
 
@@ -194,3 +197,69 @@ def test_every_field_path_names_a_declared_field():
             node = node["properties"][part]
         checked += 1
     assert checked >= 5
+
+
+# Values a user might plausibly write by mistake. Left out on purpose, as known
+# differences of the offline stand-in rather than of the CRD: null (the API server
+# prunes it and applies the default; `modelpress validate` reports it) and strings
+# with newlines (Python's `$` matches before a final newline, Go's RE2 does not).
+_plausible = st.one_of(
+    st.booleans(),
+    st.integers(-5, 200),
+    st.floats(-2, 200, allow_nan=False),
+    st.text(alphabet="abz09-_./:", max_size=8),
+    st.sampled_from(["static", "neurons", "cosine", "mse", "onnx", "s3://b/k", "5m", "Standard", "1Gi", "int8"]),
+    st.lists(st.integers(0, 120), max_size=4),
+    st.fixed_dictionaries({}, optional={"energy": st.floats(0, 1.2), "absolute": st.floats(0, 1), "x": st.just(1)}),
+)
+
+
+def _leaves(value, prefix=()):
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield (*prefix, key)
+            yield from _leaves(sub, (*prefix, key))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            yield (*prefix, i)
+            yield from _leaves(sub, (*prefix, i))
+
+
+@st.composite
+def _near_valid(draw):
+    obj = yaml.safe_load(draw(st.sampled_from(EXAMPLES)).read_text())
+    for _ in range(draw(st.integers(1, 3))):
+        # apiVersion/kind/metadata are checked by the API server outside the CRD schema
+        path = draw(st.sampled_from([p for p in _leaves(obj["spec"])]))
+        parent = obj["spec"]
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        if action == "replace":
+            parent[path[-1]] = draw(_plausible)
+        elif action == "delete":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.sampled_from(["maxSizeMB", "bogus", "Mode"]))] = draw(_plausible)
+    return obj
+
+
+def _quantize_not_last(obj) -> bool:
+    compression = obj["spec"].get("compression")
+    steps = compression.get("steps") if isinstance(compression, dict) else None
+    if not isinstance(steps, list):
+        return False
+    keys = [s for s in steps if isinstance(s, dict) and "quantize" in s]
+    return bool(keys) and (steps[-1] is not keys[0] or len(keys) > 1)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=_near_valid())
+def test_random_near_valid_specs_get_the_same_verdict(obj, evaluator):
+    assume(not _quantize_not_last(obj))  # the api.py gap marked xfail above
+    pydantic_problems = check_object(obj)
+    server_problems = api_server_verdict(SCHEMA, obj, evaluator)
+    assert (pydantic_problems == []) == (server_problems == []), (
+        [p.line() for p in pydantic_problems],
+        server_problems,
+    )
