@@ -131,3 +131,16 @@ def serving_uri(isvc: dict[str, Any] | None) -> str | None:
     if not isvc:
         return None
     return ((isvc.get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")
+
+
+def expected_artifact_uri(model: api.CompressedModel) -> str:
+    """Where the job writes the artifact: ``<output.storageUri>/<recipeHash>`` (jobs/pipeline.py)."""
+    return model.spec.output.storage_uri.rstrip("/") + "/" + api.recipe_hash(model.spec)
+
+
+def render_inference_service(model: api.CompressedModel, settings: Settings) -> dict[str, Any] | None:
+    """For ``modelpress render``: the InferenceService once the validated artifact is
+    promoted (the steps in between differ only in the traffic split); None without serving."""
+    if model.spec.serving is None or not model.spec.serving.enabled:
+        return None
+    return build_inference_service(model, Traffic(expected_artifact_uri(model)), settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from modelpress.operator import settings as settings_mod
 
@@ -15,12 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def operator_command(args: argparse.Namespace) -> int:
     import kopf
+    import modelpress.operator.rollout_handlers  # noqa: F401  (registers the rollout timer)
     from modelpress.operator import handlers  # registers the handlers with kopf
 
     try:
         settings = settings_mod.from_args(args)
     except ValueError as exc:
-        print(f"modelpress operator: {exc}")
+        print(f"modelpress operator: {exc}", file=sys.stderr)
         return 2
     handlers.configure(settings)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from modelpress.operator import job_builder
+from modelpress.operator import inference_service, job_builder
 from modelpress.operator import settings as settings_mod
 from modelpress.operator.validation import SpecInvalid, check_name, field_path, parse_spec
 from pydantic import ValidationError
@@ -50,13 +51,18 @@ def load_model(path: Path, namespace: str | None = None) -> api.CompressedModel:
 
 def render_objects(model: api.CompressedModel, settings: settings_mod.Settings) -> list[dict[str, Any]]:
     """Every object the operator creates for this model, in apply order."""
-    return job_builder.build_compression(model, settings)
+    isvc = inference_service.render_inference_service(model, settings)
+    return job_builder.build_compression(model, settings) + ([isvc] if isvc else [])
 
 
 def render_command(args: argparse.Namespace) -> int:
-    settings = settings_mod.from_env()
+    try:
+        settings = settings_mod.from_env()
+    except ValueError as exc:
+        print(f"modelpress render: {exc}", file=sys.stderr)
+        return 1
     if args.job_image:
-        settings = settings_mod.Settings(**{**settings.__dict__, "job_image": args.job_image})
+        settings = dataclasses.replace(settings, job_image=args.job_image)
     try:
         model = load_model(args.spec, args.namespace)
     except SpecInvalid as exc:

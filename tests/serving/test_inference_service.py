@@ -145,3 +145,14 @@ def test_builder_is_pure():
         model, Traffic(STABLE, CANARY, 5), Settings()
     )
     assert serving_uri(None) is None
+
+
+def test_render_prints_the_inference_service_for_the_expected_artifact(isvc_validator):
+    from modelpress.operator.render import render_objects
+
+    model = make_model({"deploymentMode": "Knative"})
+    [isvc] = [o for o in render_objects(model, Settings()) if o["kind"] == "InferenceService"]
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == f"s3://models/out/{api.recipe_hash(model.spec)}"
+    assert not list(isvc_validator.iter_errors(isvc))
+    no_serving = make_model({"enabled": False})
+    assert not [o for o in render_objects(no_serving, Settings()) if o["kind"] == "InferenceService"]

@@ -124,3 +124,18 @@ def test_chaos_rejects_out_of_range_values():
     for bad in ({"error_rate": 1.5}, {"latency_ms": -1}):
         with pytest.raises(ValueError, match="chaos"):
             Chaos(**bad)
+
+
+def test_the_charts_serving_runtime_args_parse_with_the_runtime_cli():
+    """The ClusterServingRuntime in the Helm chart starts this module with these flags."""
+    import re
+    from pathlib import Path
+
+    from modelpress.jobs.serving import build_parser
+
+    template = Path(__file__).resolve().parents[2] / "charts" / "modelpress" / "templates" / "servingruntime.yaml"
+    text = template.read_text()
+    assert "command: [python, -m, modelpress.jobs.serving]" in text
+    args = [a.replace('{{ "{{.Name}}" }}', "digits") for a in re.findall(r"^\s+- (--.+)$", text, re.MULTILINE)]
+    parsed = build_parser().parse_args(args)
+    assert (str(parsed.model_dir), parsed.model_name, parsed.http_port) == ("/mnt/models", "digits", 8080)
