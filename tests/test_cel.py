@@ -263,3 +263,19 @@ def test_random_near_valid_specs_get_the_same_verdict(obj, evaluator):
         [p.line() for p in pydantic_problems],
         server_problems,
     )
+
+
+def test_schema_defaults_pass_their_own_rules(evaluator):
+    """The API server checks defaults against the CEL rules of their node, too."""
+
+    def nodes(node, path=""):
+        yield path, node
+        for key, sub in node.get("properties", {}).items():
+            yield from nodes(sub, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            yield from nodes(node["items"], f"{path}[]")
+
+    defaulted = [(path, node) for path, node in nodes(SCHEMA) if "default" in node]
+    assert any(path == ".spec.serving.rollout" for path, _ in defaulted)
+    for path, node in defaulted:
+        assert evaluator.failures(node, apply_defaults(node, node["default"])) == [], path

@@ -234,3 +234,22 @@ def test_arbitrary_documents_never_crash_the_validator(value):
 @given(st.text(max_size=200) | st.text(alphabet=":-[]{}'\"&*!|>#%@ \n\tab1", max_size=80))
 def test_arbitrary_text_never_crashes_the_validator(text):
     _assert_outcome(check_documents(text, "t.yaml"))
+
+
+def test_objects_read_back_from_the_api_server_are_valid():
+    """What the operator gets: defaults applied, server metadata and an operator-written status."""
+    from modelpress.crd import open_api_schema
+    from modelpress.crd_check import apply_defaults
+
+    obj = apply_defaults(open_api_schema(), BASE)
+    obj["metadata"].update(uid="0b6f", resourceVersion="42", generation=3, creationTimestamp="2026-01-01T00:00:00Z")
+    obj["status"] = {
+        "phase": "Validated",
+        "observedGeneration": 3,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Validated"}],
+        "results": {"passed": True, "sizeRatio": 0.26, "chosenRecipe": [{"quantize": {"mode": "dynamic"}}]},
+    }
+    assert check_object(obj) == []
+    obj["status"]["phase"] = "Done"
+    (problem,) = check_object(obj)
+    assert problem.path == "status.phase" and "Validated" in problem.fix
