@@ -120,12 +120,9 @@ class _Converter:
             return self._merge_outer(target, node)
         if "anyOf" in node:
             return self._union(node)
-        if "allOf" in node and len(node["allOf"]) == 1:
-            inner = node.pop("allOf")[0]
-            return self._merge_outer(self.convert(inner), node)
 
         out: dict[str, Any] = {k: node[k] for k in _KEPT_KEYS if k in node}
-        if out.get("default", 0) is None:
+        if "default" in out and out["default"] is None:
             del out["default"]  # Optional fields are simply omitted, never null.
         if "exclusiveMinimum" in node:
             out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
@@ -136,19 +133,12 @@ class _Converter:
         if out.get("type") == "string" and "enum" in out and "maxLength" not in out:
             # Bounds the strings for the API server's CEL cost estimator.
             out["maxLength"] = max(len(v) for v in out["enum"])
-        if "const" in node:
-            out["enum"] = [node["const"]]
-            out.setdefault("type", _enum_type([node["const"]]))
 
         kind = out.get("type")
         if kind == "object":
             self._object(node, out, model_name)
         elif kind == "array":
             out["items"] = self.convert(node.get("items", {}))
-        elif kind is None:
-            # Any (e.g. dict[str, Any] values): keep whatever the user wrote.
-            out["type"] = "object"
-            out["x-kubernetes-preserve-unknown-fields"] = True
         return out
 
     def _object(self, node: dict[str, Any], out: dict[str, Any], model_name: str | None) -> None:
@@ -162,12 +152,9 @@ class _Converter:
                     converted["default"] = defaults[key]
                 out["properties"][key] = converted
         extra = node.get("additionalProperties")
-        if isinstance(extra, dict):
-            if extra:
-                out["additionalProperties"] = self.convert(extra)
-            else:  # dict[str, Any]
-                out["x-kubernetes-preserve-unknown-fields"] = True
-        elif props is None and extra is not False:
+        if isinstance(extra, dict) and extra:  # dict[str, X]
+            out["additionalProperties"] = self.convert(extra)
+        elif props is None:  # dict[str, Any]: keep whatever the user wrote
             out["x-kubernetes-preserve-unknown-fields"] = True
         if model_name and model_name in self.models:
             rules = getattr(self.models[model_name], "cel_rules", [])

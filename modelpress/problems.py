@@ -126,8 +126,7 @@ def resolve(root: type[BaseModel], loc: tuple[Any, ...]) -> _Node:
     """Follow ``loc`` through the types: display path, annotation and constraints there."""
     node = _Node(annotation=root)
     for key in loc:
-        constraints: list[Any] = []
-        tp = _unwrap(node.annotation, constraints)
+        tp = _unwrap(node.annotation, [])
         if _is_union(tp):
             continue  # pydantic tags each union member in the location; not a field
         if isinstance(tp, type) and issubclass(tp, BaseModel):
