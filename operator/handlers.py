@@ -47,7 +47,7 @@ class State:
     configured: bool = False  # settings given by `modelpress operator` rather than the environment
 
 
-STATE = State(settings=settings_mod.from_env())
+STATE = State(settings=settings_mod.Settings())  # replaced at startup (environment) or by configure()
 
 
 def configure(settings: settings_mod.Settings) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 DEFAULT_JOB_IMAGE = "ghcr.io/modelpress/modelpress-jobs:0.1.0"
 
@@ -43,54 +43,50 @@ def _env_name(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by ``modelpress operator`` (defaults come from the environment)."""
-    env = os.environ
+    """Flags of ``modelpress operator``; unset flags fall back to ``MODELPRESS_*`` then defaults.
+
+    Defaults are resolved in :func:`from_args`, not here, so a bad environment value gives a
+    clear error when the operator starts instead of breaking ``--help``.
+    """
     ns = parser.add_mutually_exclusive_group()
     ns.add_argument(
         "-n", "--namespace", dest="namespaces", action="append", default=None,
         help="Watch this namespace (repeatable). Env: MODELPRESS_NAMESPACES (comma-separated).",
     )
-    ns.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace (default).")
-    parser.add_argument("--job-image", default=env.get(_env_name("job_image"), Settings.job_image))
-    parser.add_argument("--default-gpu", type=int, default=int(env.get(_env_name("default_gpu"), Settings.default_gpu)))
-    parser.add_argument(
-        "--max-concurrent-jobs", type=int,
-        default=int(env.get(_env_name("max_concurrent_jobs"), Settings.max_concurrent_jobs)),
-        help="Cap on running compression Jobs; 0 = no cap. Waiting models show phase Queued.",
-    )
-    parser.add_argument("--job-ttl-seconds", type=int, default=int(env.get(_env_name("job_ttl_seconds"), Settings.job_ttl_seconds)))
-    parser.add_argument("--prometheus-url", default=env.get(_env_name("prometheus_url"), Settings.prometheus_url))
-    parser.add_argument("--metrics-port", type=int, default=int(env.get(_env_name("metrics_port"), Settings.metrics_port)))
-    parser.add_argument("--liveness-port", type=int, default=int(env.get(_env_name("liveness_port"), Settings.liveness_port)))
+    ns.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace (the default).")
+    parser.add_argument("--job-image", help=f"Compression image when spec.job.image is unset (default {DEFAULT_JOB_IMAGE}).")
+    parser.add_argument("--default-gpu", type=int, help="GPUs per Job when spec.job.gpu is unset (default 1).")
+    parser.add_argument("--max-concurrent-jobs", type=int,
+                        help="Cap on running compression Jobs; 0 = no cap (default). Waiting models show phase Queued.")
+    parser.add_argument("--job-ttl-seconds", type=int, help="ttlSecondsAfterFinished of the Jobs (default 86400).")
+    parser.add_argument("--prometheus-url", help="Default Prometheus for rollout analysis.")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port; 0 = off (default 8000).")
+    parser.add_argument("--liveness-port", type=int, help="/healthz port; 0 = off (default 8080).")
     peering = parser.add_mutually_exclusive_group()
     peering.add_argument("--standalone", dest="standalone", action="store_true", default=None,
-                         help="Run without peering (one replica). Default.")
+                         help="Run without peering (one replica). The default.")
     peering.add_argument("--peering", dest="peering_name", default=None,
                          help="Use kopf peering under this name (several replicas, one active).")
 
 
 def from_args(args: argparse.Namespace) -> Settings:
-    """Settings from parsed flags; anything absent falls back to the environment."""
+    """Settings from parsed flags over the environment; :class:`ValueError` names a bad variable."""
     base = from_env()
-    namespaces = tuple(args.namespaces) if getattr(args, "namespaces", None) else base.namespaces
+    overrides: dict[str, object] = {
+        name: getattr(args, name)
+        for name in ("job_image", "default_gpu", "max_concurrent_jobs", "job_ttl_seconds", "prometheus_url",
+                     "metrics_port", "liveness_port")
+        if getattr(args, name, None) is not None
+    }
+    if getattr(args, "namespaces", None):
+        overrides["namespaces"] = tuple(args.namespaces)
     if getattr(args, "all_namespaces", False):
-        namespaces = ()
-    peering_name = getattr(args, "peering_name", None)
-    return Settings(
-        namespaces=namespaces,
-        job_image=args.job_image,
-        default_gpu=args.default_gpu,
-        max_concurrent_jobs=args.max_concurrent_jobs,
-        job_ttl_seconds=args.job_ttl_seconds,
-        job_backoff_limit=base.job_backoff_limit,
-        job_active_deadline_seconds=base.job_active_deadline_seconds,
-        job_run_as_user=base.job_run_as_user,
-        prometheus_url=args.prometheus_url,
-        metrics_port=args.metrics_port,
-        liveness_port=args.liveness_port,
-        standalone=peering_name is None and base.standalone,
-        peering_name=peering_name or base.peering_name,
-    )
+        overrides["namespaces"] = ()
+    if getattr(args, "peering_name", None):
+        overrides.update(standalone=False, peering_name=args.peering_name)
+    elif getattr(args, "standalone", None):
+        overrides["standalone"] = True
+    return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:

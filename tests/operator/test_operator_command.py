@@ -1,0 +1,52 @@
+"""`modelpress operator` as it runs in its pod: a process with liveness and metrics endpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from cluster import Cluster
+from test_operator_e2e import free_port
+from test_operator_scenarios import Gate, doc
+
+
+def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
+    metrics_port, liveness_port = free_port(), free_port()
+    with Cluster(tmp_path, runner=Gate()) as c:
+        env = dict(os.environ, KUBECONFIG=str(c.kubeconfig))
+        log = (tmp_path / "operator.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelpress.cli", "operator", "--all-namespaces", "--standalone",
+             "--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            c.apply_model(doc())
+            c.wait_phase("digits", "Validated", 60)
+            # Cluster-wide: the operator watched the collection across namespaces.
+            assert any(a.verb == "watch" and a.resource == "compressedmodels" and a.namespace == ""
+                       for a in c.server.audit)
+            health = urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=10)
+            assert health.status == 200
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+            assert 'modelpress_models{phase="Validated"} 1.0' in text
+            assert "modelpress_jobs_created_total 1.0" in text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+            log.close()
+        assert code == 0, (tmp_path / "operator.log").read_text()[-3000:]
+
+
+def test_operator_command_rejects_bad_settings(tmp_path: Path) -> None:
+    env = dict(os.environ, MODELPRESS_DEFAULT_GPU="lots")
+    helped = subprocess.run([sys.executable, "-m", "modelpress.cli", "operator", "--help"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "--max-concurrent-jobs" in helped.stdout
+    out = subprocess.run([sys.executable, "-m", "modelpress.cli", "operator", "-n", "ml"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "MODELPRESS_DEFAULT_GPU" in out.stderr
