@@ -107,7 +107,10 @@ def write_termination_log(path: Path, summary: JobSummary) -> None:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Our own steps at INFO; libraries (ORT's quantizer logs per tensor on the root
+    logger, the ONNX exporter per pass) only when something is wrong."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("modelpress").setLevel(logging.INFO)
 
 
 def _failed(spec: CompressedModelSpec, reason: str) -> JobSummary:

@@ -304,7 +304,7 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     todo = candidates(spec.compression.steps, spec.compression.search.enabled, spec.compression.search.max_trials)
     trials: list[Trial] = []
     for i, cand in enumerate(todo):
-        if any(t.passed and cand.milder_than(c) for t, c in zip(trials, todo, strict=False)):
+        if any(t.passed and cand.milder_than(todo[t.index]) for t in trials):
             log.info("trial %d skipped: milder than a passing trial, cannot beat it", i)
             continue
         progress("trials", len(trials), len(todo))

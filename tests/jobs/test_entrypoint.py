@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -13,7 +16,7 @@ from modelpress.jobs.entrypoint import load_spec, run_job
 from modelpress.jobs.errors import JobInputError
 from modelpress.summary import TERMINATION_MESSAGE_LIMIT
 
-from .conftest import PYTHON, REPO, job_env, make_spec, write_spec
+from .conftest import PYTHON, REPO, free_port, job_env, make_spec, write_spec
 
 
 def digits_doc(digits_dir: Path, out: Path, **kw) -> dict:
@@ -51,15 +54,38 @@ def test_modelpress_job_rejected_exit_3(tmp_path: Path, digits_dir: Path) -> Non
     assert "artifact" not in summary
 
 
-def test_modelpress_run_prints_a_results_table(tmp_path: Path, digits_dir: Path) -> None:
+def test_modelpress_run_prints_a_table_and_serves(tmp_path: Path, digits_dir: Path) -> None:
+    """`modelpress run --serve`: results table, then the artifact answers KServe V1 predictions."""
     spec = write_spec(tmp_path / "cm.yaml", digits_doc(digits_dir, tmp_path / "out"))
-    proc = subprocess.run([PYTHON, "-m", "modelpress.cli", "run", str(spec), "--workdir", str(tmp_path / "work")],
-                          env=job_env(COLUMNS="160"), cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    port = free_port()
+    out, err = (tmp_path / "stdout").open("w"), (tmp_path / "stderr").open("w")
+    proc = subprocess.Popen([PYTHON, "-m", "modelpress.cli", "run", str(spec), "--workdir", str(tmp_path / "work"),
+                             "--serve", "--port", str(port)], env=job_env(COLUMNS="160", PYTHONUNBUFFERED="1"),
+                            cwd=REPO, stdout=out, stderr=err)
+    try:
+        predictions = None
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with np.load(digits_dir / "val.npz") as val:
+                    x, y = val["x"][:20], val["y"][:20]
+                body = json.dumps({"instances": x.tolist()}).encode()
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/model:predict", body,
+                                                 {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    predictions = np.array(json.loads(response.read())["predictions"])
+                break
+            except OSError:
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert predictions is not None, stderr[-3000:]
+    assert predictions.shape == (20, 10) and np.mean(predictions.argmax(1) == y) >= 0.8
     for row in ("accuracy", "p50 latency (ms)", "size (MB)", "parameters", "speedup"):
-        assert row in proc.stdout
-    assert "Validated" in proc.stdout + proc.stderr
-    assert "artifact: file://" in proc.stderr
+        assert row in stdout
+    assert "Validated" in stdout + stderr and "artifact: file://" in stderr
 
 
 def test_load_spec_accepts_a_whole_resource_or_only_its_spec(tmp_path: Path, digits_dir: Path) -> None:
