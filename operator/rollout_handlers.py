@@ -1,7 +1,8 @@
-"""kopf timer for serving and progressive rollout: thin glue around the pure parts.
+"""The rollout loop for serving and progressive rollout: thin glue around the pure parts.
 
 Every ``ROLLOUT_TICK_SECONDS`` each CompressedModel whose compression is done and whose
-spec asks for serving gets one :func:`tick`:
+spec asks for serving (from the handlers' in-memory index, no extra reads) gets one
+:func:`tick`:
 
 1. read the InferenceService (the only extra API read),
 2. when the current step has run a full ``interval``, ask Prometheus for a verdict
@@ -30,7 +31,7 @@ from modelpress.operator import handlers
 from modelpress.operator import inference_service as isvc_mod
 from modelpress.operator import rollout as rollout_mod
 from modelpress.operator import status as st
-from modelpress.operator.kube import ApiError, resource_path
+from modelpress.operator.kube import ApiError, Conflict, resource_path
 from modelpress.operator.validation import SpecInvalid, parse_spec
 
 from modelpress import api
@@ -47,8 +48,8 @@ SERVABLE_PHASES = frozenset({
 WARNING_REASONS = frozenset({"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive"})
 
 
-def wants_rollout(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
-    """kopf filter: serving enabled, compression validated, an artifact to serve."""
+def wants_rollout(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Serving enabled, compression validated, an artifact to serve."""
     return (
         st.serving_enabled(spec)
         and status.get("phase") in SERVABLE_PHASES
@@ -56,9 +57,44 @@ def wants_rollout(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) 
     )
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=ROLLOUT_TICK_SECONDS, when=wants_rollout)
-async def rollout_timer(body: kopf.Body, **_: Any) -> None:
-    await tick({"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)})
+@kopf.on.startup()
+async def start_rollout_loop(models: kopf.Index, **_: Any) -> None:
+    """One background loop over the handlers' index of models.
+
+    Not a ``kopf.timer``: kopf gives every timed object a finalizer (a write to the
+    object itself), while this operator writes only status, owned objects and Events.
+    """
+    LOOP.task = asyncio.create_task(rollout_loop(models), name="modelpress-rollout")
+
+
+@kopf.on.cleanup()
+async def stop_rollout_loop(**_: Any) -> None:
+    if LOOP.task is not None:
+        LOOP.task.cancel()
+        await asyncio.gather(LOOP.task, return_exceptions=True)
+        LOOP.task = None
+
+
+class _Loop:
+    task: asyncio.Task | None = None
+
+
+LOOP = _Loop()
+
+
+async def rollout_loop(models: kopf.Index) -> None:
+    """Every tick, one :func:`tick` per model that wants serving; one model's error is
+    logged and retried next tick, never stops the others."""
+    while True:
+        await asyncio.sleep(ROLLOUT_TICK_SECONDS)
+        bodies = [body for _, store in list(models.items()) for body in store]
+        for body in bodies:
+            if not wants_rollout(body.get("spec") or {}, body.get("status") or {}):
+                continue
+            try:
+                await tick(body)
+            except Exception as exc:  # keep rolling the other models
+                log.warning("rollout of %s/%s: %s", body["metadata"].get("namespace"), body["metadata"]["name"], exc)
 
 
 def _now() -> datetime.datetime:
@@ -146,6 +182,8 @@ async def tick(body: Mapping[str, Any]) -> None:
     if model.spec.serving is None or not model.spec.serving.enabled or not status.artifact:
         return
     serving, now = model.spec.serving, _now()
+    if _settled(status):
+        return  # promoted or rolled back, nothing new: no API call at all
     name = isvc_mod.isvc_name(model)
     isvc = await _get_isvc(ns, name)
     analysis = None
@@ -161,7 +199,8 @@ async def tick(body: Mapping[str, Any]) -> None:
         return
     new_rollout = decision.status.model_copy(update={"inference_service": name})
     if decision.changed or new_rollout != status.rollout:
-        await _report(body, status, decision.phase, decision.reason, decision.message, new_rollout)
+        if not await _report(body, status, decision.phase, decision.reason, decision.message, new_rollout):
+            return  # decided on a stale body: the next tick decides on the current one
     traffic = rollout_mod.desired_traffic(new_rollout)
     if traffic is not None:
         desired = isvc_mod.build_inference_service(
@@ -170,9 +209,23 @@ async def tick(body: Mapping[str, Any]) -> None:
         await _apply_isvc(desired, isvc)
 
 
+def _settled(status: api.CompressedModelStatus) -> bool:
+    """The artifact was promoted or rolled back and nothing is in flight."""
+    r, artifact = status.rollout, status.artifact.storage_uri
+    return (
+        r is not None and not rollout_mod.is_active(r) and artifact in (r.stable_storage_uri, r.canary_storage_uri)
+        and status.phase in (api.Phase.Serving.value, api.Phase.RolledBack.value)
+    )
+
+
 async def _report(body: Mapping[str, Any], status: api.CompressedModelStatus, phase: str | None, reason: str,
-                  message: str, rollout: api.RolloutStatus | None) -> None:
-    """Status (phase, rollout, conditions) and one Event per change of reason/message."""
+                  message: str, rollout: api.RolloutStatus | None) -> bool:
+    """Status (phase, rollout, conditions) and one Event per change of reason/message.
+
+    The write is conditional on the resourceVersion the decision was made on, so a
+    decision from a stale body (the index lags our own last write) never lands twice.
+    Returns False when it did not land.
+    """
     meta = body["metadata"]
     ns, gen = meta.get("namespace") or "default", meta.get("generation")
     ready = phase == api.Phase.Serving.value
@@ -187,7 +240,11 @@ async def _report(body: Mapping[str, Any], status: api.CompressedModelStatus, ph
         # Nones stay in: a merge patch removes a field only when it says null.
         fields["rollout"] = rollout.model_dump(by_alias=True, mode="json")
     if rollout is None and status.phase == phase and st.same_conditions(old_conditions, conds):
-        return  # the same complaint again: no write, no Event
-    await handlers.kube().patch_model_status(ns, meta["name"], fields)
+        return True  # the same complaint again: no write, no Event
+    try:
+        await handlers.kube().patch_model_status(ns, meta["name"], fields, resource_version=meta.get("resourceVersion"))
+    except Conflict:
+        return False
     if reason not in ("Waiting", "Paused", "Serving") or not st.same_conditions(old_conditions, conds):
         await handlers.kube().post_event(body, "Warning" if reason in WARNING_REASONS else "Normal", reason, message)
+    return True
