@@ -29,6 +29,7 @@ def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
             # Cluster-wide: the operator watched the collection across namespaces.
             assert any(a.verb == "watch" and a.resource == "compressedmodels" and a.namespace == ""
                        for a in c.server.audit)
+            assert not any(a.resource == "namespaces" for a in c.server.audit)
             health = urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=10)
             assert health.status == 200
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
