@@ -29,6 +29,8 @@ from modelpress import api
 log = logging.getLogger(__name__)
 
 RETRIES = 6
+# Projected service-account tokens rotate; the kubelet rewrites this file before expiry.
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 BACKOFF_S = 0.1
 BACKOFF_MAX_S = 2.0
 FIELD_MANAGER = "modelpress-operator"
@@ -79,6 +81,8 @@ def _ssl_context(conn: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 class Kube:
     """Typed-enough helpers for the few calls the operator makes."""
 
+    token_path = SERVICE_ACCOUNT_TOKEN
+
     def __init__(self, conn: kopf.ConnectionInfo):
         self.base = conn.server.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "modelpress-operator"}
@@ -88,6 +92,21 @@ class Kube:
         self._session_args: dict[str, Any] = {"headers": headers, "auth": auth}
         self._ssl = _ssl_context(conn) if self.base.startswith("https") else False
         self._session: aiohttp.ClientSession | None = None
+
+    def _reload_token(self) -> bool:
+        """Pick up a rotated service-account token; True when it changed (worth a retry)."""
+        try:
+            with open(self.token_path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError:
+            return False
+        header = f"Bearer {token}"
+        if not token or self._session_args["headers"].get("Authorization") == header:
+            return False
+        self._session_args["headers"]["Authorization"] = header
+        if self._session is not None:
+            self._session.headers["Authorization"] = header
+        return True
 
     async def close(self) -> None:
         if self._session is not None:
@@ -117,6 +136,8 @@ class Kube:
                 status, text = 503, json.dumps({"reason": type(exc).__name__, "message": str(exc)})
             if status < 300:
                 return json.loads(text) if text else {}
+            if status == 401 and attempt == 0 and self._reload_token():
+                continue
             try:
                 payload = json.loads(text)
             except ValueError:
