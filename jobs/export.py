@@ -9,15 +9,12 @@ encoders alike.
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import numpy as np
 import onnx
 import torch
 from modelpress.jobs.methods import ModelHandle
-
-log = logging.getLogger(__name__)
 
 
 def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17) -> ModelHandle:
@@ -31,11 +28,11 @@ def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17)
     missing = [n for n in handle.input_names if n not in sample]
     if missing:
         raise ValueError(f"export sample lacks inputs {missing}; the model takes {handle.input_names}")
-    kwargs = {name: torch.from_numpy(np.ascontiguousarray(_widen(sample[name], handle.dynamic_axes.get(name, {}))))
+    kwargs = {name: torch.from_numpy(np.ascontiguousarray(widen_dynamic_axes(sample[name], handle.dynamic_axes.get(name, {}))))
               for name in handle.input_names}
     dims: dict[str, torch.export.Dim] = {}
     dynamic_shapes = {
-        name: {axis: dims.setdefault(symbol, torch.export.Dim(_identifier(symbol))) for axis, symbol in axes.items()}
+        name: {axis: dims.setdefault(symbol, torch.export.Dim(dim_identifier(symbol))) for axis, symbol in axes.items()}
         for name, axes in ((n, handle.dynamic_axes.get(n, {})) for n in handle.input_names)
     }
     module = handle.module
@@ -74,7 +71,7 @@ def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17)
     )
 
 
-def _widen(array: np.ndarray, axes: dict[int, str]) -> np.ndarray:
+def widen_dynamic_axes(array: np.ndarray, axes: dict[int, str]) -> np.ndarray:
     """Repeat size-1 dynamic axes to 2: torch.export specializes sizes 0 and 1."""
     for axis in axes:
         if array.shape[axis] == 1:
@@ -82,7 +79,7 @@ def _widen(array: np.ndarray, axes: dict[int, str]) -> np.ndarray:
     return array
 
 
-def _identifier(symbol: str) -> str:
+def dim_identifier(symbol: str) -> str:
     """torch.export.Dim names must be Python identifiers."""
     cleaned = "".join(c if c.isalnum() else "_" for c in symbol)
     return cleaned if cleaned[:1].isalpha() else f"d_{cleaned}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from modelpress.jobs.dataset import Samples, collate
+from modelpress.jobs.export import dim_identifier, widen_dynamic_axes  # one rule for dynamic dims
 from modelpress.jobs.methods import ModelHandle
 from torch import fx, nn
 
@@ -51,15 +52,13 @@ def graph_module(handle: ModelHandle, train: Samples) -> fx.GraphModule:
         return copy_module(module)
     if len(train) == 0:
         raise ValueError("tracing the model needs at least one training sample")
-    from modelpress.jobs.export import _identifier, _widen  # one rule for dynamic dims
-
     sample = collate(train.features[:EXPORT_SAMPLES], train.pad_values)
     dims: dict[str, torch.export.Dim] = {}
     kwargs, shapes = {}, {}
     for name in handle.input_names:
         axes = handle.dynamic_axes.get(name, {})
-        kwargs[name] = torch.from_numpy(np.ascontiguousarray(_widen(sample[name], axes)))
-        shapes[name] = {a: dims.setdefault(s, torch.export.Dim(_identifier(s))) for a, s in axes.items()}
+        kwargs[name] = torch.from_numpy(np.ascontiguousarray(widen_dynamic_axes(sample[name], axes)))
+        shapes[name] = {a: dims.setdefault(s, torch.export.Dim(dim_identifier(s))) for a, s in axes.items()}
     was_training = module.training
     module.eval()
     try:

@@ -17,7 +17,11 @@ import torch
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, train_digits_mlp
 from modelpress.jobs.export import to_onnx
-from modelpress.jobs.methods import MethodData, ModelHandle
+from modelpress.jobs.methods import MethodData, ModelHandle, get_method
+
+# Load every method module now: get_method() only discovers them while the registry is
+# empty, and test modules import single method modules (e.g. low_rank) at collection.
+get_method("quantize")
 
 TEST_HIDDEN = (256, 256)
 
