@@ -29,6 +29,8 @@ lint: $(STAMP)
 
 crd: $(STAMP)
 	$(BIN)/modelpress crd > crds/compressedmodels.modelpress.io.yaml
+	cp crds/compressedmodels.modelpress.io.yaml charts/modelpress/crds/
+	$(BIN)/python -m modelpress.docs > docs/spec-reference.md
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

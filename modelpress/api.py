@@ -68,7 +68,7 @@ def exactly_one(model: BaseModel, *names: str) -> None:
     """Raise when not exactly one of the (python) field names is set."""
     present = [n for n in names if getattr(model, n) is not None]
     if len(present) != 1:
-        wire = [model.model_fields[n].alias or n for n in names]
+        wire = [type(model).model_fields[n].alias or n for n in names]
         raise ValueError(f"set exactly one of {', '.join(wire)} (got {len(present)})")
 
 
@@ -363,7 +363,7 @@ class Validation(Spec):
     max_accuracy_drop: AccuracyDrop
     min_speedup: float | None = Field(default=None, gt=0.0)
     max_latency_ms: float | None = Field(default=None, gt=0.0, description="p95 at batchSize.")
-    max_size_mb: float | None = Field(default=None, gt=0.0)
+    max_size_mb: float | None = Field(default=None, gt=0.0, alias="maxSizeMB")
     batch_size: int = Field(default=1, ge=1, le=4096)
 
 
@@ -563,6 +563,13 @@ class CompressedModelSpec(Spec):
             "&& s.prune.structure != 'unstructured') || self.source.format != 'onnx'",
             "structured pruning needs a torch source (pytorch-export or hf-transformers); "
             "for onnx use structure: unstructured",
+            ".compression.steps",
+        ),
+        cel(
+            "!self.compression.steps.exists(s, has(s.quantize)) || "
+            "(has(self.compression.steps[size(self.compression.steps) - 1].quantize) && "
+            "self.compression.steps.filter(s, has(s.quantize)).size() == 1)",
+            "nothing can follow quantize: make quantize the last step, and use it once",
             ".compression.steps",
         ),
     ]

@@ -72,9 +72,6 @@ def _steps(*steps: dict) -> Callable[[dict], None]:
     return _set("spec.compression.steps", list(steps))
 
 
-# Remove the xfail marks below once api.CompressedModelSpec.cel_rules has the CEL twin of
-# semantic_problems' "nothing can follow quantize" (see the foundation report).
-QUANTIZE_LAST_GAP = "api.py gap: semantic_problems rejects steps after quantize but no CEL rule does yet"
 CALIB = {"storageUri": "s3://datasets/calib.npz", "format": "npz"}
 TORCH = _set("spec.source.format", "pytorch-export")
 
@@ -123,19 +120,8 @@ CASES = [
     ("step with two methods", _steps({"lowRank": {"energy": 0.9}, "quantize": {}}), False),
     ("empty step", _steps({}), False),
     ("lowRank then quantize", _steps({"lowRank": {"energy": 0.9}}, {"quantize": {}}), True),
-    *(
-        pytest.param(
-            name,
-            _steps(*steps),
-            False,
-            marks=pytest.mark.xfail(strict=True, reason=QUANTIZE_LAST_GAP),
-            id=name,
-        )
-        for name, steps in [
-            ("prune after quantize", ({"quantize": {}}, {"prune": {"sparsity": 0.5}})),
-            ("quantize twice", ({"quantize": {}}, {"quantize": {"mode": "fp16"}})),
-        ]
-    ),
+    ("prune after quantize", _steps({"quantize": {}}, {"prune": {"sparsity": 0.5}}), False),
+    ("quantize twice", _steps({"quantize": {}}, {"quantize": {"mode": "fp16"}}), False),
     ("both accuracy budgets", _set("spec.validation.maxAccuracyDrop", {"absolute": 0.1, "relative": 0.1}), False),
     ("no accuracy budget", _set("spec.validation.maxAccuracyDrop", {}), False),
     ("serving with defaults", _set("spec.serving", {}), True),
