@@ -90,6 +90,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # our Events go through kube.py, one per outcome
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Server-side selector: only compression Jobs reach the operator, not every Job in the cluster.
+    settings.watching.label_selectors["batch", "jobs"] = job_builder.LABEL_MODEL
     settings.peering.standalone = STATE.settings.standalone
     settings.peering.name = STATE.settings.peering_name
     if STATE.settings.metrics_port:

@@ -54,6 +54,7 @@ class Audit:
     resource: str
     subresource: str
     namespace: str
+    label_selector: str = ""  # not part of RBAC; lets tests check server-side filtering
 
 
 @dataclass
@@ -234,7 +235,7 @@ class ApiServer(kmock.KubernetesEmulator):
         watch = q.get("watch") in ("1", "true")
         verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PUT": "update",
                 "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
-        self.audit.append(Audit(verb, group, plural, sub, ns or ""))
+        self.audit.append(Audit(verb, group, plural, sub, ns or "", q.get("labelSelector", "")))
         try:
             self._inject_fault(verb, plural, sub)
             body = await raw.read()

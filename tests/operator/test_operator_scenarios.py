@@ -167,6 +167,9 @@ def test_api_errors_are_retried(gated: Cluster) -> None:
         gated.apply_model(doc())
         st = gated.wait_phase("digits", "Validated", 60)["status"]
     assert all(f.times == 0 for f in gated.server.faults), gated.server.faults
+    # Jobs are watched with a server-side label selector: other Jobs never reach the operator.
+    job_reads = [a for a in gated.server.audit if a.verb in ("list", "watch") and a.resource == "jobs"]
+    assert job_reads and all(a.label_selector == "modelpress.io/compressedmodel" for a in job_reads)
     assert len(gated.objects("batch", "jobs")) == 1 and st["artifact"]["sizeBytes"] == 1000
 
 
