@@ -44,14 +44,20 @@ from modelpress import api  # noqa: E402
 
 NAMESPACE = "ml"
 RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
-# Serving is not part of this compression happy path, so its grant is off here.
-SCENARIOS = {
-    "cluster-wide": {"rbac": {"kserve": False}},
-    "namespaced-with-peering": {
-        "rbac": {"kserve": False},
-        "watchNamespaces": [NAMESPACE],
-        "peering": {"enabled": True, "name": "modelpress"},
-    },
+ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
+# scenario -> (chart values, the model asks for serving). The default install runs the
+# model all the way to a canary (InferenceService created, then patched); the
+# namespaced install has serving off (rbac.kserve=false) and kopf peering on.
+SCENARIOS: dict[str, tuple[dict[str, Any], bool]] = {
+    "default-install": ({}, True),
+    "namespaced-with-peering": (
+        {
+            "rbac": {"kserve": False},
+            "watchNamespaces": [NAMESPACE],
+            "peering": {"enabled": True, "name": "modelpress"},
+        },
+        False,
+    ),
 }
 
 
@@ -118,9 +124,15 @@ def digits_linear(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def model_doc(digits: Path, out: Path) -> dict[str, Any]:
-    """The operator tests' happy-path model: dynamic int8, real data, file:// storage."""
-    return {
+def model_doc(digits: Path, out: Path, serving: bool) -> dict[str, Any]:
+    """The operator tests' happy-path model: dynamic int8, real data, file:// storage.
+
+    With serving: a canary against the uncompressed source (``baseline: source``), so
+    the operator first creates the InferenceService serving the source, then patches
+    the compressed model in as a 50% canary; with no Prometheus configured the canary
+    then holds (it never promotes blind).
+    """
+    doc = {
         "apiVersion": api.API_VERSION,
         "kind": api.KIND,
         "metadata": {"name": "digits", "namespace": NAMESPACE},
@@ -137,6 +149,9 @@ def model_doc(digits: Path, out: Path) -> dict[str, Any]:
             "output": {"storageUri": f"file://{out}/"},
         },
     }
+    if serving:
+        doc["spec"]["serving"] = {"rollout": {"baseline": "source", "steps": [50], "interval": "1m"}}
+    return doc
 
 
 # --------------------------------------------------------------------------- RBAC model
@@ -250,10 +265,9 @@ def operator_runs(
     saved = os.environ.get("MODELPRESS_LATENCY_BUDGET_S")
     os.environ["MODELPRESS_LATENCY_BUDGET_S"] = "0.05"  # the job process: behaviour, not speed
     try:
-        for scenario, values in SCENARIOS.items():
-            runs[scenario] = run_scenario(
-                scenario, values, digits_linear, tmp_path_factory.mktemp(scenario), crds, render
-            )
+        for scenario, (values, serving) in SCENARIOS.items():
+            work = tmp_path_factory.mktemp(scenario)
+            runs[scenario] = run_scenario(values, serving, digits_linear, work, crds, render)
     finally:
         if saved is None:
             os.environ.pop("MODELPRESS_LATENCY_BUDGET_S", None)
@@ -262,7 +276,7 @@ def operator_runs(
     yield runs
 
 
-def run_scenario(scenario, values, digits, work, crds, render) -> Run:  # noqa: ANN001
+def run_scenario(values, serving, digits, work, crds, render) -> Run:  # noqa: ANN001
     liveness, metrics = free_port(), free_port()
     values = dict(values, operator={"livenessPort": liveness, "metricsPort": metrics, "defaultGpu": 0})
     objects = render(values)
@@ -289,6 +303,7 @@ def run_scenario(scenario, values, digits, work, crds, render) -> Run:  # noqa: 
             )
             cluster.sync(server.declare, "kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", False)
             cluster.sync(server.declare, "kopf.dev", "v1", "kopfpeerings", "KopfPeering", True)
+            cluster.sync(server.declare, ISVC[0], ISVC[1], ISVC[2], ISVC[3], True)
             for crd in crds:
                 cluster.sync(server.create, "apiextensions.k8s.io", "customresourcedefinitions", None, crd)
             for peering in (o for o in objects if o["kind"] in ("ClusterKopfPeering", "KopfPeering")):
@@ -299,7 +314,7 @@ def run_scenario(scenario, values, digits, work, crds, render) -> Run:  # noqa: 
             # 409 AlreadyExists and adopt); its first status write races another writer
             # (409 Conflict, so it re-reads the model). These are the operator's
             # restart-safety paths: the calls they make must be allowed too.
-            applied = cluster.apply_model(model_doc(digits, work / "artifacts"))
+            applied = cluster.apply_model(model_doc(digits, work / "artifacts", serving))
             settings = settings_mod.from_env({k: v for k, v in env.items() if k.startswith("MODELPRESS_")})
             for obj in job_builder.build_compression(api.CompressedModel.model_validate(applied), settings):
                 group = obj["apiVersion"].rpartition("/")[0]
@@ -318,12 +333,16 @@ def run_scenario(scenario, values, digits, work, crds, render) -> Run:  # noqa: 
             log_path = work / "operator.log"
             command = [str(Path(sys.executable).with_name("modelpress")), "operator"]  # the image's ENTRYPOINT
             proc_env = dict(os.environ, **env, KUBECONFIG=str(cluster.kubeconfig))
+            proc_env["MODELPRESS_ROLLOUT_TICK_SECONDS"] = "1"  # a test setting: rollout ticks every second
             with log_path.open("w") as log:
                 proc = subprocess.Popen(command, env=proc_env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 deadline = time.monotonic() + 60
                 healthz, _ = wait_http(f"http://127.0.0.1:{liveness}/healthz", deadline)
-                final = cluster.wait_phase("digits", "Validated", 180)
+                final = cluster.wait_phase("digits", "RollingOut" if serving else "Validated", 180)
+                if serving:
+                    cluster.wait_for("the canary in the InferenceService", lambda: canary_in_isvc(cluster), 60)
+                    final = cluster.model("digits")
                 _, metrics_text = wait_http(f"http://127.0.0.1:{metrics}/metrics", deadline + 180)
                 if values.get("peering", {}).get("enabled"):
                     cluster.wait_for("the operator in the peering", lambda: peering_status(cluster))
@@ -347,6 +366,11 @@ def run_scenario(scenario, values, digits, work, crds, render) -> Run:  # noqa: 
     finally:
         cluster_module.ApiServer = k8s_emulator.ApiServer  # type: ignore[misc]
     return Run(requests, grants, applied, final, peerings, healthz, metrics_text, log_path.read_text(), faults)
+
+
+def canary_in_isvc(cluster: Cluster) -> bool:
+    isvcs = cluster.objects(ISVC[0], ISVC[2])
+    return any((i.get("spec") or {}).get("canary") for i in isvcs)
 
 
 def peering_status(cluster: Cluster) -> bool:
@@ -380,7 +404,15 @@ def test_every_granted_verb_is_used(scenario: str, operator_runs: dict[str, Run]
 def test_the_happy_path_really_ran(scenario: str, operator_runs: dict[str, Run]) -> None:
     run = operator_runs[scenario]
     status = run.final["status"]
-    assert status["phase"] == "Validated" and status["results"]["passed"] is True
+    assert status["results"]["passed"] is True
+    _values, serving = SCENARIOS[scenario]
+    if serving:
+        assert status["phase"] == "RollingOut" and status["rollout"]["canaryPercent"] == 50
+        assert {("create", "inferenceservices"), ("patch", "inferenceservices")} <= {
+            (r.verb, r.resource) for r in run.requests
+        }
+    else:
+        assert status["phase"] == "Validated"
     assert {("create", "batch", "jobs"), ("patch", "modelpress.io", "compressedmodels")} <= {
         (r.verb, r.group, r.resource) for r in run.requests
     }
@@ -396,7 +428,11 @@ def test_the_operator_never_writes_spec(scenario: str, operator_runs: dict[str, 
     assert json.dumps(run.final["spec"], sort_keys=True) == json.dumps(run.applied["spec"], sort_keys=True)
     assert run.final["metadata"]["generation"] == run.applied["metadata"]["generation"] == 1
     writes = [r for r in run.requests if r.resource == api.PLURAL and r.verb not in ("get", "list", "watch")]
-    assert writes and all(r.subresource == "status" for r in writes), writes
+    assert writes and all((r.verb, r.subresource) == ("patch", "status") for r in writes), writes
+    volatile = {"resourceVersion", "managedFields"}
+    before = {k: v for k, v in run.applied["metadata"].items() if k not in volatile}
+    after = {k: v for k, v in run.final["metadata"].items() if k not in volatile}
+    assert after == before, "the operator changed the model's metadata (finalizers, labels, annotations?)"
 
 
 def test_peering_touches_only_the_charts_peering_object(operator_runs: dict[str, Run]) -> None:
@@ -404,7 +440,7 @@ def test_peering_touches_only_the_charts_peering_object(operator_runs: dict[str,
     patched = {(r.resource, r.namespace, r.name) for r in run.requests if r.group == "kopf.dev" and r.verb == "patch"}
     assert patched == {("kopfpeerings", NAMESPACE, "modelpress")}
     assert [p["metadata"]["name"] for p in run.peerings] == ["modelpress"]
-    assert not [r for r in operator_runs["cluster-wide"].requests if r.group == "kopf.dev"]
+    assert not [r for r in operator_runs["default-install"].requests if r.group == "kopf.dev"]
 
 
 def test_namespaced_install_makes_no_cluster_wide_reads_beyond_scanning(operator_runs: dict[str, Run]) -> None:
