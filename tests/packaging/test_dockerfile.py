@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -244,6 +245,54 @@ def test_operator_image_installs_no_ml_stack() -> None:
     assert "'.[operator]'" in runs and "[jobs]" not in runs
     job_runs = " ".join(args for word, args in BY_NAME["build-job"].instructions if word == "RUN")
     assert "'.[jobs]'" in job_runs and "onnxruntime-gpu" in job_runs
+
+
+def test_package_builds_from_exactly_the_copied_files(tmp_path: Path) -> None:
+    """What the image installs: a wheel built from only the files COPY brings in.
+
+    Catches a Dockerfile that forgets a path setuptools needs, and a subpackage missing
+    from pyproject's package list (its modules would be absent from the image).
+    """
+    context = tmp_path / "src"
+    context.mkdir()
+    for _stage, sources, frm in copies():
+        for src in sources if frm is None else []:
+            target = context / src
+            if (REPO / src).is_dir():
+                shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(REPO / src, target)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("modelpress-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points_txt = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    for module in (
+        "modelpress/cli.py",
+        "modelpress/operator/main.py",
+        "modelpress/jobs/__main__.py",
+        "modelpress/jobs/serving.py",
+    ):
+        assert module in names, f"{module} is not in the wheel the image installs"
+    in_repo = {str(p.relative_to(REPO / "jobs")) for p in (REPO / "jobs").rglob("*.py") if "__pycache__" not in p.parts}
+    assert {f"modelpress/jobs/{m}" for m in in_repo} <= names, "a jobs/ subpackage is missing from pyproject's packages"
+    assert "modelpress = modelpress.cli:main" in entry_points_txt
 
 
 @pytest.mark.parametrize(("variant", "ok"), [("cpu", True), ("cuda", True), ("rocm", False)])
