@@ -14,12 +14,15 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from modelpress.api import CompressedModelSpec
 from modelpress.summary import DEFAULT_TERMINATION_LOG, JobSummary, Outcome
+
+if TYPE_CHECKING:
+    from modelpress.jobs.pipeline import Progress
 
 log = logging.getLogger("modelpress.jobs")
 SPEC_ENV = "MODELPRESS_SPEC"
@@ -40,7 +43,7 @@ def job_command(args: argparse.Namespace) -> int:
     return int(summary.exit_code)
 
 
-def run_job(spec_path: Path | None, workdir: Path, progress: Any = None) -> JobSummary:
+def run_job(spec_path: Path | None, workdir: Path, progress: Progress | None = None) -> JobSummary:
     """Parse the spec, run the pipeline, and always come back with a summary."""
     from modelpress.jobs.errors import JobInputError
 

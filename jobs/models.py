@@ -37,8 +37,10 @@ PICKLE_HINT = (
     "ModelPress never unpickles models (a pickle can run arbitrary code): export it with "
     "torch.export.save (.pt2, source.format pytorch-export) or to ONNX (source.format onnx)"
 )
-# The output name of a torch source (a .pt2 carries no output names): what it means by task.
-OUTPUT_NAME_BY_TASK = {"classification": "logits", "regression": "prediction", "embedding": "embedding"}
+# The output name of a torch source (a .pt2 carries no output names): what it means by
+# task, the same names as hf-transformers sources ("embedding" itself would collide with
+# the value torch's ONNX exporter gives aten.embedding).
+OUTPUT_NAME_BY_TASK = {"classification": "logits", "regression": "prediction", "embedding": "sentence_embedding"}
 
 
 def load_source(path: Path, fmt: str, task: str, field: str = FIELD) -> ModelHandle:

@@ -183,7 +183,8 @@ class Runner:
             try:
                 self._cache[cache_key] = (to_onnx(handle, self.export_sample), [])
             except ValueError as e:
-                raise JobInputError("source", f"cannot export the model to ONNX: {e}") from e
+                raise JobInputError("source", f"cannot export the model to ONNX with a batch of the validation "
+                                    f"data ({e}); check that validation.dataset fits the model's inputs") from e
         return self._cache[cache_key][0]
 
     def apply(self, candidate: Candidate) -> tuple[ModelHandle, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -256,7 +257,6 @@ class Runner:
 class JobResult:
     summary: JobSummary
     report: dict[str, Any]
-    artifact_dir: Path | None = None
 
 
 def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = None) -> JobResult:
@@ -403,7 +403,7 @@ def _finish(spec: CompressedModelSpec, rhash: str, workdir: Path, outcome: Outco
     report.write(out_dir, data)
     storage.upload(out_dir, target)
     log.info("%s: %s", outcome.value, reason)
-    return JobResult(summary=summary, report=data, artifact_dir=out_dir)
+    return JobResult(summary=summary, report=data)
 
 
 # --------------------------------------------------------------------------- inputs
