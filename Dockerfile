@@ -68,7 +68,8 @@ LABEL org.opencontainers.image.source="https://github.com/modelpress/modelpress"
 FROM runtime AS operator
 COPY --from=build-operator /opt/modelpress /opt/modelpress
 USER 10001:10001
-EXPOSE 8080 8081
+# Prometheus metrics (MODELPRESS_METRICS_PORT) and kopf's liveness endpoint (MODELPRESS_LIVENESS_PORT).
+EXPOSE 8000 8080
 ENTRYPOINT ["modelpress", "operator"]
 
 FROM runtime AS job
@@ -79,5 +80,6 @@ ENV HOME=/tmp \
     XDG_CACHE_HOME=/tmp/.cache \
     HF_HUB_OFFLINE=1
 USER 10001:10001
+# The modelpress-onnx serving runtime's HTTP port (the compression Job listens on nothing).
 EXPOSE 8080
 ENTRYPOINT ["python", "-m", "modelpress.jobs"]

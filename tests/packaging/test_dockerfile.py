@@ -209,6 +209,19 @@ def test_targets_exist_with_real_entrypoints() -> None:
         assert_real_command(entrypoint(target))
 
 
+def exposed(target: str) -> set[int]:
+    return {
+        int(p.split("/")[0]) for st in lineage(target) for w, a in st.instructions if w == "EXPOSE" for p in a.split()
+    }
+
+
+def test_exposed_ports_are_the_ones_the_processes_listen_on() -> None:
+    from modelpress.operator.settings import Settings
+
+    assert exposed("operator") == {Settings.metrics_port, Settings.liveness_port}
+    assert exposed("job") == {8080}  # KServe ModelServer's default HTTP port
+
+
 def test_serving_runtime_command_exists_in_the_job_image() -> None:
     """The modelpress-onnx ServingRuntime starts the job image with this command."""
     assert_real_command(["python", "-m", "modelpress.jobs.serving"])
