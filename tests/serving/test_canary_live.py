@@ -55,38 +55,19 @@ def test_metric_names_match_the_runtime():
     )  # fmt: skip
 
 
-def test_good_canary_is_promoted(digits_models, start_server, start_prometheus, x, load):
-    stable, canary = start_server(digits_models["fp32"]), start_server(digits_models["int8"])
-    prom = start_prometheus([stable, canary])
-    # Tiny models answer in ~0.05-1 ms, and on 2 shared cores a few percent of requests
-    # are preempted for milliseconds, right where p95 sits: a lenient latency bound keeps
-    # the test about the mechanism, not about scheduler noise.
-    rollout = Rollout(steps=[25, 50], interval="20s", analysis=Analysis(min_requests=30, max_latency_ratio=10.0))
-    d, analyses, splits = drive_rollout(load, rollout, stable, canary, prom, x, digest(digits_models["int8"]))
-    assert [a.verdict for a in analyses] == ["Pass", "Pass"], [a.message for a in analyses]
-    assert splits == [25, 50]
-    assert d.phase == "Serving" and d.traffic.stable_uri == CANARY_URI and d.traffic.canary_uri is None
-    values = analyses[0].values
-    assert values["canaryRequests"] >= 30 and values["canaryErrorRate"] == 0.0
-    assert 0 < values["canaryP95Ms"] < 100 and 0 < values["stableP95Ms"] < 100
-
-
-@pytest.mark.parametrize(
-    "chaos,check",
-    [
-        ({"MODELPRESS_CHAOS_ERROR_RATE": "0.3"}, "error rate"),
-        ({"MODELPRESS_CHAOS_LATENCY_MS": "150"}, "p95 latency ratio"),
-    ],
-    ids=["errors", "latency"],
-)
-def test_bad_canary_is_rolled_back_within_failure_limit(digits_models, start_server, start_prometheus, x, load, chaos, check):
-    stable, canary = start_server(digits_models["fp32"]), start_server(digits_models["int8"], chaos)
+def test_slow_canary_is_rolled_back_within_failure_limit(digits_models, start_server, start_prometheus, x, load):
+    """Injected latency fails the p95 ratio check at every analysis. (A good canary being
+    promoted and an erroring one rolled back run through the operator in
+    test_rollout_operator.py.)"""
+    check = "p95 latency ratio"
+    stable = start_server(digits_models["fp32"])
+    canary = start_server(digits_models["int8"], {"MODELPRESS_CHAOS_LATENCY_MS": "150"})
     prom = start_prometheus([stable, canary])
     rollout = Rollout(
         steps=[20, 50], interval="20s", analysis=Analysis(min_requests=15, max_latency_ratio=10.0, failure_limit=2)
     )
-    requests = 100 if "LATENCY" in next(iter(chaos)) else 200  # 150 ms each on the canary side
-    d, analyses, splits = drive_rollout(load, rollout, stable, canary, prom, x, digest(digits_models["int8"]), requests)
+    # 150 ms per canary request: 100 requests at 20 % keep each interval short.
+    d, analyses, splits = drive_rollout(load, rollout, stable, canary, prom, x, digest(digits_models["int8"]), 100)
     assert d.phase == "RolledBack"
     assert [a.verdict for a in analyses] == ["Fail", "Fail"]
     assert splits == [20, 20]  # never advanced past the first step
