@@ -168,6 +168,17 @@ def test_values_reach_the_operator_settings(render) -> None:
     assert rendered.standalone is False and rendered.peering_name == "mp-peers"
 
 
+def test_every_operator_setting_is_reachable_from_values(render) -> None:
+    """A new Settings field must get a chart value; extra_labels has no env twin (from_env skips it)."""
+    names = set()
+    for values in SCENARIOS.values():
+        names |= {k for k in deployment_env(render(values)) if k.startswith("MODELPRESS_")}
+    wanted = {"MODELPRESS_" + f.upper() for f in settings_mod.Settings.__dataclass_fields__} - {
+        "MODELPRESS_EXTRA_LABELS"
+    }
+    assert wanted <= names, f"settings with no chart value: {sorted(wanted - names)}"
+
+
 def test_every_env_var_names_a_real_setting(render) -> None:
     fields = {"MODELPRESS_" + f.upper() for f in settings_mod.Settings.__dataclass_fields__}
     for values in SCENARIOS.values():
