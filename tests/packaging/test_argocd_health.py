@@ -122,3 +122,60 @@ def test_any_status_gets_a_verdict_with_a_message(status: dict | None, generatio
     if hs["status"] == "Healthy":
         ready = [c for c in status["conditions"] if c["type"] == "Ready"]
         assert ready[0]["status"] == "True" and status["observedGeneration"] >= generation
+
+
+# ---------------------------------------------------------------- with the operator's own status logic
+
+
+def finished_job(outcome: str, terminated: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    job = {"status": {"conditions": [{"type": outcome, "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    pod = {
+        "metadata": {"creationTimestamp": "2026-11-22T10:00:00Z"},
+        "status": {"containerStatuses": [{"state": {"terminated": terminated}}]},
+    }
+    return job, [pod]
+
+
+def status_after(obj: dict[str, Any], job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """The status the operator writes for a finished Job (operator/status.py, pure)."""
+    from modelpress.operator import status as st
+
+    fields, conditions, _event = st.outcome_status(obj["spec"], job, pods)
+    gen = obj["metadata"]["generation"]
+    return dict(
+        fields, observedGeneration=gen, conditions=st.merge_conditions(None, conditions, gen, "2026-11-22T10:00:00Z")
+    )
+
+
+@pytest.mark.parametrize(
+    ("serving", "summary", "terminated", "expected"),
+    [
+        (False, {"outcome": "Validated", "reason": "ok"}, {"exitCode": 0}, "Healthy"),
+        (True, {"outcome": "Validated", "reason": "ok"}, {"exitCode": 0}, "Progressing"),
+        (
+            False,
+            {"outcome": "Rejected", "reason": "too lossy", "results": {"failedThresholds": ["maxAccuracyDrop"]}},
+            {"exitCode": 3},
+            "Degraded",
+        ),
+        (False, None, {"exitCode": 137, "reason": "OOMKilled"}, "Degraded"),
+    ],
+    ids=["validated-no-serving", "validated-awaiting-rollout", "rejected", "oom-killed"],
+)
+def test_health_of_statuses_the_operator_really_writes(
+    serving: bool, summary: dict | None, terminated: dict, expected: str
+) -> None:
+    from modelpress.summary import JobSummary
+
+    obj = load_case("testdata/serving.yaml")
+    obj.pop("status")
+    if not serving:
+        obj["spec"].pop("serving")
+    if summary is not None:
+        terminated = dict(terminated, message=JobSummary.model_validate(summary).to_termination_message())
+    job, pods = finished_job("Complete" if terminated["exitCode"] == 0 else "Failed", terminated)
+    obj["status"] = status_after(obj, job, pods)
+    hs = run_health(obj)
+    assert hs["status"] == expected, (hs, obj["status"])
+    if expected == "Degraded":
+        assert ("maxAccuracyDrop" if summary else "OOMKilled") in hs["message"]
