@@ -16,6 +16,7 @@ import contextlib
 import copy
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 import kmock
 import yaml
 from k8s_emulator import ApiServer, now
+from kopf.testing import KopfRunner
 
 from modelpress import api
 
@@ -317,3 +319,63 @@ def operator_env(cluster: Cluster, **settings: str) -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+HANDLERS = "modelpress.operator.handlers"
+
+
+@contextlib.contextmanager
+def running_operator(cluster: Cluster, **settings: str) -> Iterator[KopfRunner]:
+    """kopf in a thread (KopfRunner), namespaced to the cluster's test namespace."""
+    with operator_env(cluster, **settings):
+        args = ["run", "--standalone", "--namespace", cluster.namespace, "-m", HANDLERS]
+        with KopfRunner(args, timeout=60) as runner:
+            yield runner
+    if runner.exception is not None:
+        raise runner.exception
+    assert runner.exit_code == 0, runner.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sample_model(name: str = "digits", namespace: str = "ml", **spec: Any) -> dict[str, Any]:
+    """A valid CompressedModel (s3:// URIs: for runners that do not read them)."""
+    base: dict[str, Any] = {
+        "source": {"storageUri": "s3://models/digits/model.onnx", "format": "onnx", "task": "classification"},
+        "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
+        "validation": {"dataset": {"storageUri": "s3://models/digits/val.npz", "format": "npz"},
+                       "metric": "accuracy", "maxAccuracyDrop": {"absolute": 0.02}},
+        "job": {"gpu": 0},
+        "output": {"storageUri": "s3://models/out/"},
+    }
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": namespace},
+            "spec": {**base, **spec}}
+
+
+class Gate:
+    """A runner that holds Jobs "running" until opened, then succeeds with a real-shaped summary."""
+
+    def __init__(self, open_: bool = True, outcome: str = "Validated"):
+        self.event = threading.Event()
+        if open_:
+            self.event.set()
+        self.outcome = outcome
+        self.runs: list[str] = []
+
+    async def __call__(self, job: Mapping[str, Any], root: Path) -> ContainerResult:
+        from modelpress.summary import JobSummary
+
+        self.runs.append(job["metadata"]["name"])
+        while not self.event.is_set():
+            await asyncio.sleep(0.02)
+        rh = job["metadata"]["labels"]["modelpress.io/recipe-hash"]
+        summary = JobSummary(
+            outcome=self.outcome, reason="trial 0 met every threshold", recipeHash=rh,
+            artifact={"storageUri": f"s3://models/out/{rh}", "sha256": "0" * 64, "sizeBytes": 1000},
+            results={"passed": True, "metric": "accuracy", "accuracyDrop": 0.004, "speedup": 2.5, "sizeRatio": 0.26},
+        )
+        return ContainerResult(summary.exit_code.value, summary.to_termination_message(), "Completed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,33 +10,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # k8s_emulator, cluster (importlib import mode)
 
-from cluster import Cluster, operator_env  # noqa: E402
-from kopf.testing import KopfRunner  # noqa: E402
-
-HANDLERS = "modelpress.operator.handlers"
+from cluster import Cluster  # noqa: E402
 
 
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with Cluster(tmp_path) as c:
         yield c
-
-
-@contextlib.contextmanager
-def running_operator(cluster: Cluster, **settings: str) -> Iterator[KopfRunner]:
-    """kopf in a thread (KopfRunner), namespaced to the cluster's test namespace."""
-    with operator_env(cluster, **settings):
-        args = ["run", "--standalone", "--namespace", cluster.namespace, "-m", HANDLERS]
-        with KopfRunner(args, timeout=60) as runner:
-            yield runner
-    if runner.exception is not None:
-        raise runner.exception
-    assert runner.exit_code == 0, runner.output
-
-
-@pytest.fixture()
-def operator_run() -> object:
-    return running_operator
 
 
 @pytest.fixture(scope="session")

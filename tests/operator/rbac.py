@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cluster import Cluster, ContainerResult
-from conftest import running_operator
+from cluster import Cluster, ContainerResult, running_operator
 from k8s_emulator import rbac_usage
 
 from modelpress.summary import JobSummary

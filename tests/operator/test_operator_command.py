@@ -9,9 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from cluster import Cluster
-from test_operator_e2e import free_port
-from test_operator_scenarios import Gate, doc
+from cluster import Cluster, Gate, free_port, sample_model
 
 
 def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
@@ -24,7 +22,7 @@ def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
              "--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port)],
             env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            c.apply_model(doc())
+            c.apply_model(sample_model())
             c.wait_phase("digits", "Validated", 60)
             # Cluster-wide: the operator watched the collection across namespaces.
             assert any(a.verb == "watch" and a.resource == "compressedmodels" and a.namespace == ""

@@ -6,13 +6,11 @@ digits model with file:// storage, so the status carries real measurements.
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cluster import Cluster
-from conftest import running_operator
+from cluster import Cluster, free_port, running_operator
 from k8s_emulator import rbac_usage
 from modelpress.operator import job_builder
 from modelpress.operator.settings import from_env
@@ -41,11 +39,6 @@ def model_doc(digits: Path, out: Path, name: str = "digits", **validation: Any) 
         },
     }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -107,12 +100,12 @@ def test_happy_path_to_validated_with_real_metrics(cluster: Cluster, digits_onnx
 
 def test_rejection_names_the_threshold(cluster: Cluster, digits_onnx: Path, tmp_path: Path) -> None:
     with running_operator(cluster):
-        cluster.apply_model(model_doc(digits_onnx, tmp_path / "artifacts", maxSizeMb=0.0001))
+        cluster.apply_model(model_doc(digits_onnx, tmp_path / "artifacts", maxSizeMB=0.0001))
         obj = cluster.wait_phase("digits", {"Rejected", "Failed"}, 180)
         assert obj["status"]["phase"] == "Rejected", obj["status"]
         validated = condition(obj, "Validated")
         assert validated["status"] == "False" and validated["reason"] == "ThresholdExceeded"
-        assert "maxSizeMb" in validated["message"] or "size" in validated["message"].lower()
+        assert "maxSizeMB" in validated["message"] or "size" in validated["message"].lower()
         assert condition(obj, "Compressed")["status"] == "True"
         assert obj["status"]["results"]["failedThresholds"]
         assert "artifact" not in obj["status"] or not obj["status"]["artifact"]

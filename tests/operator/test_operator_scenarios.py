@@ -7,61 +7,19 @@ The kubelet stand-in here finishes Jobs with a summary written the way the job w
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster, ContainerResult
-from conftest import running_operator
+from cluster import Cluster, ContainerResult, Gate, running_operator, sample_model
 from k8s_emulator import Fault
 
-from modelpress import api
-from modelpress.summary import JobSummary
-
-DOC: dict[str, Any] = {
-    "apiVersion": api.API_VERSION,
-    "kind": api.KIND,
-    "metadata": {"name": "digits", "namespace": "ml"},
-    "spec": {
-        "source": {"storageUri": "s3://models/digits/model.onnx", "format": "onnx", "task": "classification"},
-        "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-        "validation": {"dataset": {"storageUri": "s3://models/digits/val.npz", "format": "npz"},
-                       "metric": "accuracy", "maxAccuracyDrop": {"absolute": 0.02}},
-        "job": {"gpu": 0},
-        "output": {"storageUri": "s3://models/out/"},
-    },
-}
+DOC = sample_model()
 
 
 def doc(name: str = "digits", **spec: Any) -> dict[str, Any]:
-    out = {**DOC, "metadata": {"name": name, "namespace": "ml"}, "spec": {**DOC["spec"], **spec}}
-    return out
-
-
-class Gate:
-    """Holds Jobs "running" until opened; then they succeed with a real-shaped summary."""
-
-    def __init__(self, open_: bool = True, outcome: str = "Validated"):
-        self.event = threading.Event()
-        if open_:
-            self.event.set()
-        self.outcome = outcome
-        self.runs: list[str] = []
-
-    async def __call__(self, job: Mapping[str, Any], root: Path) -> ContainerResult:
-        self.runs.append(job["metadata"]["name"])
-        while not self.event.is_set():
-            await asyncio.sleep(0.02)
-        rh = job["metadata"]["labels"]["modelpress.io/recipe-hash"]
-        summary = JobSummary(
-            outcome=self.outcome, reason="trial 0 met every threshold", recipeHash=rh,
-            artifact={"storageUri": f"s3://models/out/{rh}", "sha256": "0" * 64, "sizeBytes": 1000},
-            results={"passed": True, "metric": "accuracy", "accuracyDrop": 0.004, "speedup": 2.5, "sizeRatio": 0.26},
-        )
-        return ContainerResult(summary.exit_code.value, summary.to_termination_message(), "Completed")
+    return sample_model(name, **spec)
 
 
 @pytest.fixture()
