@@ -9,6 +9,7 @@ to the rendered ClusterRole.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 import textwrap
 from pathlib import Path
@@ -26,7 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 CHART_DIR = REPO / "charts" / "modelpress"
 HEALTH_LUA = REPO / "argocd" / "modelpress.io" / "CompressedModel" / "health.lua"
-METRIC_MODULES = ("modelpress.operator.metrics", "modelpress.jobs.serving")
+# The serving runtime plus every operator module: a metric added anywhere there must be documented.
+METRIC_MODULES = ("modelpress.jobs.serving",) + tuple(
+    f"modelpress.operator.{m.name}"
+    for m in pkgutil.iter_modules(importlib.import_module("modelpress.operator").__path__)
+)
 
 
 def code_blocks(doc: str, lang: str) -> list[str]:
