@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -264,6 +265,8 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     started = time.perf_counter()
     progress = progress or (lambda task, done, total: None)
     rhash = recipe_hash(spec)
+    for stale in ("source", "dataset", "calibration", "artifact"):  # a reused workdir must not leak old files
+        shutil.rmtree(workdir / stale, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     hardware = measure.hardware()
     log.info("recipe %s on %s", rhash, hardware)

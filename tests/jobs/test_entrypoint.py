@@ -128,3 +128,16 @@ def test_same_recipe_lands_in_the_same_place(tmp_path: Path, digits_dir: Path) -
     second = run_job(write_spec(tmp_path / "b.yaml", yaml.safe_load(yaml.safe_dump(doc))), tmp_path / "w2")
     assert first.recipe_hash == second.recipe_hash
     assert first.artifact.storage_uri == second.artifact.storage_uri
+
+
+def test_a_reused_workdir_never_serves_old_files(tmp_path: Path, digits_dir: Path) -> None:
+    """The second run has a broken model under the same file name: it must see it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.onnx").write_bytes((digits_dir / "model.onnx").read_bytes())
+    doc = make_spec((src / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(), (tmp_path / "out").as_uri())
+    spec = write_spec(tmp_path / "cm.yaml", doc)
+    assert run_job(spec, tmp_path / "work").outcome == "Validated"
+    (src / "model.onnx").write_bytes(b"broken")
+    second = run_job(spec, tmp_path / "work")
+    assert second.outcome == "Failed" and "not a valid ONNX model" in second.reason
