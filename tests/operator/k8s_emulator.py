@@ -55,6 +55,7 @@ class Audit:
     subresource: str
     namespace: str
     label_selector: str = ""  # not part of RBAC; lets tests check server-side filtering
+    resource_version: str = ""  # ... and watch resumption
 
 
 @dataclass
@@ -215,6 +216,9 @@ class ApiServer(kmock.KubernetesEmulator):
         factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=EVENT_LOG_SIZE)), init=False)
     watchers: list[Watcher] = attrs.field(factory=list, init=False)
     listeners: list[Callable[[str, str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
+    # Ends every watch after this many seconds (as API servers do, at random, in real life),
+    # so tests can prove that clients resume from their last resourceVersion.
+    watch_limit_s: float | None = attrs.field(default=None, init=False)
 
     def declare(self, group: str, version: str, plural: str, kind: str, namespaced: bool = True) -> None:
         subs = {"status"} if (group, plural) in STATUS_SUBRESOURCE else set()
@@ -235,7 +239,8 @@ class ApiServer(kmock.KubernetesEmulator):
         watch = q.get("watch") in ("1", "true")
         verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PUT": "update",
                 "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
-        self.audit.append(Audit(verb, group, plural, sub, ns or "", q.get("labelSelector", "")))
+        self.audit.append(Audit(verb, group, plural, sub, ns or "", q.get("labelSelector", ""),
+                                q.get("resourceVersion", "")))
         try:
             self._inject_fault(verb, plural, sub)
             body = await raw.read()
@@ -444,6 +449,8 @@ class ApiServer(kmock.KubernetesEmulator):
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(raw)
         timeout = float(q.get("timeoutSeconds") or 1800)
+        if self.watch_limit_s is not None:
+            timeout = min(timeout, self.watch_limit_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:

@@ -172,3 +172,20 @@ def test_pod_level_failure_reason(tmp_path: Path) -> None:
         assert cond(st, "Compressed")["reason"] == "OOMKilled"
         assert cond(st, "Ready")["status"] == "False"
         assert len(c.objects("", "pods")) == 2  # backoffLimit 1: one retry, then no more
+
+
+def test_watches_resume_from_the_last_resource_version(gated: Cluster) -> None:
+    gated.server.watch_limit_s = 0.3
+    with running_operator(gated):
+        gated.wait_for("a resumed watch", lambda: sum(
+            a.verb == "watch" and a.resource == "compressedmodels" for a in gated.server.audit) >= 3, 30)
+        gated.apply_model(doc())  # arrives on a resumed stream, not on the initial one
+        gated.wait_phase("digits", "Validated", 30)
+        before = sum(a.verb == "watch" and a.resource == "compressedmodels" for a in gated.server.audit)
+        gated.wait_for("more resumed watches", lambda: sum(
+            a.verb == "watch" and a.resource == "compressedmodels" for a in gated.server.audit) >= before + 2, 30)
+    model_reads = [a for a in gated.server.audit if a.resource == "compressedmodels" and a.verb in ("list", "watch")]
+    assert [a.verb for a in model_reads].count("list") == 1
+    versions = [int(a.resource_version) for a in model_reads if a.verb == "watch"]
+    # Each watch resumes where the last one ended: never older, and past the model's events at the end.
+    assert versions == sorted(versions) and versions[-1] > versions[0]
