@@ -20,8 +20,10 @@ to rank nodes by measured sensitivity for ``excludeNodes``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import pkgutil
 import shutil
 import time
 from collections.abc import Callable
@@ -32,12 +34,14 @@ from typing import Any
 import numpy as np
 import onnx
 
+import modelpress.jobs.methods as methods_package
 from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results, Spec, Step, recipe_hash
 from modelpress.jobs import artifact, gate, measure, report, storage
 from modelpress.jobs.data import load_dataset
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError
-from modelpress.jobs.methods import MethodData, ModelHandle, get_method
+from modelpress.jobs.methods import Method, MethodData, ModelHandle
+from modelpress.jobs.methods import get_method as _registry_get
 from modelpress.jobs.models import load_source
 from modelpress.summary import JobSummary, Outcome
 
@@ -50,6 +54,18 @@ SENSITIVITY_PROBE = 64  # method-side samples used to rank nodes for excludeNode
 SENSITIVITY_MAX_NODES = 16  # rank at most the largest N MatMul/Gemm nodes (each costs one quantization)
 QUANTIZABLE_OPS = ("MatMul", "Gemm")
 LABEL_METRICS = ("accuracy", "top5", "f1")
+
+
+def get_method(key: str) -> Method:
+    """The registered method for ``key``, with every method module imported first.
+
+    ``methods.get_method`` imports the modules only while the registry is empty, so a
+    process that imported one method module directly (tests, benchmarks) would miss
+    the others.
+    """
+    for info in pkgutil.iter_modules(methods_package.__path__):
+        importlib.import_module(f"{methods_package.__name__}.{info.name}")
+    return _registry_get(key)
 
 
 # --------------------------------------------------------------------------- candidates
