@@ -214,6 +214,7 @@ class ApiServer(kmock.KubernetesEmulator):
     rv: int = attrs.field(default=1000, init=False)
     log: dict[Key, collections.deque[LogEntry]] = attrs.field(
         factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=EVENT_LOG_SIZE)), init=False)
+    evicted: dict[Key, int] = attrs.field(factory=dict, init=False)
     watchers: list[Watcher] = attrs.field(factory=list, init=False)
     listeners: list[Callable[[str, str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
     # Ends every watch after this many seconds (as API servers do, at random, in real life),
@@ -278,7 +279,10 @@ class ApiServer(kmock.KubernetesEmulator):
         # log can share them; each event is serialised once for all watchers.
         entry = (int(obj["metadata"]["resourceVersion"]), type_, obj,
                  json.dumps({"type": type_, "object": obj}).encode() + b"\n")
-        self.log[(group, plural)].append(entry)
+        log = self.log[(group, plural)]
+        if log.maxlen is not None and len(log) == log.maxlen:
+            self.evicted[(group, plural)] = log[0][0]  # watches from before this are Gone
+        log.append(entry)
         for w in self.watchers:
             if w.key == (group, plural):
                 w.queue.put_nowait(entry)
@@ -439,7 +443,7 @@ class ApiServer(kmock.KubernetesEmulator):
                        for (g, p, _, _), o in self.store.items() if (g, p) == (group, plural)]
         else:
             log = self.log[(group, plural)]
-            if log and len(log) == log.maxlen and int(since) < log[0][0]:
+            if int(since) < self.evicted.get((group, plural), 0):
                 gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
                         "reason": "Expired", "message": f"too old resource version: {since}"}
                 backlog = [(0, "ERROR", gone, json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")]

@@ -122,3 +122,16 @@ def test_cascading_delete_and_audit(c: Cluster) -> None:
     assert ("create", "", "configmaps", "", "ml") in used
     counts = count_requests(c.server.audit)
     assert counts["write"] == 3 and counts["read"] == 0
+
+
+def test_too_old_resource_version_is_gone(c: Cluster) -> None:
+    import collections
+
+    c.server.log[("modelpress.io", "compressedmodels")] = collections.deque(maxlen=2)
+    first = make(c, "a")
+    make(c, "b")
+    make(c, "c")  # the log now starts after a's creation
+    events = watch(c, f"{BASE}?resourceVersion={int(first['metadata']['resourceVersion']) - 1}")
+    assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 410)]
+    latest = watch(c, f"{BASE}?resourceVersion={first['metadata']['resourceVersion']}")
+    assert [e["object"]["metadata"]["name"] for e in latest] == ["b", "c"]
