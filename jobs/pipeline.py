@@ -188,6 +188,7 @@ class Runner:
         self.export_sample = export_sample
         self._cache: dict[str, tuple[ModelHandle, list[dict[str, Any]]]] = {}
         self._sensitivity: dict[str, list[str]] = {}
+        self.node_errors: dict[str, float] = {}  # node -> relative output MSE when quantized alone (for the report)
 
     def to_onnx(self, handle: ModelHandle, key: str) -> ModelHandle:
         if handle.stage == "onnx":
@@ -264,6 +265,7 @@ class Runner:
         log.info("quantization sensitivity (relative output MSE): %s",
                  ", ".join(f"{n}={errors[n]:.3g}" for n in ranked))
         self._sensitivity[key] = ranked
+        self.node_errors.update(errors)
         return ranked
 
 
@@ -333,7 +335,8 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     progress("trials", len(todo), len(todo))
 
     outcome, chosen, reason = _decide(trials, spec)
-    result = _finish(spec, rhash, workdir, outcome, chosen, reason, trials, baseline_metrics, hardware, started)
+    result = _finish(spec, rhash, workdir, outcome, chosen, reason, trials, baseline_metrics, hardware, started,
+                     runner.node_errors)
     progress("upload", 1, 1)
     return result
 
@@ -392,7 +395,8 @@ def _decide(trials: list[Trial], spec: CompressedModelSpec) -> tuple[Outcome, Tr
 
 
 def _finish(spec: CompressedModelSpec, rhash: str, workdir: Path, outcome: Outcome, chosen: Trial | None,
-            reason: str, trials: list[Trial], baseline: ModelMetrics, hardware: str, started: float) -> JobResult:
+            reason: str, trials: list[Trial], baseline: ModelMetrics, hardware: str, started: float,
+            sensitivity: dict[str, float]) -> JobResult:
     """Write model (when validated) + report, upload them, build the summary."""
     out_dir = workdir / "artifact"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -418,7 +422,7 @@ def _finish(spec: CompressedModelSpec, rhash: str, workdir: Path, outcome: Outco
         reason += f" (report: {target}/{report.HTML_NAME})"
     summary = JobSummary(outcome=outcome, reason=reason, recipe_hash=rhash, artifact=art, results=results)
     data = report.build(spec, rhash, summary, [t.to_report() for t in trials], chosen.index if chosen else None,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, sensitivity)
     report.write(out_dir, data)
     storage.upload(out_dir, target)
     log.info("%s: %s", outcome.value, reason)

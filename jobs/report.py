@@ -24,7 +24,7 @@ W, H, PAD = 420, 300, 48
 
 
 def build(spec: CompressedModelSpec, rhash: str, summary: JobSummary, trials: list[dict[str, Any]],
-          chosen: int | None, seconds: float) -> dict[str, Any]:
+          chosen: int | None, seconds: float, sensitivity: dict[str, float] | None = None) -> dict[str, Any]:
     """The report document (JSON-serialisable)."""
     results = summary.results
     return {
@@ -42,6 +42,8 @@ def build(spec: CompressedModelSpec, rhash: str, summary: JobSummary, trials: li
         "chosenTrial": chosen,
         "artifact": None if summary.artifact is None else summary.artifact.model_dump(by_alias=True),
         "hardware": None if results is None else results.hardware,
+        # node -> relative output MSE with only that node quantized (search's excludeNodes ranking)
+        "quantizationSensitivity": dict(sorted((sensitivity or {}).items(), key=lambda kv: -kv[1])),
         "seconds": round(seconds, 2),
     }
 
@@ -80,8 +82,18 @@ search {"on" if report["search"] else "off"}; {len(report["trials"])} trial(s) i
 <th>speedup</th><th>result</th></tr>
 {rows}
 </table>
+{_sensitivity_table(report.get("quantizationSensitivity") or {})}
 </body></html>
 """
+
+
+def _sensitivity_table(sensitivity: dict[str, float]) -> str:
+    if not sensitivity:
+        return ""
+    rows = "".join(f"<tr><td><code>{html.escape(n)}</code></td><td>{_num(e)}</td></tr>" for n, e in sensitivity.items())
+    return ("<h2>Quantization sensitivity</h2><p>Relative output error with only this node quantized; "
+            "the search keeps the most sensitive ones in float.</p>"
+            f"<table><tr><th>node</th><th>relative MSE</th></tr>{rows}</table>")
 
 
 def _trial_row(t: dict[str, Any], chosen: int | None) -> str:

@@ -37,20 +37,20 @@ BASE = ModelMetrics(score=0.95, latency_p50_ms=2.0, latency_p95_ms=3.0, size_byt
 
 def test_gate_names_each_broken_threshold_with_value_and_limit() -> None:
     cand = ModelMetrics(score=0.919, latency_p50_ms=1.6, latency_p95_ms=2.5, size_bytes=1_200_000)
-    result = gate.evaluate(validation(minSpeedup=1.5, maxLatencyMs=2.0, maxSizeMb=1.0), BASE, cand)
+    result = gate.evaluate(validation(minSpeedup=1.5, maxLatencyMs=2.0, maxSizeMB=1.0), BASE, cand)
     assert not result.passed
     assert result.failed == [
         "maxAccuracyDrop: drop 0.031 > 0.005 (absolute)",
         "minSpeedup: speedup 1.25x < 1.5x",
         "maxLatencyMs: p95 2.5 ms > 2 ms",
-        "maxSizeMb: 1.2 MB > 1 MB",
+        "maxSizeMB: 1.2 MB > 1 MB",
     ]
     assert result.speedup == pytest.approx(1.25) and result.size_ratio == pytest.approx(0.3)
 
 
 def test_gate_passes_within_every_limit() -> None:
     cand = ModelMetrics(score=0.948, latency_p50_ms=1.0, latency_p95_ms=1.5, size_bytes=900_000)
-    result = gate.evaluate(validation(minSpeedup=1.5, maxLatencyMs=2.0, maxSizeMb=1.0), BASE, cand)
+    result = gate.evaluate(validation(minSpeedup=1.5, maxLatencyMs=2.0, maxSizeMB=1.0), BASE, cand)
     assert result.passed and result.failed == []
     assert result.accuracy_drop == pytest.approx(0.002)
 
@@ -188,13 +188,13 @@ def test_search_finds_a_milder_recipe_when_the_asked_one_fails(tmp_path: Path, d
 def test_rejected_with_the_closest_trials_thresholds(tmp_path: Path, digits_dir: Path) -> None:
     doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
                     (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
-                    search={"enabled": True, "maxTrials": 3}, maxSizeMb=0.001)
+                    search={"enabled": True, "maxTrials": 3}, maxSizeMB=0.001)
     result = job(tmp_path, doc)
     summary = result.summary
     assert summary.outcome == "Rejected" and summary.exit_code == 3
     assert len(result.report["trials"]) == 3
-    assert summary.results.failed_thresholds and all(f.startswith("maxSizeMb: ") for f in summary.results.failed_thresholds)
-    assert "no candidate met the thresholds (3 trials); closest: maxSizeMb: " in summary.reason
+    assert summary.results.failed_thresholds and all(f.startswith("maxSizeMB: ") for f in summary.results.failed_thresholds)
+    assert "no candidate met the thresholds (3 trials); closest: maxSizeMB: " in summary.reason
     assert summary.artifact is None
     art = tmp_path / "out" / summary.recipe_hash
     assert (art / "report.json").exists() and not (art / MODEL_RELPATH).exists()
@@ -213,3 +213,6 @@ def test_quantize_search_ranks_sensitive_nodes(tmp_path: Path, digits_dir: Path)
     assert [len(r["excludeNodes"]) for r in recipes] == [0, 1, 0, 2]
     assert [r["perChannel"] for r in recipes] == [False, False, True, False]
     assert set(recipes[3]["excludeNodes"]) <= quantizable and recipes[1]["excludeNodes"][0] in recipes[3]["excludeNodes"]
+    sensitivity = result.report["quantizationSensitivity"]
+    assert set(sensitivity) == quantizable and all(e > 0 for e in sensitivity.values())
+    assert list(sensitivity)[:2] == recipes[3]["excludeNodes"]  # the two most sensitive stay in float
