@@ -92,7 +92,10 @@ def build_minilm(root: Path) -> tuple[dict[str, Path], list[dict[str, Any]]]:
     fp32 = to_onnx(torch_handle, sample)
     int8 = quantize_int8(fp32, per_channel=True)
     requests = [{"instances": [{n: e[n][0].astype(np.int64).tolist() for n in names}]} for e in encoded]
-    return {"fp32": write_artifact(root, "minilm-fp32", fp32.onnx_model), "int8": write_artifact(root, "minilm-int8", int8.onnx_model)}, requests
+    return {
+        "fp32": write_artifact(root, "minilm-fp32", fp32.onnx_model),
+        "int8": write_artifact(root, "minilm-int8", int8.onnx_model),
+    }, requests
 
 
 BUILDERS = {"digits": build_digits, "minilm": build_minilm}
@@ -210,23 +213,48 @@ def main(argv: list[str] | None = None) -> int:
         m = results["minilm"]
         results["minilm"]["target_met"] = m["speedup_rps"] >= TARGET_MINILM_SPEEDUP and m["p95_ratio"] <= 1.0
 
-    table = Table(title=f"modelpress-onnx, closed loop, batch 1, {args.clients} client(s), {args.threads} ORT thread(s)")
+    table = Table(
+        title=f"modelpress-onnx, closed loop, batch 1, {args.clients} client(s), {args.threads} ORT thread(s)"
+    )
     for col in ("model", "artifact", "req/s", "p50 ms", "p95 ms", "p99 ms", "RSS MB", "size MB", "errors"):
         table.add_column(col, justify="left" if col in ("model", "artifact") else "right")
     for name in results:
         for variant in ("fp32", "int8"):
             r = results[name][variant]
-            table.add_row(name, variant, f"{r['requests_per_s']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
-                          f"{r['p99_ms']:.2f}", f"{r['rss_mb']:.0f}", f"{r['artifact_bytes'] / 1e6:.2f}", str(r["errors"]))
-        table.add_row(name, "int8/fp32", f"{results[name]['speedup_rps']:.2f}x", "", f"{results[name]['p95_ratio']:.2f}x",
-                      "", "", "", "", end_section=True)
+            table.add_row(
+                name,
+                variant,
+                f"{r['requests_per_s']:.1f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p95_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['rss_mb']:.0f}",
+                f"{r['artifact_bytes'] / 1e6:.2f}",
+                str(r["errors"]),
+            )
+        table.add_row(
+            name,
+            "int8/fp32",
+            f"{results[name]['speedup_rps']:.2f}x",
+            "",
+            f"{results[name]['p95_ratio']:.2f}x",
+            "",
+            "",
+            "",
+            "",
+            end_section=True,
+        )
     Console().print(table)
 
     document = {
         "benchmark": "serve",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                        "processor": platform.processor()},
+        "environment": {
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+        },
         "target": f"minilm int8 >= {TARGET_MINILM_SPEEDUP}x fp32 requests/s at equal or better p95",
         "results": results,
     }

@@ -298,7 +298,8 @@ class OnnxModel(Model):
         # Several outputs: one dict per instance, as KServe's V1 convention allows.
         return {
             "predictions": [
-                {name: arr[i].tolist() for name, arr in zip(self._outputs, results, strict=True)} for i in range(len(results[0]))
+                {name: arr[i].tolist() for name, arr in zip(self._outputs, results, strict=True)}
+                for i in range(len(results[0]))
             ]
         }
 

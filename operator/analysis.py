@@ -99,9 +99,7 @@ def requests_query(t: Target, canary: bool = True, errors: bool = False) -> str:
 
 
 def p95_query(t: Target, canary: bool) -> str:
-    return (
-        f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}_bucket{t.selector(canary)}[{t.window}])))"
-    )
+    return f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}_bucket{t.selector(canary)}[{t.window}])))"
 
 
 @dataclass

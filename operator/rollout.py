@@ -165,7 +165,9 @@ def plan(
 
     # Active rollout of this artifact.
     if rollout.paused:
-        return Decision(status, "RollingOut", "Paused", f"paused at step {status.step} ({status.canary_percent}%)", False)
+        return Decision(
+            status, "RollingOut", "Paused", f"paused at step {status.step} ({status.canary_percent}%)", False
+        )
     if analysis is None:
         return Decision(status, "RollingOut", "Waiting", f"canary at {status.canary_percent}%, analysis not due", False)
     step = status.step or 0

@@ -42,9 +42,14 @@ log = logging.getLogger(__name__)
 ROLLOUT_TICK_SECONDS = float(os.environ.get("MODELPRESS_ROLLOUT_TICK_SECONDS", "10"))
 ISVC_PLURAL = "inferenceservices"
 # Phases from which serving may proceed (compression finished with an artifact).
-SERVABLE_PHASES = frozenset({
-    api.Phase.Validated.value, api.Phase.RollingOut.value, api.Phase.Serving.value, api.Phase.RolledBack.value,
-})
+SERVABLE_PHASES = frozenset(
+    {
+        api.Phase.Validated.value,
+        api.Phase.RollingOut.value,
+        api.Phase.Serving.value,
+        api.Phase.RolledBack.value,
+    }
+)
 WARNING_REASONS = frozenset({"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive"})
 
 
@@ -118,8 +123,10 @@ def _traffic_fields(isvc: Mapping[str, Any] | None) -> tuple[Any, ...]:
     """The parts of an InferenceService that carry the traffic split."""
     spec = (isvc or {}).get("spec") or {}
     predictor = spec.get("predictor") or {}
-    canary = [(c.get("trafficPercent"), ((c.get("predictor") or {}).get("model") or {}).get("storageUri"))
-              for c in spec.get("canary") or []]
+    canary = [
+        (c.get("trafficPercent"), ((c.get("predictor") or {}).get("model") or {}).get("storageUri"))
+        for c in spec.get("canary") or []
+    ]
     return ((predictor.get("model") or {}).get("storageUri"), predictor.get("canaryTrafficPercent"), canary)
 
 
@@ -127,8 +134,9 @@ async def _apply_isvc(desired: dict[str, Any], existing: Mapping[str, Any] | Non
     """Create, or merge-patch so the traffic fields match exactly (null removes a canary)."""
     meta = desired["metadata"]
     if existing is None:
-        await handlers.kube().request("POST", _isvc_path(meta["namespace"]), desired,
-                                      params={"fieldManager": "modelpress-operator"})
+        await handlers.kube().request(
+            "POST", _isvc_path(meta["namespace"]), desired, params={"fieldManager": "modelpress-operator"}
+        )
         return
     if _traffic_fields(existing) == _traffic_fields(desired):
         return
@@ -137,9 +145,13 @@ async def _apply_isvc(desired: dict[str, Any], existing: Mapping[str, Any] | Non
     spec["predictor"] = dict(spec["predictor"])
     spec["predictor"].setdefault("canaryTrafficPercent", None)
     patch = {"metadata": {"labels": meta["labels"], "annotations": meta["annotations"]}, "spec": spec}
-    await handlers.kube().request("PATCH", _isvc_path(meta["namespace"], meta["name"]), patch,
-                                  content_type="application/merge-patch+json",
-                                  params={"fieldManager": "modelpress-operator"})
+    await handlers.kube().request(
+        "PATCH",
+        _isvc_path(meta["namespace"], meta["name"]),
+        patch,
+        content_type="application/merge-patch+json",
+        params={"fieldManager": "modelpress-operator"},
+    )
 
 
 def _owned_by(isvc: Mapping[str, Any] | None, uid: str | None) -> bool:
@@ -149,8 +161,9 @@ def _owned_by(isvc: Mapping[str, Any] | None, uid: str | None) -> bool:
     return any(r.get("uid") == uid for r in refs)
 
 
-async def _analyse(model: api.CompressedModel, status: api.CompressedModelStatus, now: datetime.datetime
-                   ) -> api.AnalysisResult:
+async def _analyse(
+    model: api.CompressedModel, status: api.CompressedModelStatus, now: datetime.datetime
+) -> api.AnalysisResult:
     rollout = model.spec.serving.rollout
     url = rollout.analysis.prometheus_url or handlers.STATE.settings.prometheus_url
     if not url:
@@ -174,7 +187,12 @@ async def tick(body: Mapping[str, Any]) -> None:
     ns = meta.get("namespace") or "default"
     try:
         model = api.CompressedModel.model_validate(
-            {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": dict(meta), "spec": parse_spec(body.get("spec"))}
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "metadata": dict(meta),
+                "spec": parse_spec(body.get("spec")),
+            }
         )
         status = api.CompressedModelStatus.model_validate(body.get("status") or {})
     except (SpecInvalid, ValueError):
@@ -213,13 +231,21 @@ def _settled(status: api.CompressedModelStatus) -> bool:
     """The artifact was promoted or rolled back and nothing is in flight."""
     r, artifact = status.rollout, status.artifact.storage_uri
     return (
-        r is not None and not rollout_mod.is_active(r) and artifact in (r.stable_storage_uri, r.canary_storage_uri)
+        r is not None
+        and not rollout_mod.is_active(r)
+        and artifact in (r.stable_storage_uri, r.canary_storage_uri)
         and status.phase in (api.Phase.Serving.value, api.Phase.RolledBack.value)
     )
 
 
-async def _report(body: Mapping[str, Any], status: api.CompressedModelStatus, phase: str | None, reason: str,
-                  message: str, rollout: api.RolloutStatus | None) -> bool:
+async def _report(
+    body: Mapping[str, Any],
+    status: api.CompressedModelStatus,
+    phase: str | None,
+    reason: str,
+    message: str,
+    rollout: api.RolloutStatus | None,
+) -> bool:
     """Status (phase, rollout, conditions) and one Event per change of reason/message.
 
     The write is conditional on the resourceVersion the decision was made on, so a
@@ -234,8 +260,10 @@ async def _report(body: Mapping[str, Any], status: api.CompressedModelStatus, ph
         st.condition("RolledOut", ready, reason, message),
     ]
     old_conditions = (body.get("status") or {}).get("conditions")
-    fields: dict[str, Any] = {"phase": phase,
-                              "conditions": st.merge_conditions(old_conditions, conds, gen, handlers.now())}
+    fields: dict[str, Any] = {
+        "phase": phase,
+        "conditions": st.merge_conditions(old_conditions, conds, gen, handlers.now()),
+    }
     if rollout is not None:
         # Nones stay in: a merge patch removes a field only when it says null.
         fields["rollout"] = rollout.model_dump(by_alias=True, mode="json")

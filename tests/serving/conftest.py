@@ -193,7 +193,9 @@ def start_prometheus(tmp_path) -> Iterator[Callable[[list[Server]], Prometheus]]
         prom.stop()
 
 
-def send_load(stable: Server, canary: Server | None, canary_percent: int, requests: int, x: np.ndarray) -> dict[str, int]:
+def send_load(
+    stable: Server, canary: Server | None, canary_percent: int, requests: int, x: np.ndarray
+) -> dict[str, int]:
     """Closed-loop V1 load split by the canary percent (deterministic interleaving, as a
     weighted router would on average); returns status-code counts per side."""
     conns = {"stable": http.client.HTTPConnection("127.0.0.1", stable.port, timeout=10)}

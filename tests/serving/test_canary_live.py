@@ -27,7 +27,9 @@ def digest(model_dir) -> str:
     return hashlib.sha256(serving.find_model_file(model_dir).read_bytes()).hexdigest()
 
 
-def drive_rollout(send_load, rollout: Rollout, stable, canary, prom, x, canary_digest: str, requests_per_step: int = 200):
+def drive_rollout(
+    send_load, rollout: Rollout, stable, canary, prom, x, canary_digest: str, requests_per_step: int = 200
+):
     """Run the rollout to its end: per interval, load at the current split, let Prometheus
     scrape, analyse, plan. Returns (final decision, analyses, traffic per interval)."""
     d = plan(rollout, None, CANARY_URI, STABLE_URI, datetime.now(timezone.utc))

@@ -48,22 +48,24 @@ def make_model(serving: dict[str, Any], uid: str | None = "1234-uid") -> api.Com
     meta: dict[str, Any] = {"name": "digits", "namespace": "ml"}
     if uid:
         meta["uid"] = uid
-    return api.CompressedModel.model_validate({
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": meta,
-        "spec": {
-            "source": {"storageUri": "s3://models/digits.onnx", "format": "onnx", "task": "classification"},
-            "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-            "validation": {
-                "dataset": {"storageUri": "s3://data/val.npz", "format": "npz"},
-                "metric": "accuracy",
-                "maxAccuracyDrop": {"absolute": 0.01},
+    return api.CompressedModel.model_validate(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": meta,
+            "spec": {
+                "source": {"storageUri": "s3://models/digits.onnx", "format": "onnx", "task": "classification"},
+                "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
+                "validation": {
+                    "dataset": {"storageUri": "s3://data/val.npz", "format": "npz"},
+                    "metric": "accuracy",
+                    "maxAccuracyDrop": {"absolute": 0.01},
+                },
+                "output": {"storageUri": "s3://models/out/"},
+                "serving": serving,
             },
-            "output": {"storageUri": "s3://models/out/"},
-            "serving": serving,
-        },
-    })
+        }
+    )
 
 
 SERVINGS = {

@@ -74,7 +74,12 @@ def test_analysis_waits_a_full_interval_after_each_change():
     assert not analysis_due(rollout, d.status, T0 + timedelta(minutes=4))
     assert analysis_due(rollout, d.status, T0 + timedelta(minutes=5))
     inconclusive = plan(
-        rollout, d.status, NEW, OLD, T0 + timedelta(minutes=5), analysis=verdict("Inconclusive", T0 + timedelta(minutes=5))
+        rollout,
+        d.status,
+        NEW,
+        OLD,
+        T0 + timedelta(minutes=5),
+        analysis=verdict("Inconclusive", T0 + timedelta(minutes=5)),
     )
     assert not analysis_due(rollout, inconclusive.status, T0 + timedelta(minutes=9))
     assert analysis_due(rollout, inconclusive.status, T0 + timedelta(minutes=10))

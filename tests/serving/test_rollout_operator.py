@@ -209,8 +209,10 @@ def test_unreachable_prometheus_holds_pause_and_operator_restart_repeat_nothing(
         doc = model_doc(f"http://127.0.0.1:{unused_port}", interval="2s")
         with operator_env(c), operator(c):
             c.apply_model(doc)
-            c.wait_for("two inconclusive analyses", lambda: sum(
-                e["reason"] == "AnalysisInconclusive" for e in c.events("digits")) >= 2)
+            c.wait_for(
+                "two inconclusive analyses",
+                lambda: sum(e["reason"] == "AnalysisInconclusive" for e in c.events("digits")) >= 2,
+            )
         held = c.model("digits")["status"]
         assert held["phase"] == "RollingOut"
         assert held["rollout"]["lastAnalysis"]["verdict"] == "Inconclusive"
@@ -240,7 +242,9 @@ def test_new_artifact_mid_rollout_restarts_from_the_first_step(tmp_path, digits_
             c.wait_for("the first canary", lambda: canary_split(c)[0])
             first = canary_split(c)[0]
             # A new recipe: a new Job, a new artifact while the first canary is in flight.
-            c.patch_model("digits", {"spec": {"compression": {"steps": [{"quantize": {"mode": "dynamic", "perChannel": True}}]}}})
+            c.patch_model(
+                "digits", {"spec": {"compression": {"steps": [{"quantize": {"mode": "dynamic", "perChannel": True}}]}}}
+            )
             c.wait_for("the new canary", lambda: canary_split(c)[0] not in (None, first))
             c.wait_for("the restart in history", lambda: rollout_of(c)["history"][-1]["event"] == "Restarted")
         rollout = rollout_of(c)
@@ -249,12 +253,16 @@ def test_new_artifact_mid_rollout_restarts_from_the_first_step(tmp_path, digits_
         assert c.objects(*ISVC)[0]["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
 
 
-def test_missing_inference_service_with_baseline_previous_is_reported(tmp_path, digits_models, quick_ticks, unused_port):
+def test_missing_inference_service_with_baseline_previous_is_reported(
+    tmp_path, digits_models, quick_ticks, unused_port
+):
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
         c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
         with operator_env(c), operator(c):
             c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}"))
-            c.wait_for("the BaselineMissing event", lambda: any(e["reason"] == "BaselineMissing" for e in c.events("digits")))
+            c.wait_for(
+                "the BaselineMissing event", lambda: any(e["reason"] == "BaselineMissing" for e in c.events("digits"))
+            )
         status = c.model("digits")["status"]
         ready = next(cond for cond in status["conditions"] if cond["type"] == "Ready")
         assert (ready["status"], ready["reason"]) == ("False", "BaselineMissing")

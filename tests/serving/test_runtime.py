@@ -98,7 +98,9 @@ def test_metrics_are_labelled_with_the_artifact_digest_and_status(digits_models,
 
 
 def test_chaos_options_inject_errors_and_latency(digits_models, start_server):
-    server = start_server(digits_models["int8"], {"MODELPRESS_CHAOS_ERROR_RATE": "1", "MODELPRESS_CHAOS_LATENCY_MS": "30"})
+    server = start_server(
+        digits_models["int8"], {"MODELPRESS_CHAOS_ERROR_RATE": "1", "MODELPRESS_CHAOS_LATENCY_MS": "30"}
+    )
     x = np.load(digits_models["val"])["x"][:1]
     status, body = post(f"{server.url}/v1/models/digits:predict", {"instances": x.tolist()})
     assert status == 500 and "injected failure" in body["error"]
