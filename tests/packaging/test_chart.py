@@ -317,7 +317,8 @@ def test_namespaced_install_grants_nothing_cluster_wide(render) -> None:
 
 
 def test_kopf_scanning_is_the_only_cluster_wide_grant_of_a_namespaced_install(render) -> None:
-    objects = render(NON_DEFAULT)
+    scanning = {"create": True, "kserve": False, "kopfScanning": True}
+    objects = render(dict(NON_DEFAULT, rbac=scanning))
     (role,) = by_kind(objects, "ClusterRole")
     assert role["rules"] == [
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
@@ -326,7 +327,7 @@ def test_kopf_scanning_is_the_only_cluster_wide_grant_of_a_namespaced_install(re
     (binding,) = by_kind(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     # Cluster-wide installs see every namespace anyway: only the CRD watch is added.
-    (cluster_role,) = by_kind(render({}), "ClusterRole")
+    (cluster_role,) = by_kind(render({"rbac": scanning}), "ClusterRole")
     assert role["rules"][0] in cluster_role["rules"]
     assert not [r for r in cluster_role["rules"] if "namespaces" in r["resources"]]
 
