@@ -268,3 +268,44 @@ def test_missing_inference_service_with_baseline_previous_is_reported(
         assert (ready["status"], ready["reason"]) == ("False", "BaselineMissing")
         assert "baseline: source" in ready["message"]
         assert status["phase"] == "Validated" and not c.objects(*ISVC)  # nothing created blind
+
+
+def test_baseline_source_creates_an_owned_inference_service_then_canaries(
+    tmp_path, digits_models, quick_ticks, unused_port
+):
+    """No InferenceService yet, ``baseline: source``: ModelPress creates it (owned) serving
+    the uncompressed source, then puts the compressed artifact in as the canary."""
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        with operator_env(c), operator(c):
+            applied = c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}", baseline="source"))
+            c.wait_for("the canary against the source", lambda: canary_split(c)[0])
+        isvc = c.objects(*ISVC)[0]
+        source = applied["spec"]["source"]["storageUri"]
+        assert isvc["spec"]["predictor"]["model"]["storageUri"] == source
+        assert canary_split(c) == (c.model("digits")["status"]["artifact"]["storageUri"], 30)
+        assert isvc["metadata"]["ownerReferences"][0]["uid"] == applied["metadata"]["uid"]
+        assert [h["event"] for h in rollout_of(c)["history"]] == ["BaselineServed", "Started"]
+
+
+def test_knative_mode_canary_percent_and_immediate_strategy(tmp_path, digits_models, quick_ticks, unused_port):
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        doc = model_doc(f"http://127.0.0.1:{unused_port}")
+        doc["spec"]["serving"]["deploymentMode"] = "Knative"
+
+        def predictor() -> dict[str, Any]:
+            return c.objects(*ISVC)[0]["spec"]["predictor"]
+
+        with operator_env(c), operator(c):
+            c.apply_model(doc)
+            c.wait_for("the Knative canary", lambda: predictor().get("canaryTrafficPercent"))
+            artifact = c.model("digits")["status"]["artifact"]["storageUri"]
+            assert (predictor()["model"]["storageUri"], predictor()["canaryTrafficPercent"]) == (artifact, 30)
+            assert c.objects(*ISVC)[0]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+            # Switch to immediate: the artifact takes all traffic at once.
+            c.patch_model("digits", {"spec": {"serving": {"rollout": {"strategy": "immediate"}}}})
+            c.wait_phase("digits", "Serving", timeout=30)
+            c.wait_for("the canary percent removed", lambda: "canaryTrafficPercent" not in predictor())
+        assert predictor()["model"]["storageUri"] == artifact
