@@ -447,3 +447,18 @@ def test_namespaced_install_makes_no_cluster_wide_reads_beyond_scanning(operator
     run = operator_runs["namespaced-with-peering"]
     cluster_scoped = {(r.group, r.resource) for r in run.requests if not r.namespace}
     assert cluster_scoped <= {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+
+
+def test_operator_tests_scenario_is_allowed_by_the_namespaced_chart(tmp_path: Path, render) -> None:
+    """The operator tests' own RBAC scenario (validated, invalid spec, failed Job, delete;
+    tests/operator/rbac.py) needs nothing the namespaced chart does not grant."""
+    from rbac import NAMESPACE as OPERATOR_TESTS_NAMESPACE
+    from rbac import observed_rbac
+
+    objects = render({"watchNamespaces": [OPERATOR_TESTS_NAMESPACE], "rbac": {"kserve": False}})
+    (sa,) = [o for o in objects if o["kind"] == "ServiceAccount"]
+    grants = grants_for(objects, sa["metadata"]["name"], sa["metadata"]["namespace"])
+    used = [Request(*usage, name="") for usage in observed_rbac(tmp_path)]
+    assert len(used) >= 8
+    denied = [r for r in used if not any(g.allows(r) for g in grants)]
+    assert not denied, denied
