@@ -122,9 +122,10 @@ async def models(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[t
 
 
 @kopf.index("batch", "v1", "jobs", labels=JOB_SELECTOR)
-async def compression_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], str | None]:
-    """Every compression Job and whether it finished ('Complete'/'Failed'/None)."""
-    return {(namespace, name): st.job_finished(body)}
+async def compression_jobs(namespace: str, name: str, body: kopf.Body, **_: Any
+                           ) -> dict[tuple[str, str], tuple[str | None, str]]:
+    """Every compression Job: (finished as 'Complete'/'Failed'/None, uid)."""
+    return {(namespace, name): (st.job_finished(body), str(body.metadata.uid))}
 
 
 def _first(index: kopf.Index, key: Any) -> Any:
@@ -191,8 +192,11 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
             })
         return True
     if status.get("recipeHash") == rh and status.get("phase") == api.Phase.Compressing.value:
-        if _first(jobs, (ns, jname)) is None and (ns, jname) not in STATE.started:
+        if (ns, jname) not in jobs and (ns, jname) not in STATE.started:
             await _ensure_job(model, body, jobs, models)  # resumed after a crash between status and Job
+        elif _uncollected(jobs, (ns, jname)):
+            # Finished but not collected (its Job event was lost to API errors): collect now.
+            await collect(await kube().get("batch/v1", "Job", ns, jname), jobs, models, body)
         elif status.get("observedGeneration") != gen:
             await kube().patch_model_status(ns, name, {"observedGeneration": gen})
         return True
@@ -229,11 +233,16 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
         raise
 
 
+def _uncollected(jobs: kopf.Index, key: tuple[str, str]) -> bool:
+    finished, uid = _first(jobs, key) or (None, "")
+    return bool(finished) and uid not in STATE.collected
+
+
 def _over_cap(jobs: kopf.Index, key: tuple[str, str]) -> bool:
     cap = STATE.settings.max_concurrent_jobs
     if cap <= 0:
         return False
-    running = {k for k, store in jobs.items() if next(iter(store), None) is None} | STATE.started
+    running = {k for k, store in jobs.items() if not (next(iter(store), None) or (None, ""))[0]} | STATE.started
     return key not in running and len(running) >= cap
 
 
@@ -307,21 +316,23 @@ async def collect(job: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index,
     except SpecInvalid:
         return
     status = body.get("status") or {}
-    if current != jhash or (status.get("recipeHash") == jhash and status.get("phase") in st.DONE_PHASES):
-        STATE.collected.add(uid)  # an old recipe's Job, or already collected before a restart
-        STATE.started.discard((ns, jname))
-        return
-
-    pods = await kube().list("v1", "Pod", ns, f"job-name={jname}")
-    fields, conds, (etype, reason, message) = st.outcome_status(body.get("spec") or {}, job, pods)
-    gen = body["metadata"].get("generation")
-    fields.update({
-        "observedGeneration": gen, "recipeHash": jhash, "jobName": jname,
-        "conditions": st.merge_conditions(status.get("conditions"), conds, gen, now()),
-    })
-    await kube().patch_model_status(ns, model_name, fields)
-    STATE.collected.add(uid)
+    STATE.collected.add(uid)  # claimed before any await: a concurrent event must not collect it twice
     STATE.started.discard((ns, jname))
+    if current != jhash or (status.get("recipeHash") == jhash and status.get("phase") in st.DONE_PHASES):
+        return  # an old recipe's Job, or already collected before a restart
+
+    try:
+        pods = await kube().list("v1", "Pod", ns, f"job-name={jname}")
+        fields, conds, (etype, reason, message) = st.outcome_status(body.get("spec") or {}, job, pods)
+        gen = body["metadata"].get("generation")
+        fields.update({
+            "observedGeneration": gen, "recipeHash": jhash, "jobName": jname,
+            "conditions": st.merge_conditions(status.get("conditions"), conds, gen, now()),
+        })
+        await kube().patch_model_status(ns, model_name, fields)
+    except Exception:
+        STATE.collected.discard(uid)  # let the next event of the model or the Job try again
+        raise
     metrics.JOB_DURATION.labels(fields["phase"]).observe(_duration(job))
     metrics.observe_model(ns, model_name, fields)
     await kube().post_event(body, etype, reason, message)

@@ -189,3 +189,14 @@ def test_watches_resume_from_the_last_resource_version(gated: Cluster) -> None:
     versions = [int(a.resource_version) for a in model_reads if a.verb == "watch"]
     # Each watch resumes where the last one ended: never older, and past the model's events at the end.
     assert versions == sorted(versions) and versions[-1] > versions[0]
+
+
+def test_collection_lost_to_api_errors_is_retried_on_the_next_event(gated: Cluster) -> None:
+    gated.server.faults.append(Fault("list", "pods", 500, times=6))  # more than the client retries
+    with running_operator(gated):
+        gated.apply_model(doc())
+        gated.wait_for("the failed collection", lambda: gated.server.faults[0].times == 0, 30)
+        assert status(gated)["phase"] == "Compressing"
+        gated.patch_model("digits", {"metadata": {"labels": {"team": "search"}}})  # any event of the model
+        st = gated.wait_phase("digits", "Validated", 30)["status"]
+    assert st["results"]["speedup"] == 2.5 and len(gated.objects("batch", "jobs")) == 1
