@@ -30,11 +30,7 @@ def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17)
         raise ValueError(f"export sample lacks inputs {missing}; the model takes {handle.input_names}")
     kwargs = {name: torch.from_numpy(np.ascontiguousarray(widen_dynamic_axes(sample[name], handle.dynamic_axes.get(name, {}))))
               for name in handle.input_names}
-    dims: dict[str, torch.export.Dim] = {}
-    dynamic_shapes = {
-        name: {axis: dims.setdefault(symbol, torch.export.Dim(dim_identifier(symbol))) for axis, symbol in axes.items()}
-        for name, axes in ((n, handle.dynamic_axes.get(n, {})) for n in handle.input_names)
-    }
+    dynamic_shapes = export_dynamic_shapes(handle)
     module = handle.module
     with warnings.catch_warnings():
         # The exporter warns about opset conversion and optional torchvision ops; noise for us.
@@ -46,22 +42,17 @@ def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17)
                 kwargs=kwargs,
                 input_names=list(handle.input_names),
                 output_names=list(handle.output_names),
-                dynamic_shapes=dynamic_shapes if any(dynamic_shapes.values()) else None,
+                dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
                 dynamo=True,
                 verbose=False,
                 optimize=True,
             )
         except Exception as exc:  # the exporter raises many private types; give one readable error
-            if "specialized" in str(exc) or "Constraints violated" in str(exc):
-                raise ValueError(
-                    "the model fixes a dimension that dynamic_axes declares dynamic "
-                    f"({handle.dynamic_axes}); a pytorch-export source must be exported with "
-                    "dynamic_shapes, e.g. {'input': {0: torch.export.Dim('batch')}}"
-                ) from exc
-            raise ValueError(f"could not export the model to ONNX: {str(exc).splitlines()[0]}") from exc
+            raise ValueError(f"could not export the model to ONNX: {str(exc).strip().splitlines()[0]}") from exc
     model = program.model_proto
     _name_dynamic_dims(model, handle)
+    _check_dynamic(model, handle, kwargs)
     onnx.checker.check_model(model)
     return ModelHandle(
         input_names=list(handle.input_names),
@@ -79,10 +70,45 @@ def widen_dynamic_axes(array: np.ndarray, axes: dict[int, str]) -> np.ndarray:
     return array
 
 
-def dim_identifier(symbol: str) -> str:
-    """torch.export.Dim names must be Python identifiers."""
-    cleaned = "".join(c if c.isalnum() else "_" for c in symbol)
-    return cleaned if cleaned[:1].isalpha() else f"d_{cleaned}"
+def export_dynamic_shapes(handle: ModelHandle) -> dict[str, dict[int, object]] | None:
+    """torch.export ``dynamic_shapes`` for the handle's dynamic axes.
+
+    ``Dim.AUTO`` rather than named Dims: torch then infers ranges (BERT's sequence axis
+    is capped at its 512 positions) and equalities (input_ids and attention_mask share
+    one length) itself; we check afterwards that every declared axis stayed dynamic.
+    """
+    shapes = {name: {axis: torch.export.Dim.AUTO for axis in handle.dynamic_axes.get(name, {})}
+              for name in handle.input_names}
+    return shapes if any(shapes.values()) else None
+
+
+def _check_dynamic(model: onnx.ModelProto, handle: ModelHandle, kwargs: dict[str, torch.Tensor]) -> None:
+    """Run the graph once with every dynamic axis one longer than traced.
+
+    A model that bakes a size into its computation (a reshape to the traced batch size)
+    exports "successfully" and only fails when served; catch that here, with the fix.
+    """
+    import onnxruntime as ort
+
+    if not any(handle.dynamic_axes.get(n) for n in handle.input_names):
+        return
+    feeds = {}
+    for name, tensor in kwargs.items():
+        array = tensor.numpy()
+        for axis in handle.dynamic_axes.get(name, {}):
+            array = np.concatenate([array, np.take(array, [-1], axis=axis)], axis=axis)
+        feeds[name] = array
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+        raise ValueError(
+            f"the exported model only runs at the traced sizes of its dynamic axes {handle.dynamic_axes}: "
+            f"{str(exc).strip().splitlines()[0]}; remove hard-coded sizes (e.g. reshape(4, ...) -> "
+            "reshape(-1, ...)) from the model, and export pytorch-export sources with dynamic_shapes"
+        ) from exc
 
 
 def _name_dynamic_dims(model: onnx.ModelProto, handle: ModelHandle) -> None:

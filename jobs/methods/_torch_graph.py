@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from modelpress.jobs.dataset import Samples, collate
-from modelpress.jobs.export import dim_identifier, widen_dynamic_axes  # one rule for dynamic dims
+from modelpress.jobs.export import export_dynamic_shapes, widen_dynamic_axes  # one rule for dynamic dims
 from modelpress.jobs.methods import ModelHandle
 from torch import fx, nn
 
@@ -53,16 +53,12 @@ def graph_module(handle: ModelHandle, train: Samples) -> fx.GraphModule:
     if len(train) == 0:
         raise ValueError("tracing the model needs at least one training sample")
     sample = collate(train.features[:EXPORT_SAMPLES], train.pad_values)
-    dims: dict[str, torch.export.Dim] = {}
-    kwargs, shapes = {}, {}
-    for name in handle.input_names:
-        axes = handle.dynamic_axes.get(name, {})
-        kwargs[name] = torch.from_numpy(np.ascontiguousarray(widen_dynamic_axes(sample[name], axes)))
-        shapes[name] = {a: dims.setdefault(s, torch.export.Dim(dim_identifier(s))) for a, s in axes.items()}
+    kwargs = {name: torch.from_numpy(np.ascontiguousarray(widen_dynamic_axes(sample[name], handle.dynamic_axes.get(name, {}))))
+              for name in handle.input_names}
     was_training = module.training
     module.eval()
     try:
-        program = torch.export.export(module, (), kwargs, dynamic_shapes=shapes if any(shapes.values()) else None)
+        program = torch.export.export(module, (), kwargs, dynamic_shapes=export_dynamic_shapes(handle))
     finally:
         module.train(was_training)
     return copy_module(program.module())  # the unlifted module shares tensors with ``module``

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 import torch
 import yaml
 from modelpress.jobs.examples.digits import build
@@ -63,3 +64,28 @@ def test_build_writes_a_valid_example(tmp_path):
     shipped = ModelHandle(["input"], ["logits"], onnx_model=onnx.load(out / "model.onnx"))
     np.testing.assert_allclose(predict(reexported, val["x"]), predict(shipped, val["x"]), rtol=1e-4, atol=1e-4)
     assert (predict(shipped, val["x"]).argmax(1) == val["y"]).mean() > 0.95
+
+
+def test_program_exported_with_a_fixed_batch_still_exports_a_dynamic_batch(tmp_path, torch_model, val):
+    program = torch.export.export(torch_model.module.eval(), (), {"input": torch.from_numpy(batch_of(val, 4))})
+    torch.export.save(program, tmp_path / "fixed.pt2")
+    fixed = torch_handle(torch.export.load(tmp_path / "fixed.pt2").module())
+    exported = to_onnx(fixed, {"input": batch_of(val, 4)})
+    x = batch_of(val, 7)
+    np.testing.assert_allclose(predict(exported, x), predict(torch_model, x), rtol=1e-4, atol=1e-4)
+
+
+class FixedBatch(torch.nn.Module):
+    """Hard-codes the batch size in its graph: no export can make that axis dynamic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.fc(input).reshape(4, 10)
+
+
+def test_model_that_fixes_the_batch_is_a_clear_error(val):
+    with pytest.raises(ValueError, match=r"only runs at the traced sizes.*remove hard-coded sizes"):
+        to_onnx(torch_handle(FixedBatch().eval()), {"input": batch_of(val, 4)})
