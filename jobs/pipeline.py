@@ -25,6 +25,7 @@ import json
 import logging
 import pkgutil
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,6 +216,8 @@ class Runner:
                     raise JobInputError(f"compression.steps[{i}].{variant.key}",
                                         "needs a torch model but runs after the model became ONNX; reorder the steps")
                 handle = self.to_onnx(handle, key)
+            if variant.exclude_top:
+                handle = self._preprocessed(handle, key)
             config = self._resolve(variant, handle, key)
             recipe.append({variant.key: config.model_dump(by_alias=True, mode="json")})
             key += "|" + json.dumps(recipe[-1], sort_keys=True) + handle.stage
@@ -226,11 +229,39 @@ class Runner:
             changes.append({variant.key: step_changes})
         return self.to_onnx(handle, key), changes, recipe
 
+    def _preprocessed(self, handle: ModelHandle, key: str) -> ModelHandle:
+        """The graph after ORT's recommended pre-quantization step (shape inference + fusions).
+
+        Fusions rename nodes (``X`` becomes ``X/MatMulAddFusion``), so the search ranks and
+        excludes nodes on the pre-processed graph: the names it picks are then the names
+        the quantizer sees. Pre-processing is idempotent, so quantizing this graph gives
+        the same model as quantizing the original.
+        """
+        cache_key = key + "|preprocessed"
+        if cache_key not in self._cache:
+            from onnxruntime.quantization import quant_pre_process
+
+            model = handle.onnx_model
+            with tempfile.TemporaryDirectory(prefix="modelpress-search-") as tmp:
+                src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+                onnx.save(model, src)
+                try:
+                    quant_pre_process(str(src), str(dst))
+                    model = onnx.load(str(dst))
+                except Exception as e:  # ORT raises bare Exceptions from its shape inference
+                    log.warning("pre-processing for the sensitivity ranking failed (%s); ranking the graph as is",
+                                _first_line(e))
+            self._cache[cache_key] = (ModelHandle(list(handle.input_names), list(handle.output_names),
+                                                  onnx_model=model, dynamic_axes=dict(handle.dynamic_axes)), [])
+        return self._cache[cache_key][0]
+
     def _resolve(self, variant: Variant, handle: ModelHandle, key: str) -> Spec:
         """Fill in excludeNodes with the most quantization-sensitive nodes."""
         if not variant.exclude_top:
             return variant.config
         ranked = self._ranked(variant, handle, key)
+        if not ranked:
+            raise ValueError("no MatMul/Gemm node could be ranked for quantization sensitivity; see the job log")
         extra = [n for n in ranked[: variant.exclude_top] if n not in variant.config.exclude_nodes]
         return variant.config.model_copy(update={"exclude_nodes": [*variant.config.exclude_nodes, *extra]})
 

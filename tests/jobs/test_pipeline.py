@@ -216,3 +216,16 @@ def test_quantize_search_ranks_sensitive_nodes(tmp_path: Path, digits_dir: Path)
     sensitivity = result.report["quantizationSensitivity"]
     assert set(sensitivity) == quantizable and all(e > 0 for e in sensitivity.values())
     assert list(sensitivity)[:2] == recipes[3]["excludeNodes"]  # the two most sensitive stay in float
+
+
+def test_excluded_nodes_survive_the_quantizers_fusions(tmp_path: Path, digits_dir: Path) -> None:
+    """lowRank leaves MatMul+Add pairs that ORT's pre-processing fuses and renames; the
+    search ranks nodes on the pre-processed graph, so its excludeNodes still exist."""
+    doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
+                    (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
+                    steps=[{"lowRank": {"energy": 0.9}}, {"quantize": {"mode": "dynamic"}}],
+                    search={"enabled": True, "maxTrials": 3}, maxLatencyMs=1e-6)
+    trials = job(tmp_path, doc).report["trials"]
+    assert len(trials) == 3
+    assert all(t["metrics"] is not None for t in trials), [t["reason"] for t in trials]
+    assert len(trials[2]["recipe"][1]["quantize"]["excludeNodes"]) == 1
