@@ -41,13 +41,17 @@ TARGETS = {"seconds_to_final": 60.0, "writes_per_model": 4.0, "peak_rss_mb": 250
 
 def model(i: int) -> dict[str, Any]:
     return {
-        "apiVersion": api.API_VERSION, "kind": api.KIND,
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
         "metadata": {"name": f"m{i:05d}", "namespace": "ml"},
         "spec": {
             "source": {"storageUri": f"s3://models/m{i}/model.onnx", "format": "onnx", "task": "classification"},
             "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-            "validation": {"dataset": {"storageUri": "s3://data/val.npz", "format": "npz"},
-                           "metric": "accuracy", "maxAccuracyDrop": {"absolute": 0.01}},
+            "validation": {
+                "dataset": {"storageUri": "s3://data/val.npz", "format": "npz"},
+                "metric": "accuracy",
+                "maxAccuracyDrop": {"absolute": 0.01},
+            },
             "job": {"gpu": 1},
             "output": {"storageUri": "s3://models/out/"},
         },
@@ -56,9 +60,13 @@ def model(i: int) -> dict[str, Any]:
 
 async def instant(job: Mapping[str, Any], root: Path) -> ContainerResult:
     rh = job["metadata"]["labels"]["modelpress.io/recipe-hash"]
-    summary = JobSummary(outcome="Validated", reason="instant", recipeHash=rh,
-                         artifact={"storageUri": f"s3://models/out/{rh}", "sha256": "0" * 64, "sizeBytes": 1},
-                         results={"passed": True, "accuracyDrop": 0.0, "speedup": 2.0, "sizeRatio": 0.25})
+    summary = JobSummary(
+        outcome="Validated",
+        reason="instant",
+        recipeHash=rh,
+        artifact={"storageUri": f"s3://models/out/{rh}", "sha256": "0" * 64, "sizeBytes": 1},
+        results={"passed": True, "accuracyDrop": 0.0, "speedup": 2.0, "sizeRatio": 0.25},
+    )
     return ContainerResult(0, summary.to_termination_message(), "Completed")
 
 
@@ -75,12 +83,29 @@ def run(n: int, timeout: float) -> dict[str, Any]:
     with Cluster(work, runner=instant) as c:
         env = dict(os.environ, KUBECONFIG=str(c.kubeconfig), MODELPRESS_JOB_TTL_SECONDS="3600")
         op = subprocess.Popen(
-            [sys.executable, "-m", "modelpress.cli", "operator", "--namespace", "ml", "--standalone",
-             "--metrics-port", "0", "--liveness-port", "0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(work / "operator.log", "w"))
+            [
+                sys.executable,
+                "-m",
+                "modelpress.cli",
+                "operator",
+                "--namespace",
+                "ml",
+                "--standalone",
+                "--metrics-port",
+                "0",
+                "--liveness-port",
+                "0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "operator.log", "w"),
+        )
         try:
-            c.wait_for("the operator to watch", lambda: any(a.verb == "watch" and a.resource == api.PLURAL
-                                                            for a in list(c.server.audit)), 60)
+            c.wait_for(
+                "the operator to watch",
+                lambda: any(a.verb == "watch" and a.resource == api.PLURAL for a in list(c.server.audit)),
+                60,
+            )
             time.sleep(0.5)
             base_audit = len(c.server.audit)
             cpu0, _ = proc_stats(op.pid)

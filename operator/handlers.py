@@ -122,8 +122,9 @@ async def models(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[t
 
 
 @kopf.index("batch", "v1", "jobs", labels=JOB_SELECTOR)
-async def compression_jobs(namespace: str, name: str, body: kopf.Body, **_: Any
-                           ) -> dict[tuple[str, str], tuple[str | None, str]]:
+async def compression_jobs(
+    namespace: str, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], tuple[str | None, str]]:
     """Every compression Job: (finished as 'Complete'/'Failed'/None, uid)."""
     return {(namespace, name): (st.job_finished(body), str(body.metadata.uid))}
 
@@ -174,7 +175,12 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
     try:
         check_name(name)
         model = api.CompressedModel.model_validate(
-            {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": dict(meta), "spec": parse_spec(body.get("spec"))}
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "metadata": dict(meta),
+                "spec": parse_spec(body.get("spec")),
+            }
         )
     except SpecInvalid as exc:
         await _report_invalid(body, exc)
@@ -186,10 +192,14 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
     if status.get("recipeHash") == rh and status.get("phase") in st.DONE_PHASES:
         # Same recipe, result known: a serving-only (or no-op) change never recompresses.
         if status.get("observedGeneration") != gen:
-            await kube().patch_model_status(ns, name, {
-                "observedGeneration": gen,
-                "conditions": st.merge_conditions(status.get("conditions"), spec_ok, gen, now()),
-            })
+            await kube().patch_model_status(
+                ns,
+                name,
+                {
+                    "observedGeneration": gen,
+                    "conditions": st.merge_conditions(status.get("conditions"), spec_ok, gen, now()),
+                },
+            )
         return True
     if status.get("recipeHash") == rh and status.get("phase") == api.Phase.Compressing.value:
         if (ns, jname) not in jobs and (ns, jname) not in STATE.started:
@@ -204,25 +214,58 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
     async with STATE.cap_lock:
         if _over_cap(jobs, (ns, jname)):
             if status.get("phase") != api.Phase.Queued.value or status.get("recipeHash") != rh:
-                return await _write(ns, name, body, {
-                    "observedGeneration": gen, "phase": api.Phase.Queued.value, "recipeHash": rh, "jobName": None,
-                    "conditions": st.merge_conditions(status.get("conditions"), spec_ok + [
-                        st.condition("Compressed", False, "Queued",
-                                     f"waiting: {STATE.settings.max_concurrent_jobs} compression Jobs already run"),
-                    ], gen, now()),
-                })
+                return await _write(
+                    ns,
+                    name,
+                    body,
+                    {
+                        "observedGeneration": gen,
+                        "phase": api.Phase.Queued.value,
+                        "recipeHash": rh,
+                        "jobName": None,
+                        "conditions": st.merge_conditions(
+                            status.get("conditions"),
+                            spec_ok
+                            + [
+                                st.condition(
+                                    "Compressed",
+                                    False,
+                                    "Queued",
+                                    f"waiting: {STATE.settings.max_concurrent_jobs} compression Jobs already run",
+                                ),
+                            ],
+                            gen,
+                            now(),
+                        ),
+                    },
+                )
             return True
         STATE.started.add((ns, jname))
     try:
-        written = await _write(ns, name, body, {
-            "observedGeneration": gen, "phase": api.Phase.Compressing.value, "recipeHash": rh, "jobName": jname,
-            "artifact": None, "results": None,
-            "conditions": st.merge_conditions(status.get("conditions"), spec_ok + [
-                st.condition("Compressed", False, "JobCreated", f"compression Job {jname} created"),
-                st.condition("Validated", False, "Pending", "waiting for the compression Job"),
-                st.condition("Ready", False, "Compressing", f"compressing recipe {rh}"),
-            ], gen, now()),
-        })
+        written = await _write(
+            ns,
+            name,
+            body,
+            {
+                "observedGeneration": gen,
+                "phase": api.Phase.Compressing.value,
+                "recipeHash": rh,
+                "jobName": jname,
+                "artifact": None,
+                "results": None,
+                "conditions": st.merge_conditions(
+                    status.get("conditions"),
+                    spec_ok
+                    + [
+                        st.condition("Compressed", False, "JobCreated", f"compression Job {jname} created"),
+                        st.condition("Validated", False, "Pending", "waiting for the compression Job"),
+                        st.condition("Ready", False, "Compressing", f"compressing recipe {rh}"),
+                    ],
+                    gen,
+                    now(),
+                ),
+            },
+        )
         if not written:
             STATE.started.discard((ns, jname))
             return False
@@ -256,7 +299,9 @@ async def _write(ns: str, name: str, body: Mapping[str, Any], fields: dict[str, 
     return True
 
 
-async def _ensure_job(model: api.CompressedModel, body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index) -> None:
+async def _ensure_job(
+    model: api.CompressedModel, body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index
+) -> None:
     """ConfigMap + Job; an existing one (restart) is adopted and, if done, collected."""
     config_map = job_builder.build_config_map(model)
     await kube().create(config_map)
@@ -274,12 +319,25 @@ async def _report_invalid(body: Mapping[str, Any], exc: SpecInvalid) -> None:
     cond = [st.condition("SpecValid", False, "InvalidSpec", message)]
     if status.get("observedGeneration") == gen and st.same_conditions(status.get("conditions"), cond):
         return
-    await kube().patch_model_status(meta.get("namespace") or "default", meta["name"], {
-        "observedGeneration": gen, "phase": api.Phase.Failed.value, "recipeHash": None, "jobName": None,
-        "conditions": st.merge_conditions(status.get("conditions"), cond + [
-            st.condition("Ready", False, "InvalidSpec", "fix the spec; no Job was started"),
-        ], gen, now()),
-    })
+    await kube().patch_model_status(
+        meta.get("namespace") or "default",
+        meta["name"],
+        {
+            "observedGeneration": gen,
+            "phase": api.Phase.Failed.value,
+            "recipeHash": None,
+            "jobName": None,
+            "conditions": st.merge_conditions(
+                status.get("conditions"),
+                cond
+                + [
+                    st.condition("Ready", False, "InvalidSpec", "fix the spec; no Job was started"),
+                ],
+                gen,
+                now(),
+            ),
+        },
+    )
     await kube().post_event(body, "Warning", "InvalidSpec", message)
 
 
@@ -299,8 +357,9 @@ async def job_event(event: Mapping[str, Any], compression_jobs: kopf.Index, mode
         raise
 
 
-async def collect(job: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index,
-                  model_body: Mapping[str, Any] | None = None) -> None:
+async def collect(
+    job: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index, model_body: Mapping[str, Any] | None = None
+) -> None:
     """Read a finished Job's summary into its model's status, once."""
     meta = job["metadata"]
     ns, jname, uid = meta.get("namespace") or "default", meta["name"], meta.get("uid", meta["name"])
@@ -325,10 +384,14 @@ async def collect(job: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index,
         pods = await kube().list("v1", "Pod", ns, f"job-name={jname}")
         fields, conds, (etype, reason, message) = st.outcome_status(body.get("spec") or {}, job, pods)
         gen = body["metadata"].get("generation")
-        fields.update({
-            "observedGeneration": gen, "recipeHash": jhash, "jobName": jname,
-            "conditions": st.merge_conditions(status.get("conditions"), conds, gen, now()),
-        })
+        fields.update(
+            {
+                "observedGeneration": gen,
+                "recipeHash": jhash,
+                "jobName": jname,
+                "conditions": st.merge_conditions(status.get("conditions"), conds, gen, now()),
+            }
+        )
         await kube().patch_model_status(ns, model_name, fields)
     except Exception:
         STATE.collected.discard(uid)  # let the next event of the model or the Job try again
@@ -353,8 +416,12 @@ async def _release_queue(jobs: kopf.Index, models: kopf.Index) -> None:
     """A slot freed: give it to the longest-queued model (no event would wake it)."""
     if STATE.settings.max_concurrent_jobs <= 0:
         return
-    queued = [b for _, store in models.items() for b in store
-              if (b.get("status") or {}).get("phase") == api.Phase.Queued.value]
+    queued = [
+        b
+        for _, store in models.items()
+        for b in store
+        if (b.get("status") or {}).get("phase") == api.Phase.Queued.value
+    ]
     queued.sort(key=lambda b: str(b["metadata"].get("creationTimestamp") or ""))
     for body in queued:
         if _over_cap(jobs, ("", "")):

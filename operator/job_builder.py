@@ -31,10 +31,15 @@ LABEL_HASH = f"{api.GROUP}/recipe-hash"
 DETERMINISTIC_EXIT_CODES = [1, 3]
 
 JOB_COMMAND = [
-    "python", "-m", "modelpress.jobs",
-    "--spec", f"{SPEC_DIR}/{SPEC_KEY}",
-    "--termination-log", TERMINATION_LOG,
-    "--workdir", WORK_DIR,
+    "python",
+    "-m",
+    "modelpress.jobs",
+    "--spec",
+    f"{SPEC_DIR}/{SPEC_KEY}",
+    "--termination-log",
+    TERMINATION_LOG,
+    "--workdir",
+    WORK_DIR,
 ]
 
 
@@ -62,14 +67,16 @@ def owner_reference(model: api.CompressedModel) -> list[dict[str, Any]]:
     uid = (model.metadata.model_extra or {}).get("uid")
     if not uid:
         return []
-    return [{
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "name": model.metadata.name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }]
+    return [
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": model.metadata.name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
 
 
 def _metadata(model: api.CompressedModel, name: str, recipe_hash: str) -> dict[str, Any]:

@@ -55,8 +55,9 @@ class Conflict(ApiError):
     """A precondition (resourceVersion) did not hold: someone wrote in between."""
 
 
-def resource_path(api_version: str, plural: str, namespace: str | None, name: str | None = None,
-                  subresource: str | None = None) -> str:
+def resource_path(
+    api_version: str, plural: str, namespace: str | None, name: str | None = None, subresource: str | None = None
+) -> str:
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     path = prefix + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
     if name:
@@ -122,14 +123,23 @@ class Kube:
             )
         return self._session
 
-    async def request(self, method: str, path: str, body: Any = None, *, params: Mapping[str, str] | None = None,
-                      content_type: str = "application/json", retry_conflicts: bool = False) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        retry_conflicts: bool = False,
+    ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
         for attempt in range(RETRIES):
             try:
-                async with self._client().request(method, self.base + path, data=data, params=params,
-                                                  headers=headers) as resp:
+                async with self._client().request(
+                    method, self.base + path, data=data, params=params, headers=headers
+                ) as resp:
                     text = await resp.text()
                     status = resp.status
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
@@ -144,7 +154,9 @@ class Kube:
                 payload = {"message": text[:200]}
             reason = str(payload.get("reason", "")) if isinstance(payload, dict) else ""
             message = str(payload.get("message", "")) if isinstance(payload, dict) else text[:200]
-            transient = status >= 500 or status == 429 or (status == 409 and retry_conflicts and reason != "AlreadyExists")
+            transient = (
+                status >= 500 or status == 429 or (status == 409 and retry_conflicts and reason != "AlreadyExists")
+            )
             if not transient or attempt == RETRIES - 1:
                 cls = Conflict if status == 409 else ApiError
                 raise cls(status, reason, message)
@@ -163,7 +175,9 @@ class Kube:
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        existing = await self.request("GET", resource_path(obj["apiVersion"], plural, meta.get("namespace"), meta["name"]))
+        existing = await self.request(
+            "GET", resource_path(obj["apiVersion"], plural, meta.get("namespace"), meta["name"])
+        )
         return existing, False
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
@@ -173,8 +187,9 @@ class Kube:
         path = resource_path(api_version, PLURALS[(api_version, kind)], namespace)
         return (await self.request("GET", path, params={"labelSelector": label_selector})).get("items", [])
 
-    async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any],
-                                 resource_version: str | None = None) -> dict[str, Any]:
+    async def patch_model_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
         """Merge-patch ``status`` through the status subresource (spec is never written).
 
         With ``resource_version`` the write only lands on that exact version; a 409 then
@@ -184,8 +199,14 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         path = resource_path(api.API_VERSION, api.PLURAL, namespace, name, "status")
-        return await self.request("PATCH", path, body, content_type="application/merge-patch+json",
-                                  params={"fieldManager": FIELD_MANAGER}, retry_conflicts=resource_version is None)
+        return await self.request(
+            "PATCH",
+            path,
+            body,
+            content_type="application/merge-patch+json",
+            params={"fieldManager": FIELD_MANAGER},
+            retry_conflicts=resource_version is None,
+        )
 
     async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the object (best effort: an Event is never worth failing for)."""

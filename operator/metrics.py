@@ -18,7 +18,9 @@ RECONCILES = Counter("modelpress_reconciles_total", "Reconciles by handler.", ["
 ERRORS = Counter("modelpress_reconcile_errors_total", "Reconcile errors by handler.", ["handler"])
 JOBS_CREATED = Counter("modelpress_jobs_created_total", "Compression Jobs created.")
 JOB_DURATION = Histogram(
-    "modelpress_job_duration_seconds", "Compression Job run time by outcome.", ["outcome"],
+    "modelpress_job_duration_seconds",
+    "Compression Job run time by outcome.",
+    ["outcome"],
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800),
 )
 MODELS = Gauge("modelpress_models", "CompressedModels by phase.", ["phase"])

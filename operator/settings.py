@@ -50,23 +50,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     ns = parser.add_mutually_exclusive_group()
     ns.add_argument(
-        "-n", "--namespace", dest="namespaces", action="append", default=None,
+        "-n",
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=None,
         help="Watch this namespace (repeatable). Env: MODELPRESS_NAMESPACES (comma-separated).",
     )
     ns.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace (the default).")
-    parser.add_argument("--job-image", help=f"Compression image when spec.job.image is unset (default {DEFAULT_JOB_IMAGE}).")
+    parser.add_argument(
+        "--job-image", help=f"Compression image when spec.job.image is unset (default {DEFAULT_JOB_IMAGE})."
+    )
     parser.add_argument("--default-gpu", type=int, help="GPUs per Job when spec.job.gpu is unset (default 1).")
-    parser.add_argument("--max-concurrent-jobs", type=int,
-                        help="Cap on running compression Jobs; 0 = no cap (default). Waiting models show phase Queued.")
+    parser.add_argument(
+        "--max-concurrent-jobs",
+        type=int,
+        help="Cap on running compression Jobs; 0 = no cap (default). Waiting models show phase Queued.",
+    )
     parser.add_argument("--job-ttl-seconds", type=int, help="ttlSecondsAfterFinished of the Jobs (default 86400).")
     parser.add_argument("--prometheus-url", help="Default Prometheus for rollout analysis.")
     parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port; 0 = off (default 8000).")
     parser.add_argument("--liveness-port", type=int, help="/healthz port; 0 = off (default 8080).")
     peering = parser.add_mutually_exclusive_group()
-    peering.add_argument("--standalone", dest="standalone", action="store_true", default=None,
-                         help="Run without peering (one replica). The default.")
-    peering.add_argument("--peering", dest="peering_name", default=None,
-                         help="Use kopf peering under this name (several replicas, one active).")
+    peering.add_argument(
+        "--standalone",
+        dest="standalone",
+        action="store_true",
+        default=None,
+        help="Run without peering (one replica). The default.",
+    )
+    peering.add_argument(
+        "--peering",
+        dest="peering_name",
+        default=None,
+        help="Use kopf peering under this name (several replicas, one active).",
+    )
 
 
 def from_args(args: argparse.Namespace) -> Settings:
@@ -74,8 +92,15 @@ def from_args(args: argparse.Namespace) -> Settings:
     base = from_env()
     overrides: dict[str, object] = {
         name: getattr(args, name)
-        for name in ("job_image", "default_gpu", "max_concurrent_jobs", "job_ttl_seconds", "prometheus_url",
-                     "metrics_port", "liveness_port")
+        for name in (
+            "job_image",
+            "default_gpu",
+            "max_concurrent_jobs",
+            "job_ttl_seconds",
+            "prometheus_url",
+            "metrics_port",
+            "liveness_port",
+        )
         if getattr(args, name, None) is not None
     }
     if getattr(args, "namespaces", None):

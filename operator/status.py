@@ -15,21 +15,36 @@ from modelpress import api
 from modelpress.summary import JobSummary, Outcome
 
 # Phases after which the current recipe needs no more compression work.
-DONE_PHASES = frozenset({
-    api.Phase.Validated.value, api.Phase.Rejected.value, api.Phase.Failed.value,
-    api.Phase.RollingOut.value, api.Phase.Serving.value, api.Phase.RolledBack.value,
-})
+DONE_PHASES = frozenset(
+    {
+        api.Phase.Validated.value,
+        api.Phase.Rejected.value,
+        api.Phase.Failed.value,
+        api.Phase.RollingOut.value,
+        api.Phase.Serving.value,
+        api.Phase.RolledBack.value,
+    }
+)
 # Pod states that explain a failure better than the Job's own condition.
-POD_FAILURE_REASONS = ("OOMKilled", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-                       "CreateContainerConfigError", "CreateContainerError", "ContainerCannotRun", "Error")
+POD_FAILURE_REASONS = (
+    "OOMKilled",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ContainerCannotRun",
+    "Error",
+)
 
 
 def condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
     return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message[:1024]}
 
 
-def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]],
-                     generation: int | None, now: str) -> list[dict[str, Any]]:
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]], generation: int | None, now: str
+) -> list[dict[str, Any]]:
     """Conditions after applying ``new``: lastTransitionTime moves only when status flips."""
     merged = {c["type"]: dict(c) for c in old or []}
     for cond in new:
@@ -69,6 +84,7 @@ def job_failure_reason(job: Mapping[str, Any]) -> tuple[str, str]:
 
 def termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
     """The newest terminated container's message (the job summary), if any."""
+
     def started(pod: Mapping[str, Any]) -> str:
         return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
@@ -108,8 +124,9 @@ def serving_enabled(spec: Mapping[str, Any]) -> bool:
     return serving is not None and serving.get("enabled", True) is not False
 
 
-def outcome_status(spec: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
-                   ) -> tuple[dict[str, Any], list[dict[str, Any]], tuple[str, str, str]]:
+def outcome_status(
+    spec: Mapping[str, Any], job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]], tuple[str, str, str]]:
     """(status fields, new conditions, (event type, reason, message)) for a finished Job."""
     finished = job_finished(job)
     summary = parse_summary(termination_message(pods))
@@ -122,8 +139,10 @@ def outcome_status(spec: Mapping[str, Any], job: Mapping[str, Any], pods: Sequen
         if summary.artifact:
             fields["artifact"] = summary.artifact.model_dump(by_alias=True, mode="json")
         message = _results_line(summary)
-        conds = [condition("Compressed", True, "JobSucceeded", message),
-                 condition("Validated", True, "ThresholdsMet", message)]
+        conds = [
+            condition("Compressed", True, "JobSucceeded", message),
+            condition("Validated", True, "ThresholdsMet", message),
+        ]
         if serving_enabled(spec):
             conds.append(condition("Ready", False, "RolloutPending", "validated; waiting for the rollout"))
         else:
@@ -136,15 +155,16 @@ def outcome_status(spec: Mapping[str, Any], job: Mapping[str, Any], pods: Sequen
         if summary.reason and failed:
             message += f" ({summary.reason})"
         fields["phase"] = api.Phase.Rejected.value
-        conds = [condition("Compressed", True, "JobSucceeded", "compression ran"),
-                 condition("Validated", False, "ThresholdExceeded", message),
-                 condition("Ready", False, "Rejected", message)]
+        conds = [
+            condition("Compressed", True, "JobSucceeded", "compression ran"),
+            condition("Validated", False, "ThresholdExceeded", message),
+            condition("Ready", False, "Rejected", message),
+        ]
         return fields, conds, ("Warning", "Rejected", message)
 
     reason, message = _failure(job, pods, summary)
     fields["phase"] = api.Phase.Failed.value
-    conds = [condition("Compressed", False, reason, message),
-             condition("Ready", False, reason, message)]
+    conds = [condition("Compressed", False, reason, message), condition("Ready", False, reason, message)]
     return fields, conds, ("Warning", reason, message)
 
 
@@ -154,7 +174,9 @@ def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], summary:
     if summary and summary.outcome == Outcome.failed.value:
         return "JobFailed", summary.reason or "the compression job failed"
     if pod_reason and pod_reason != "Error":
-        return pod_reason, f"compression pod: {pod_reason}" + (f"; job: {job_reason}" if job_reason != "JobFailed" else "")
+        return pod_reason, f"compression pod: {pod_reason}" + (
+            f"; job: {job_reason}" if job_reason != "JobFailed" else ""
+        )
     if job_reason != "JobFailed":
         return job_reason, job_message or f"the Job failed: {job_reason}"
     if job_finished(job) == "Complete":

@@ -57,7 +57,12 @@ def parse_spec(spec: Mapping[str, Any] | None) -> api.CompressedModelSpec:
 def check_name(name: str) -> None:
     """The Job is called ``<name>-<hash8>``, so the model's name has a tighter limit."""
     if len(name) > api.MAX_NAME_LENGTH:
-        raise SpecInvalid([
-            ("", f"metadata.name {name!r} is {len(name)} characters; use at most {api.MAX_NAME_LENGTH} "
-                 "so the Job name <name>-<hash8> fits 63"),
-        ])
+        raise SpecInvalid(
+            [
+                (
+                    "",
+                    f"metadata.name {name!r} is {len(name)} characters; use at most {api.MAX_NAME_LENGTH} "
+                    "so the Job name <name>-<hash8> fits 63",
+                ),
+            ]
+        )

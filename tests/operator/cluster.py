@@ -53,8 +53,9 @@ class ContainerResult:
 Runner = Callable[[Mapping[str, Any], Path], Awaitable[ContainerResult]]
 
 
-async def run_container(job: Mapping[str, Any], root: Path, *, config_maps: Mapping[str, Mapping[str, str]],
-                        timeout: float | None) -> ContainerResult:
+async def run_container(
+    job: Mapping[str, Any], root: Path, *, config_maps: Mapping[str, Mapping[str, str]], timeout: float | None
+) -> ContainerResult:
     """Run the Job's container command locally with the pod's paths mapped under ``root``."""
     pod_spec = job["spec"]["template"]["spec"]
     container = pod_spec["containers"][0]
@@ -77,15 +78,18 @@ async def run_container(job: Mapping[str, Any], root: Path, *, config_maps: Mapp
     def local_path(arg: str) -> str:
         for target, local in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
             if arg == target or arg.startswith(target.rstrip("/") + "/"):
-                return str(local) + arg[len(target):]
+                return str(local) + arg[len(target) :]
         return arg
 
-    command = [sys.executable if c == "python" else local_path(c) for c in container["command"] + container.get("args", [])]
+    command = [
+        sys.executable if c == "python" else local_path(c) for c in container["command"] + container.get("args", [])
+    ]
     env = dict(os.environ)
     env.update({e["name"]: local_path(e.get("value", "")) for e in container.get("env", [])})
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT, cwd=str(root))
+    proc = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(root)
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
@@ -141,17 +145,41 @@ class Kubelet:
             self.logs[pod["metadata"]["name"]] = result.logs
             self._pod_done(pod, result)
             if result.exit_code == 0:
-                self._job_status(ns, name, {"active": 0, "succeeded": 1, "completionTime": now(), "conditions": [
-                    {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now()},
-                    {"type": "Complete", "status": "True", "lastTransitionTime": now()}]})
+                self._job_status(
+                    ns,
+                    name,
+                    {
+                        "active": 0,
+                        "succeeded": 1,
+                        "completionTime": now(),
+                        "conditions": [
+                            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now()},
+                            {"type": "Complete", "status": "True", "lastTransitionTime": now()},
+                        ],
+                    },
+                )
                 return
             failures += 1
             reason = self._failure_reason(job, result, failures, limit)
             if reason:
-                self._job_status(ns, name, {"active": 0, "failed": failures, "conditions": [
-                    {"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": now()},
-                    {"type": "Failed", "status": "True", "reason": reason, "lastTransitionTime": now(),
-                     "message": f"Job failed: {reason}"}]})
+                self._job_status(
+                    ns,
+                    name,
+                    {
+                        "active": 0,
+                        "failed": failures,
+                        "conditions": [
+                            {"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": now()},
+                            {
+                                "type": "Failed",
+                                "status": "True",
+                                "reason": reason,
+                                "lastTransitionTime": now(),
+                                "message": f"Job failed: {reason}",
+                            },
+                        ],
+                    },
+                )
                 return
             self._job_status(ns, name, {"failed": failures})
 
@@ -161,7 +189,11 @@ class Kubelet:
             return "DeadlineExceeded"
         for rule in (job["spec"].get("podFailurePolicy") or {}).get("rules", []):
             codes = rule.get("onExitCodes")
-            if rule["action"] == "FailJob" and codes and (result.exit_code in codes["values"]) == (codes["operator"] == "In"):
+            if (
+                rule["action"] == "FailJob"
+                and codes
+                and (result.exit_code in codes["values"]) == (codes["operator"] == "In")
+            ):
                 return "PodFailurePolicy"
         return "BackoffLimitExceeded" if failures > limit else None
 
@@ -169,29 +201,71 @@ class Kubelet:
         meta = job["metadata"]
         template = copy.deepcopy(job["spec"]["template"])
         labels = dict(template.get("metadata", {}).get("labels", {}))
-        labels.update({"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"],
-                       "controller-uid": meta["uid"], "batch.kubernetes.io/controller-uid": meta["uid"]})
+        labels.update(
+            {
+                "job-name": meta["name"],
+                "batch.kubernetes.io/job-name": meta["name"],
+                "controller-uid": meta["uid"],
+                "batch.kubernetes.io/controller-uid": meta["uid"],
+            }
+        )
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{meta['name']}-{uuid.uuid4().hex[:5]}", "namespace": meta["namespace"], "labels": labels,
-                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
-                                              "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{meta['name']}-{uuid.uuid4().hex[:5]}",
+                "namespace": meta["namespace"],
+                "labels": labels,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
             "spec": template["spec"],
         }
         created = self.server.create("", "pods", meta["namespace"], pod)
-        return self.server.patch("", "pods", meta["namespace"], created["metadata"]["name"], "status",
-                                 {"status": {"phase": "Running", "startTime": now()}}, "application/merge-patch+json")
+        return self.server.patch(
+            "",
+            "pods",
+            meta["namespace"],
+            created["metadata"]["name"],
+            "status",
+            {"status": {"phase": "Running", "startTime": now()}},
+            "application/merge-patch+json",
+        )
 
     def _pod_done(self, pod: Mapping[str, Any], result: ContainerResult) -> None:
         container = pod["spec"]["containers"][0]["name"]
         terminated = {"exitCode": result.exit_code, "reason": result.reason, "finishedAt": now(), "startedAt": now()}
         if result.message:
             terminated["message"] = result.message
-        status = {"phase": "Succeeded" if result.exit_code == 0 else "Failed", "containerStatuses": [
-            {"name": container, "ready": False, "restartCount": 0, "image": pod["spec"]["containers"][0]["image"],
-             "state": {"terminated": terminated}}]}
-        self.server.patch("", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"], "status",
-                          {"status": status}, "application/merge-patch+json")
+        status = {
+            "phase": "Succeeded" if result.exit_code == 0 else "Failed",
+            "containerStatuses": [
+                {
+                    "name": container,
+                    "ready": False,
+                    "restartCount": 0,
+                    "image": pod["spec"]["containers"][0]["image"],
+                    "state": {"terminated": terminated},
+                }
+            ],
+        }
+        self.server.patch(
+            "",
+            "pods",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            "status",
+            {"status": status},
+            "application/merge-patch+json",
+        )
 
     def _job_status(self, ns: str, name: str, fields: dict[str, Any]) -> None:
         if self.server.get("batch", "jobs", ns, name) is None:
@@ -216,12 +290,20 @@ class Cluster:
     def __enter__(self) -> Cluster:
         self.thread.start()
         self.call(self._start())
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
-            "users": [{"name": "test", "user": {"token": "test-token"}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": self.namespace}}],
-        }))
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "test",
+                    "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+                    "users": [{"name": "test", "user": {"token": "test-token"}}],
+                    "contexts": [
+                        {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": self.namespace}}
+                    ],
+                }
+            )
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -232,13 +314,17 @@ class Cluster:
     async def _start(self) -> None:
         self.server = ApiServer()
         for group, version, plural, kind in [
-            (api.GROUP, api.VERSION, api.PLURAL, api.KIND), ("batch", "v1", "jobs", "Job"),
-            ("", "v1", "pods", "Pod"), ("", "v1", "configmaps", "ConfigMap"), ("", "v1", "events", "Event"),
+            (api.GROUP, api.VERSION, api.PLURAL, api.KIND),
+            ("batch", "v1", "jobs", "Job"),
+            ("", "v1", "pods", "Pod"),
+            ("", "v1", "configmaps", "ConfigMap"),
+            ("", "v1", "events", "Event"),
         ]:
             self.server.declare(group, version, plural, kind)
         self.server.declare("", "v1", "namespaces", "Namespace", namespaced=False)
-        self.server.create("", "namespaces", None, {"apiVersion": "v1", "kind": "Namespace",
-                                                    "metadata": {"name": self.namespace}})
+        self.server.create(
+            "", "namespaces", None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+        )
         await self.server.__aenter__()
         self._http = kmock.Server(self.server)
         await self._http.__aenter__()
@@ -258,16 +344,32 @@ class Cluster:
     def sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         async def run() -> Any:
             return fn(*args)
+
         return self.call(run())
 
     # -------------------------------------------------------------- objects
 
     def apply_model(self, doc: Mapping[str, Any]) -> dict[str, Any]:
-        return self.sync(self.server.create, api.GROUP, api.PLURAL, doc["metadata"].get("namespace", self.namespace), dict(doc), api.VERSION)
+        return self.sync(
+            self.server.create,
+            api.GROUP,
+            api.PLURAL,
+            doc["metadata"].get("namespace", self.namespace),
+            dict(doc),
+            api.VERSION,
+        )
 
     def patch_model(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return self.sync(self.server.patch, api.GROUP, api.PLURAL, self.namespace, name, "", dict(patch),
-                         "application/merge-patch+json")
+        return self.sync(
+            self.server.patch,
+            api.GROUP,
+            api.PLURAL,
+            self.namespace,
+            name,
+            "",
+            dict(patch),
+            "application/merge-patch+json",
+        )
 
     def delete_model(self, name: str) -> dict[str, Any]:
         return self.sync(self.server.delete, api.GROUP, api.PLURAL, self.namespace, name)
@@ -300,8 +402,10 @@ class Cluster:
         try:
             return self.wait_for(f"{name} in phase {wanted}", check, timeout)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; last status: {(self.model(name) or {}).get('status')}; "
-                                 f"kubelet logs: {list(self.kubelet.logs.values())[-1:]}") from None
+            raise AssertionError(
+                f"{exc}; last status: {(self.model(name) or {}).get('status')}; "
+                f"kubelet logs: {list(self.kubelet.logs.values())[-1:]}"
+            ) from None
 
 
 @contextlib.contextmanager
@@ -347,13 +451,20 @@ def sample_model(name: str = "digits", namespace: str = "ml", **spec: Any) -> di
     base: dict[str, Any] = {
         "source": {"storageUri": "s3://models/digits/model.onnx", "format": "onnx", "task": "classification"},
         "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-        "validation": {"dataset": {"storageUri": "s3://models/digits/val.npz", "format": "npz"},
-                       "metric": "accuracy", "maxAccuracyDrop": {"absolute": 0.02}},
+        "validation": {
+            "dataset": {"storageUri": "s3://models/digits/val.npz", "format": "npz"},
+            "metric": "accuracy",
+            "maxAccuracyDrop": {"absolute": 0.02},
+        },
         "job": {"gpu": 0},
         "output": {"storageUri": "s3://models/out/"},
     }
-    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": namespace},
-            "spec": {**base, **spec}}
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {**base, **spec},
+    }
 
 
 class Gate:
@@ -374,7 +485,9 @@ class Gate:
             await asyncio.sleep(0.02)
         rh = job["metadata"]["labels"]["modelpress.io/recipe-hash"]
         summary = JobSummary(
-            outcome=self.outcome, reason="trial 0 met every threshold", recipeHash=rh,
+            outcome=self.outcome,
+            reason="trial 0 met every threshold",
+            recipeHash=rh,
             artifact={"storageUri": f"s3://models/out/{rh}", "sha256": "0" * 64, "sizeBytes": 1000},
             results={"passed": True, "metric": "accuracy", "accuracyDrop": 0.004, "speedup": 2.5, "sizeRatio": 0.26},
         )

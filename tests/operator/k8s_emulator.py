@@ -186,7 +186,11 @@ def json_patch(doc: dict[str, Any], ops: Iterable[Mapping[str, Any]]) -> dict[st
             kind = op["op"]
             if kind == "test":
                 if parent[key] != op["value"]:
-                    raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: test failed at {op['path']}")
+                    raise ApiError(
+                        422,
+                        "Invalid",
+                        f"the server rejected our request due to an error in our request: test failed at {op['path']}",
+                    )
             elif kind == "remove":
                 del parent[key]
             elif kind == "add":
@@ -213,7 +217,8 @@ class ApiServer(kmock.KubernetesEmulator):
     faults: list[Fault] = attrs.field(factory=list, init=False)
     rv: int = attrs.field(default=1000, init=False)
     log: dict[Key, collections.deque[LogEntry]] = attrs.field(
-        factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=EVENT_LOG_SIZE)), init=False)
+        factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=EVENT_LOG_SIZE)), init=False
+    )
     evicted: dict[Key, int] = attrs.field(factory=dict, init=False)
     watchers: list[Watcher] = attrs.field(factory=list, init=False)
     listeners: list[Callable[[str, str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
@@ -225,8 +230,12 @@ class ApiServer(kmock.KubernetesEmulator):
         subs = {"status"} if (group, plural) in STATUS_SUBRESOURCE else set()
         prefix = f"{group}/{version}" if group else version
         self.resources[f"{prefix}/{plural}"] = kmock.ResourceInfo(
-            kind=kind, namespaced=namespaced, singular=kind.lower(), subresources=subs,
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+            kind=kind,
+            namespaced=namespaced,
+            singular=kind.lower(),
+            subresources=subs,
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        )
 
     # ------------------------------------------------------------------ HTTP entry
 
@@ -238,10 +247,16 @@ class ApiServer(kmock.KubernetesEmulator):
         q = raw.query
         method = raw.method.upper()
         watch = q.get("watch") in ("1", "true")
-        verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PUT": "update",
-                "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
-        self.audit.append(Audit(verb, group, plural, sub, ns or "", q.get("labelSelector", ""),
-                                q.get("resourceVersion", "")))
+        verb = {
+            "GET": "watch" if watch else ("get" if name else "list"),
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete" if name else "deletecollection",
+        }.get(method, method.lower())
+        self.audit.append(
+            Audit(verb, group, plural, sub, ns or "", q.get("labelSelector", ""), q.get("resourceVersion", ""))
+        )
         try:
             self._inject_fault(verb, plural, sub)
             body = await raw.read()
@@ -249,7 +264,9 @@ class ApiServer(kmock.KubernetesEmulator):
             if verb == "watch":
                 return await self._watch(raw, group, plural, ns, q)
             if verb == "list":
-                return _json(self.list_objects(group, version, plural, ns, q.get("labelSelector"), q.get("fieldSelector")))
+                return _json(
+                    self.list_objects(group, version, plural, ns, q.get("labelSelector"), q.get("fieldSelector"))
+                )
             if verb == "get":
                 return _json(self._get(group, plural, ns, name, sub))
             if verb == "create":
@@ -277,8 +294,12 @@ class ApiServer(kmock.KubernetesEmulator):
     def _emit(self, group: str, plural: str, type_: str, obj: dict[str, Any]) -> None:
         # Stored objects are never mutated in place (every write builds a new dict), so the
         # log can share them; each event is serialised once for all watchers.
-        entry = (int(obj["metadata"]["resourceVersion"]), type_, obj,
-                 json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+        entry = (
+            int(obj["metadata"]["resourceVersion"]),
+            type_,
+            obj,
+            json.dumps({"type": type_, "object": obj}).encode() + b"\n",
+        )
         log = self.log[(group, plural)]
         if log.maxlen is not None and len(log) == log.maxlen:
             self.evicted[(group, plural)] = log[0][0]  # watches from before this are Gone
@@ -304,16 +325,33 @@ class ApiServer(kmock.KubernetesEmulator):
         return copy.deepcopy(obj) if obj is not None else None
 
     def objects(self, group: str, plural: str, ns: str | None = None) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (g, p, n, _), o in self.store.items() if (g, p) == (group, plural)
-                and (ns is None or n == ns)]
+        return [
+            copy.deepcopy(o)
+            for (g, p, n, _), o in self.store.items()
+            if (g, p) == (group, plural) and (ns is None or n == ns)
+        ]
 
-    def list_objects(self, group: str, version: str, plural: str, ns: str | None, labels: str | None = None,
-                     fields: str | None = None) -> dict[str, Any]:
+    def list_objects(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        ns: str | None,
+        labels: str | None = None,
+        fields: str | None = None,
+    ) -> dict[str, Any]:
         lsel, fsel = label_selector(labels), field_selector(fields)
-        items = [o for (g, p, n, _), o in self.store.items()
-                 if (g, p) == (group, plural) and (ns is None or n == ns) and lsel(o) and fsel(o)]
-        return {"apiVersion": f"{group}/{version}" if group else version, "kind": "List",
-                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+        items = [
+            o
+            for (g, p, n, _), o in self.store.items()
+            if (g, p) == (group, plural) and (ns is None or n == ns) and lsel(o) and fsel(o)
+        ]
+        return {
+            "apiVersion": f"{group}/{version}" if group else version,
+            "kind": "List",
+            "metadata": {"resourceVersion": str(self.rv)},
+            "items": items,
+        }
 
     def create(self, group: str, plural: str, ns: str | None, data: Any, version: str = "v1") -> dict[str, Any]:
         if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
@@ -339,12 +377,24 @@ class ApiServer(kmock.KubernetesEmulator):
         self._emit(group, plural, "ADDED", obj)
         return obj
 
-    def _write(self, group: str, plural: str, ns: str | None, name: str, sub: str, new: dict[str, Any],
-               precondition: str | None) -> dict[str, Any]:
+    def _write(
+        self,
+        group: str,
+        plural: str,
+        ns: str | None,
+        name: str,
+        sub: str,
+        new: dict[str, Any],
+        precondition: str | None,
+    ) -> dict[str, Any]:
         old = self._get(group, plural, ns, name)
         if precondition and precondition != old["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural}.{group} "{name}": '
-                                            "the object has been modified; please apply your changes to the latest version and try again")
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {plural}.{group} "{name}": '
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
         result = dict(old)  # shallow: nested values are replaced, never mutated
         if (group, plural) in STATUS_SUBRESOURCE:
             if sub == "status":
@@ -376,15 +426,24 @@ class ApiServer(kmock.KubernetesEmulator):
     def _merge_meta(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
         """Server-owned metadata fields cannot be changed by clients."""
         meta = dict(new)
-        for k in ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp", "namespace", "name"):
+        for k in (
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+            "deletionTimestamp",
+            "namespace",
+            "name",
+        ):
             if k in old:
                 meta[k] = old[k]
             else:
                 meta.pop(k, None)
         return meta
 
-    def patch(self, group: str, plural: str, ns: str | None, name: str, sub: str, data: Any,
-              content_type: str) -> dict[str, Any]:
+    def patch(
+        self, group: str, plural: str, ns: str | None, name: str, sub: str, data: Any, content_type: str
+    ) -> dict[str, Any]:
         old = self._get(group, plural, ns, name)
         if "json-patch" in content_type:
             new = json_patch(old, data or [])
@@ -427,8 +486,9 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # ------------------------------------------------------------------ watch
 
-    async def _watch(self, raw: aiohttp.web.BaseRequest, group: str, plural: str, ns: str | None,
-                     q: Mapping[str, str]) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self, raw: aiohttp.web.BaseRequest, group: str, plural: str, ns: str | None, q: Mapping[str, str]
+    ) -> aiohttp.web.StreamResponse:
         sel_l, sel_f = label_selector(q.get("labelSelector")), field_selector(q.get("fieldSelector"))
 
         def wanted(obj: Mapping[str, Any]) -> bool:
@@ -438,14 +498,27 @@ class ApiServer(kmock.KubernetesEmulator):
         since = q.get("resourceVersion")
         backlog: list[LogEntry]
         if since in (None, "", "0"):
-            backlog = [(int(o["metadata"]["resourceVersion"]), "ADDED", o,
-                        json.dumps({"type": "ADDED", "object": o}).encode() + b"\n")
-                       for (g, p, _, _), o in self.store.items() if (g, p) == (group, plural)]
+            backlog = [
+                (
+                    int(o["metadata"]["resourceVersion"]),
+                    "ADDED",
+                    o,
+                    json.dumps({"type": "ADDED", "object": o}).encode() + b"\n",
+                )
+                for (g, p, _, _), o in self.store.items()
+                if (g, p) == (group, plural)
+            ]
         else:
             log = self.log[(group, plural)]
             if int(since) < self.evicted.get((group, plural), 0):
-                gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
-                        "reason": "Expired", "message": f"too old resource version: {since}"}
+                gone = {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "code": 410,
+                    "reason": "Expired",
+                    "message": f"too old resource version: {since}",
+                }
                 backlog = [(0, "ERROR", gone, json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")]
             else:
                 backlog = [e for e in log if e[0] > int(since)]
@@ -486,8 +559,18 @@ def _json(obj: Any, status: int = 200) -> aiohttp.web.Response:
 
 
 def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
-    return _json({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": code,
-                  "reason": reason, "message": message}, code)
+    return _json(
+        {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "code": code,
+            "reason": reason,
+            "message": message,
+        },
+        code,
+    )
 
 
 def _spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -507,5 +590,3 @@ def count_requests(audit: Iterable[Audit]) -> dict[str, int]:
     """Reads (get/list/watch) and writes (everything else)."""
     counts = collections.Counter("read" if a.verb in ("get", "list", "watch") else "write" for a in audit)
     return {"read": counts.get("read", 0), "write": counts.get("write", 0)}
-
-

@@ -22,13 +22,17 @@ NAMESPACE = "ml"
 
 def _doc(name: str, metric: str = "accuracy") -> dict[str, Any]:
     return {
-        "apiVersion": "modelpress.io/v1alpha1", "kind": "CompressedModel",
+        "apiVersion": "modelpress.io/v1alpha1",
+        "kind": "CompressedModel",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
             "source": {"storageUri": "s3://m/model.onnx", "format": "onnx", "task": "classification"},
             "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-            "validation": {"dataset": {"storageUri": "s3://m/val.npz", "format": "npz"}, "metric": metric,
-                           "maxAccuracyDrop": {"absolute": 0.01}},
+            "validation": {
+                "dataset": {"storageUri": "s3://m/val.npz", "format": "npz"},
+                "metric": metric,
+                "maxAccuracyDrop": {"absolute": 0.01},
+            },
             "job": {"gpu": 0, "backoffLimit": 0},
             "output": {"storageUri": "s3://m/out/"},
         },
@@ -40,8 +44,12 @@ async def _runner(job: Mapping[str, Any], root: Path) -> ContainerResult:
     if name == "broken":
         return ContainerResult(1, JobSummary(outcome="Failed", reason="bad input").to_termination_message(), "Error")
     rh = job["metadata"]["labels"]["modelpress.io/recipe-hash"]
-    summary = JobSummary(outcome="Validated", recipeHash=rh, artifact={"storageUri": f"s3://m/out/{rh}"},
-                         results={"passed": True, "speedup": 2.0, "sizeRatio": 0.3, "accuracyDrop": 0.0})
+    summary = JobSummary(
+        outcome="Validated",
+        recipeHash=rh,
+        artifact={"storageUri": f"s3://m/out/{rh}"},
+        results={"passed": True, "speedup": 2.0, "sizeRatio": 0.3, "accuracyDrop": 0.0},
+    )
     return ContainerResult(0, summary.to_termination_message(), "Completed")
 
 
@@ -56,7 +64,9 @@ def observed_rbac(workdir: Path) -> list[tuple[str, str, str, str, str]]:
             c.apply_model(_doc("broken"))
             c.wait_phase("good", "Validated", 60)
             c.wait_phase("broken", "Failed", 60)
-            c.wait_for("invalid reported", lambda: (c.model("invalid") or {}).get("status", {}).get("phase") == "Failed")
+            c.wait_for(
+                "invalid reported", lambda: (c.model("invalid") or {}).get("status", {}).get("phase") == "Failed"
+            )
             c.delete_model("good")
             c.wait_for("owned objects collected", lambda: len(c.objects("batch", "jobs")) == 1)
             c.wait_for("events", lambda: len(c.events()) >= 3)

@@ -46,17 +46,30 @@ def validate(obj: dict) -> None:
 
 
 def test_manifests_are_valid_kubernetes_objects() -> None:
-    m = model(gpu=2, queueName="gpu", nodeSelector={"pool": "a100"}, priorityClassName="batch-low",
-              tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-              serviceAccountName="compress-sa", activeDeadlineSeconds=600, backoffLimit=1,
-              resources={"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}})
+    m = model(
+        gpu=2,
+        queueName="gpu",
+        nodeSelector={"pool": "a100"},
+        priorityClassName="batch-low",
+        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        serviceAccountName="compress-sa",
+        activeDeadlineSeconds=600,
+        backoffLimit=1,
+        resources={"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}},
+    )
     for obj in job_builder.build_compression(m, Settings()):
         validate(obj)
 
 
 def test_job_shape() -> None:
-    m = model(gpu=2, queueName="gpu", nodeSelector={"pool": "a100"}, priorityClassName="batch-low",
-              activeDeadlineSeconds=600, backoffLimit=1)
+    m = model(
+        gpu=2,
+        queueName="gpu",
+        nodeSelector={"pool": "a100"},
+        priorityClassName="batch-low",
+        activeDeadlineSeconds=600,
+        backoffLimit=1,
+    )
     rh = api.recipe_hash(m.spec)
     job = job_builder.build_job(m, Settings(job_image="img:1", job_ttl_seconds=77))
     meta, spec = job["metadata"], job["spec"]
@@ -74,8 +87,17 @@ def test_job_shape() -> None:
     pod = spec["template"]["spec"]
     c = pod["containers"][0]
     assert c["image"] == "img:1"
-    assert c["command"] == ["python", "-m", "modelpress.jobs", "--spec", "/etc/modelpress/spec.yaml",
-                            "--termination-log", "/dev/termination-log", "--workdir", "/tmp/work"]
+    assert c["command"] == [
+        "python",
+        "-m",
+        "modelpress.jobs",
+        "--spec",
+        "/etc/modelpress/spec.yaml",
+        "--termination-log",
+        "/dev/termination-log",
+        "--workdir",
+        "/tmp/work",
+    ]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["nodeSelector"] == {"pool": "a100"} and pod["priorityClassName"] == "batch-low"
@@ -95,7 +117,10 @@ def test_restricted_pod_security() -> None:
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
-    assert volumes[mounts["/etc/modelpress"]]["configMap"]["name"] == job_builder.build_config_map(model())["metadata"]["name"]
+    assert (
+        volumes[mounts["/etc/modelpress"]]["configMap"]["name"]
+        == job_builder.build_config_map(model())["metadata"]["name"]
+    )
 
 
 def test_cpu_job_has_no_gpu_and_service_account_gets_token() -> None:
@@ -131,8 +156,9 @@ def test_deterministic_and_serving_changes_keep_the_job_name() -> None:
 
 
 def run_render(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelpress.cli", "render", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "modelpress.cli", "render", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_render_prints_valid_manifests(tmp_path: Path) -> None:

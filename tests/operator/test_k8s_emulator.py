@@ -18,9 +18,15 @@ from k8s_emulator import count_requests, rbac_usage
 BASE = "/apis/modelpress.io/v1alpha1/namespaces/ml/compressedmodels"
 
 
-def call(c: Cluster, method: str, path: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
-    req = urllib.request.Request(c.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": content_type})
+def call(
+    c: Cluster, method: str, path: str, body: Any = None, content_type: str = "application/json"
+) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        c.url + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": content_type},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -44,9 +50,18 @@ def c(tmp_path: Path):
 
 
 def make(c: Cluster, name: str = "m", labels: dict[str, str] | None = None) -> dict[str, Any]:
-    code, obj = call(c, "POST", BASE, {"apiVersion": "modelpress.io/v1alpha1", "kind": "CompressedModel",
-                                       "metadata": {"name": name, "labels": labels or {}}, "spec": {"a": 1},
-                                       "status": {"phase": "Forged"}})
+    code, obj = call(
+        c,
+        "POST",
+        BASE,
+        {
+            "apiVersion": "modelpress.io/v1alpha1",
+            "kind": "CompressedModel",
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {"a": 1},
+            "status": {"phase": "Forged"},
+        },
+    )
     assert code == 201, obj
     return obj
 
@@ -77,7 +92,9 @@ def test_stale_writes_conflict_and_json_patch_test(c: Cluster) -> None:
     obj = make(c)
     stale = obj["metadata"]["resourceVersion"]
     call(c, "PATCH", f"{BASE}/m", {"spec": {"a": 2}}, MERGE)
-    code, err = call(c, "PATCH", f"{BASE}/m/status", {"metadata": {"resourceVersion": stale}, "status": {"phase": "X"}}, MERGE)
+    code, err = call(
+        c, "PATCH", f"{BASE}/m/status", {"metadata": {"resourceVersion": stale}, "status": {"phase": "X"}}, MERGE
+    )
     assert code == 409 and err["reason"] == "Conflict"
     code, _ = call(c, "PUT", f"{BASE}/m", {**obj, "spec": {"a": 5}})
     assert code == 409
@@ -110,10 +127,19 @@ def test_label_selectors_and_watch_resume(c: Cluster) -> None:
 
 def test_cascading_delete_and_audit(c: Cluster) -> None:
     owner = make(c)
-    ref = {"apiVersion": "modelpress.io/v1alpha1", "kind": "CompressedModel", "name": "m",
-           "uid": owner["metadata"]["uid"], "controller": True}
-    code, _ = call(c, "POST", "/api/v1/namespaces/ml/configmaps",
-                   {"metadata": {"name": "m-1", "ownerReferences": [ref]}, "data": {}})
+    ref = {
+        "apiVersion": "modelpress.io/v1alpha1",
+        "kind": "CompressedModel",
+        "name": "m",
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+    }
+    code, _ = call(
+        c,
+        "POST",
+        "/api/v1/namespaces/ml/configmaps",
+        {"metadata": {"name": "m-1", "ownerReferences": [ref]}, "data": {}},
+    )
     assert code == 201
     call(c, "DELETE", f"{BASE}/m")
     assert c.objects("", "configmaps") == []

@@ -41,8 +41,14 @@ def test_status_precondition_conflict_and_token_rotation(tmp_path: Path) -> None
     token = tmp_path / "token"
     token.write_text("rotated\n")
     with Cluster(tmp_path) as c:
-        model = c.apply_model({"apiVersion": "modelpress.io/v1alpha1", "kind": "CompressedModel",
-                               "metadata": {"name": "m", "namespace": "ml"}, "spec": {}})
+        model = c.apply_model(
+            {
+                "apiVersion": "modelpress.io/v1alpha1",
+                "kind": "CompressedModel",
+                "metadata": {"name": "m", "namespace": "ml"},
+                "spec": {},
+            }
+        )
         c.patch_model("m", {"spec": {"changed": True}})
         c.server.faults.append(Fault("get", "configmaps", 401))
 
@@ -51,8 +57,9 @@ def test_status_precondition_conflict_and_token_rotation(tmp_path: Path) -> None
             kube.token_path = str(token)
             try:
                 with pytest.raises(Conflict):
-                    await kube.patch_model_status("ml", "m", {"phase": "Pending"},
-                                                  resource_version=model["metadata"]["resourceVersion"])
+                    await kube.patch_model_status(
+                        "ml", "m", {"phase": "Pending"}, resource_version=model["metadata"]["resourceVersion"]
+                    )
                 await kube.patch_model_status("ml", "m", {"phase": "Pending"})
                 with pytest.raises(ApiError) as err:
                     await kube.get("v1", "ConfigMap", "ml", "absent")

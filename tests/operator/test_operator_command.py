@@ -18,15 +18,29 @@ def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
         env = dict(os.environ, KUBECONFIG=str(c.kubeconfig))
         log = (tmp_path / "operator.log").open("w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "modelpress.cli", "operator", "--all-namespaces", "--standalone",
-             "--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "modelpress.cli",
+                "operator",
+                "--all-namespaces",
+                "--standalone",
+                "--metrics-port",
+                str(metrics_port),
+                "--liveness-port",
+                str(liveness_port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             c.apply_model(sample_model())
             c.wait_phase("digits", "Validated", 60)
             # Cluster-wide: the operator watched the collection across namespaces.
-            assert any(a.verb == "watch" and a.resource == "compressedmodels" and a.namespace == ""
-                       for a in c.server.audit)
+            assert any(
+                a.verb == "watch" and a.resource == "compressedmodels" and a.namespace == "" for a in c.server.audit
+            )
             assert not any(a.resource == "namespaces" for a in c.server.audit)
             health = urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=10)
             assert health.status == 200
@@ -42,10 +56,20 @@ def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
 
 def test_operator_command_rejects_bad_settings(tmp_path: Path) -> None:
     env = dict(os.environ, MODELPRESS_DEFAULT_GPU="lots")
-    helped = subprocess.run([sys.executable, "-m", "modelpress.cli", "operator", "--help"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    helped = subprocess.run(
+        [sys.executable, "-m", "modelpress.cli", "operator", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert helped.returncode == 0 and "--max-concurrent-jobs" in helped.stdout
-    out = subprocess.run([sys.executable, "-m", "modelpress.cli", "operator", "-n", "ml"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "modelpress.cli", "operator", "-n", "ml"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "MODELPRESS_DEFAULT_GPU" in out.stderr

@@ -40,7 +40,6 @@ def model_doc(digits: Path, out: Path, name: str = "digits", **validation: Any) 
     }
 
 
-
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 
@@ -72,15 +71,18 @@ def test_happy_path_to_validated_with_real_metrics(cluster: Cluster, digits_onnx
         assert [c["metadata"]["name"] for c in cms] == [status["jobName"]]
         assert jobs[0]["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
         # ... and exactly what `modelpress render` prints (same builders).
-        model = api.CompressedModel.model_validate({**created, "metadata": {
-            "name": "digits", "namespace": "ml", "uid": created["metadata"]["uid"]}})
+        model = api.CompressedModel.model_validate(
+            {**created, "metadata": {"name": "digits", "namespace": "ml", "uid": created["metadata"]["uid"]}}
+        )
         assert jobs[0]["spec"] == job_builder.build_job(model, from_env())["spec"]
 
         # A serving-only change: new generation observed, no new Job, no new transition.
         ready_since = condition(obj, "Ready")["lastTransitionTime"]
         cluster.patch_model("digits", {"spec": {"serving": {"enabled": False}}})
-        obj = cluster.wait_for("generation 2 observed", lambda: (
-            (m := cluster.model("digits")) and m["status"].get("observedGeneration") == 2 and m))
+        obj = cluster.wait_for(
+            "generation 2 observed",
+            lambda: (m := cluster.model("digits")) and m["status"].get("observedGeneration") == 2 and m,
+        )
         assert obj["metadata"]["generation"] == 2 and obj["status"]["phase"] == "Validated"
         assert condition(obj, "Ready")["lastTransitionTime"] == ready_since
         assert len(cluster.objects("batch", "jobs")) == 1

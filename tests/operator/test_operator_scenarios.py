@@ -45,8 +45,12 @@ def test_invalid_spec_gets_a_condition_and_no_job(gated: Cluster) -> None:
     bad = doc(validation={**DOC["spec"]["validation"], "metric": "mse"})
     with running_operator(gated):
         gated.apply_model(bad)
-        gated.wait_for("SpecValid=False", lambda: any(
-            c["type"] == "SpecValid" and c["status"] == "False" for c in status(gated).get("conditions", [])))
+        gated.wait_for(
+            "SpecValid=False",
+            lambda: any(
+                c["type"] == "SpecValid" and c["status"] == "False" for c in status(gated).get("conditions", [])
+            ),
+        )
         st = status(gated)
         spec_valid = cond(st, "SpecValid")
         assert spec_valid["reason"] == "InvalidSpec"
@@ -73,8 +77,12 @@ def test_recipe_change_starts_a_new_job_serving_change_does_not(gated: Cluster, 
 
         gated.patch_model("digits", {"spec": {"compression": {"steps": [{"quantize": {"mode": "fp16"}}]}}})
         gated.wait_for("a second job", lambda: len(gated.objects("batch", "jobs")) == 2)
-        second = gated.wait_for("the new recipe validated", lambda: (
-            (s := status(gated)).get("phase") == "Validated" and s.get("recipeHash") != first["recipeHash"] and s))
+        second = gated.wait_for(
+            "the new recipe validated",
+            lambda: (
+                (s := status(gated)).get("phase") == "Validated" and s.get("recipeHash") != first["recipeHash"] and s
+            ),
+        )
         assert second["observedGeneration"] == 3 and second["jobName"] != first["jobName"]
         assert gate.runs == [first["jobName"], second["jobName"]]
         # Serving is enabled now: validated, but Ready waits for the rollout.
@@ -114,13 +122,15 @@ def test_restart_after_status_but_before_job_recreates_it(tmp_path: Path) -> Non
 
 
 def test_api_errors_are_retried(gated: Cluster) -> None:
-    gated.server.faults.extend([
-        Fault("create", "jobs", 500, times=2),
-        Fault("create", "configmaps", 503, times=1),
-        Fault("patch", "compressedmodels", 500, times=2, subresource="status"),
-        Fault("patch", "compressedmodels", 409, times=1, subresource="status"),
-        Fault("list", "pods", 500, times=1),
-    ])
+    gated.server.faults.extend(
+        [
+            Fault("create", "jobs", 500, times=2),
+            Fault("create", "configmaps", 503, times=1),
+            Fault("patch", "compressedmodels", 500, times=2, subresource="status"),
+            Fault("patch", "compressedmodels", 409, times=1, subresource="status"),
+            Fault("list", "pods", 500, times=1),
+        ]
+    )
     with running_operator(gated):
         gated.apply_model(doc())
         st = gated.wait_phase("digits", "Validated", 60)["status"]
@@ -177,13 +187,21 @@ def test_pod_level_failure_reason(tmp_path: Path) -> None:
 def test_watches_resume_from_the_last_resource_version(gated: Cluster) -> None:
     gated.server.watch_limit_s = 0.3
     with running_operator(gated):
-        gated.wait_for("a resumed watch", lambda: sum(
-            a.verb == "watch" and a.resource == "compressedmodels" for a in gated.server.audit) >= 3, 30)
+        gated.wait_for(
+            "a resumed watch",
+            lambda: sum(a.verb == "watch" and a.resource == "compressedmodels" for a in gated.server.audit) >= 3,
+            30,
+        )
         gated.apply_model(doc())  # arrives on a resumed stream, not on the initial one
         gated.wait_phase("digits", "Validated", 30)
         before = sum(a.verb == "watch" and a.resource == "compressedmodels" for a in gated.server.audit)
-        gated.wait_for("more resumed watches", lambda: sum(
-            a.verb == "watch" and a.resource == "compressedmodels" for a in gated.server.audit) >= before + 2, 30)
+        gated.wait_for(
+            "more resumed watches",
+            lambda: (
+                sum(a.verb == "watch" and a.resource == "compressedmodels" for a in gated.server.audit) >= before + 2
+            ),
+            30,
+        )
     model_reads = [a for a in gated.server.audit if a.resource == "compressedmodels" and a.verb in ("list", "watch")]
     assert [a.verb for a in model_reads].count("list") == 1
     versions = [int(a.resource_version) for a in model_reads if a.verb == "watch"]

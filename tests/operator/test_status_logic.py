@@ -14,8 +14,11 @@ from modelpress.summary import JobSummary
 SPEC = {
     "source": {"storageUri": "s3://m/model.onnx", "format": "onnx", "task": "classification"},
     "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-    "validation": {"dataset": {"storageUri": "s3://m/val.npz", "format": "npz"}, "metric": "accuracy",
-                   "maxAccuracyDrop": {"relative": 0.01}},
+    "validation": {
+        "dataset": {"storageUri": "s3://m/val.npz", "format": "npz"},
+        "metric": "accuracy",
+        "maxAccuracyDrop": {"relative": 0.01},
+    },
     "output": {"storageUri": "s3://m/out/"},
 }
 
@@ -25,7 +28,10 @@ def pod(message: str | None = None, reason: str = "Error", waiting: str | None =
     if message:
         terminated["message"] = message
     state = {"waiting": {"reason": waiting}} if waiting else {"terminated": terminated}
-    return {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "status": {"containerStatuses": [{"state": state}]}}
+    return {
+        "metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"containerStatuses": [{"state": state}]},
+    }
 
 
 def job(kind: str, reason: str = "") -> dict:
@@ -43,33 +49,48 @@ def test_last_transition_time_moves_only_on_transition() -> None:
 
 
 def test_validated_summary() -> None:
-    summary = JobSummary(outcome="Validated", recipeHash="abc", artifact={"storageUri": "s3://m/out/abc", "sizeBytes": 5},
-                         results={"passed": True, "accuracyDrop": 0.001, "speedup": 3.0, "sizeRatio": 0.25})
-    fields, conds, event = st.outcome_status(SPEC, job("Complete"), [pod(summary.to_termination_message(), "Completed")])
+    summary = JobSummary(
+        outcome="Validated",
+        recipeHash="abc",
+        artifact={"storageUri": "s3://m/out/abc", "sizeBytes": 5},
+        results={"passed": True, "accuracyDrop": 0.001, "speedup": 3.0, "sizeRatio": 0.25},
+    )
+    fields, conds, event = st.outcome_status(
+        SPEC, job("Complete"), [pod(summary.to_termination_message(), "Completed")]
+    )
     assert fields["phase"] == "Validated" and fields["artifact"]["storageUri"] == "s3://m/out/abc"
     assert {c["type"]: c["status"] for c in conds} == {"Compressed": "True", "Validated": "True", "Ready": "True"}
     assert event[0] == "Normal" and "speedup 3.00x" in event[2]
-    _, with_serving, _ = st.outcome_status({**SPEC, "serving": {}}, job("Complete"),
-                                           [pod(summary.to_termination_message(), "Completed")])
+    _, with_serving, _ = st.outcome_status(
+        {**SPEC, "serving": {}}, job("Complete"), [pod(summary.to_termination_message(), "Completed")]
+    )
     assert next(c for c in with_serving if c["type"] == "Ready")["reason"] == "RolloutPending"
 
 
 def test_rejected_summary_names_thresholds() -> None:
-    summary = JobSummary(outcome="Rejected", reason="best trial broke maxLatencyMs",
-                         results={"passed": False, "failedThresholds": ["maxLatencyMs", "minSpeedup"]})
-    fields, conds, event = st.outcome_status(SPEC, job("Failed", "PodFailurePolicy"), [pod(summary.to_termination_message())])
+    summary = JobSummary(
+        outcome="Rejected",
+        reason="best trial broke maxLatencyMs",
+        results={"passed": False, "failedThresholds": ["maxLatencyMs", "minSpeedup"]},
+    )
+    fields, conds, event = st.outcome_status(
+        SPEC, job("Failed", "PodFailurePolicy"), [pod(summary.to_termination_message())]
+    )
     validated = next(c for c in conds if c["type"] == "Validated")
     assert fields["phase"] == "Rejected" and validated["reason"] == "ThresholdExceeded"
     assert "maxLatencyMs" in validated["message"] and "minSpeedup" in validated["message"]
     assert event[:2] == ("Warning", "Rejected") and "artifact" not in fields
 
 
-@pytest.mark.parametrize(("job_reason", "pods", "expected"), [
-    ("DeadlineExceeded", [pod(waiting="ImagePullBackOff")], "ImagePullBackOff"),
-    ("BackoffLimitExceeded", [pod(reason="OOMKilled")], "OOMKilled"),
-    ("DeadlineExceeded", [], "DeadlineExceeded"),
-    ("BackoffLimitExceeded", [pod("Traceback...\nMemoryError (log tail)")], "BackoffLimitExceeded"),
-])
+@pytest.mark.parametrize(
+    ("job_reason", "pods", "expected"),
+    [
+        ("DeadlineExceeded", [pod(waiting="ImagePullBackOff")], "ImagePullBackOff"),
+        ("BackoffLimitExceeded", [pod(reason="OOMKilled")], "OOMKilled"),
+        ("DeadlineExceeded", [], "DeadlineExceeded"),
+        ("BackoffLimitExceeded", [pod("Traceback...\nMemoryError (log tail)")], "BackoffLimitExceeded"),
+    ],
+)
 def test_failure_reason_from_pod_or_job(job_reason: str, pods: list, expected: str) -> None:
     fields, conds, event = st.outcome_status(SPEC, job("Failed", job_reason), pods)
     assert fields["phase"] == "Failed"
@@ -92,8 +113,13 @@ def test_success_without_summary_is_not_validated() -> None:
 
 def test_parse_spec_reports_each_field() -> None:
     with pytest.raises(SpecInvalid) as err:
-        parse_spec({**SPEC, "validation": {**SPEC["validation"], "metric": "mse"},
-                    "compression": {"steps": [{"prune": {"sparsity": 0.5, "structure": "neurons"}}]}})
+        parse_spec(
+            {
+                **SPEC,
+                "validation": {**SPEC["validation"], "metric": "mse"},
+                "compression": {"steps": [{"prune": {"sparsity": 0.5, "structure": "neurons"}}]},
+            }
+        )
     paths = [p for p, _ in err.value.problems]
     assert "validation.metric" in paths and "compression.steps[0].prune.structure" in paths
     with pytest.raises(SpecInvalid) as err:
@@ -111,8 +137,9 @@ def test_settings_from_env_and_flags() -> None:
         settings_mod.from_env({"MODELPRESS_DEFAULT_GPU": "two"})
     parser = argparse.ArgumentParser()
     settings_mod.add_arguments(parser)
-    flags = settings_mod.from_args(parser.parse_args(["-n", "ml", "-n", "ops", "--max-concurrent-jobs", "2",
-                                                      "--peering", "modelpress-ha"]))
+    flags = settings_mod.from_args(
+        parser.parse_args(["-n", "ml", "-n", "ops", "--max-concurrent-jobs", "2", "--peering", "modelpress-ha"])
+    )
     assert flags.namespaces == ("ml", "ops") and flags.max_concurrent_jobs == 2
     assert not flags.standalone and flags.peering_name == "modelpress-ha"
     assert settings_mod.from_args(parser.parse_args(["-A"])).cluster_wide
