@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def job_command(args: argparse.Namespace) -> int:
+    offline()
     configure_logging()
     summary = run_job(args.spec, args.workdir)
     write_termination_log(args.termination_log, summary)
@@ -107,6 +108,12 @@ def write_termination_log(path: Path, summary: JobSummary) -> None:
         path.write_text(summary.to_termination_message())
     except OSError as e:
         log.warning("cannot write termination log %s: %s", path, e.strerror)
+
+
+def offline() -> None:
+    """Never reach a model hub at run time: models and data come from storageUris only."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def configure_logging() -> None:

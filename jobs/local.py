@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from modelpress.jobs.report import HTML_NAME
 from modelpress.summary import JobSummary, Outcome
 
 STAGES = {"download": "Downloading", "baseline": "Measuring baseline", "trials": "Compressing + measuring",
@@ -30,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from modelpress.jobs.entrypoint import configure_logging, run_job
+    from modelpress.jobs.entrypoint import configure_logging, offline, run_job
 
     console = Console(stderr=True)
+    offline()
     configure_logging()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelpress-"))
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -49,6 +51,7 @@ def run_command(args: argparse.Namespace) -> int:
     console.print(f"[bold]{summary.outcome}[/bold]: {summary.reason}")
     if summary.artifact:
         console.print(f"artifact: {summary.artifact.storage_uri} (sha256 {summary.artifact.sha256[:12]}…)")
+        console.print(f"report: {summary.artifact.storage_uri}/{HTML_NAME}")
     if args.serve and summary.outcome == Outcome.validated:
         from modelpress.jobs.serving import serve
 

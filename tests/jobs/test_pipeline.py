@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import onnx
@@ -163,6 +165,13 @@ def test_torch_source_prune_then_quantize(tmp_path: Path, digits_dir: Path) -> N
     html = (art / "report.html").read_text()
     assert html.count('<polygon class="baseline"') == 2 and html.count('<circle class="trial"') == 2
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    charts = re.findall(r"<svg.*?</svg>", html, flags=re.S)
+    assert len(charts) == 2
+    for chart in charts:  # well-formed SVG: one baseline diamond and one ringed (chosen) trial each
+        root = ElementTree.fromstring(chart)
+        ns = "{http://www.w3.org/2000/svg}"
+        assert len(root.findall(f"{ns}polygon")) == 1
+        assert [c.get("stroke") for c in root.findall(f"{ns}circle")] == ["#000"]
     assert len(summary.to_termination_message().encode()) <= 4096
 
 
