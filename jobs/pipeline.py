@@ -110,7 +110,8 @@ def ladder(step: Step) -> list[Variant]:
     out = [Variant(key, config)]
     if key == "quantize":
         out.append(Variant(key, config, level=1, exclude_top=1))
-        out.append(Variant(key, config.model_copy(update={"per_channel": not config.per_channel})))
+        if config.mode in ("dynamic", "static"):  # the int8 modes are the ones with per-channel scales
+            out.append(Variant(key, config.model_copy(update={"per_channel": not config.per_channel})))
         out += [Variant(key, config, level=lvl, exclude_top=k) for lvl, k in ((2, 2), (3, 4))]
     elif key == "prune":
         out += [Variant(key, config.model_copy(update={"sparsity": round(config.sparsity * f, 3)}), level=i)
@@ -262,6 +263,9 @@ class Runner:
         ranked = self._ranked(variant, handle, key)
         if not ranked:
             raise ValueError("no MatMul/Gemm node could be ranked for quantization sensitivity; see the job log")
+        if variant.exclude_top >= len(ranked):
+            raise ValueError(f"only {len(ranked)} quantizable node(s): keeping {variant.exclude_top} in float "
+                             "would quantize nothing")
         extra = [n for n in ranked[: variant.exclude_top] if n not in variant.config.exclude_nodes]
         return variant.config.model_copy(update={"exclude_nodes": [*variant.config.exclude_nodes, *extra]})
 
@@ -383,7 +387,8 @@ def _trial(i: int, cand: Candidate, runner: Runner, spec: CompressedModelSpec, b
     except JobInputError:
         raise
     except Exception as e:  # one failing variant must not end the search; the report says why
-        log.exception("trial %d failed", i)
+        # ValueError is how methods say "this config does not fit the model"; others get a traceback
+        log.warning("trial %d could not be built: %s", i, _first_line(e), exc_info=not isinstance(e, ValueError))
         trial.reason = f"error: {_first_line(e)}"
         trial.seconds = time.perf_counter() - t0
         return trial
