@@ -94,6 +94,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["batch", "jobs"] = job_builder.LABEL_MODEL
     settings.peering.standalone = STATE.settings.standalone
     settings.peering.name = STATE.settings.peering_name
+    metrics.reset()
     if STATE.settings.metrics_port:
         STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
 

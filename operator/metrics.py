@@ -60,6 +60,12 @@ def forget_model(namespace: str, name: str) -> None:
             pass
 
 
+def reset() -> None:
+    """Forget every model (operator start): the initial watch listing rebuilds the gauges."""
+    for namespace, name in list(_phases):
+        forget_model(namespace, name)
+
+
 def _publish_phases() -> None:
     tally = Tally(_phases.values())
     for phase in api.Phase:

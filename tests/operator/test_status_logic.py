@@ -143,3 +143,17 @@ def test_settings_from_env_and_flags() -> None:
     assert flags.namespaces == ("ml", "ops") and flags.max_concurrent_jobs == 2
     assert not flags.standalone and flags.peering_name == "modelpress-ha"
     assert settings_mod.from_args(parser.parse_args(["-A"])).cluster_wide
+
+
+def test_model_metrics_have_bounded_labels_and_reset() -> None:
+    from modelpress.operator import metrics
+    from prometheus_client import REGISTRY
+
+    labels = {"namespace": "t", "name": "gauge-test"}
+    metrics.observe_model("t", "gauge-test", {"phase": "Rejected", "results": {"speedup": 1.5, "sizeRatio": 0.4}})
+    assert REGISTRY.get_sample_value("modelpress_model_speedup", labels) == 1.5
+    assert REGISTRY.get_sample_value("modelpress_models", {"phase": "Rejected"}) >= 1
+    metrics.reset()
+    assert REGISTRY.get_sample_value("modelpress_model_speedup", labels) is None
+    assert REGISTRY.get_sample_value("modelpress_model_size_ratio", labels) is None
+    assert REGISTRY.get_sample_value("modelpress_models", {"phase": "Rejected"}) == 0
