@@ -5,7 +5,9 @@ everything a CompressedModel needs with file:// URIs (used by ``make demo``):
 
 - ``model.pt2``  the trained model (torch.export, dynamic batch axis)
 - ``model.onnx`` the same model as ONNX (input ``input`` [N,64], output ``logits`` [N,10])
-- ``val.npz`` / ``calib.npz``  arrays ``x`` float32 [N,64] (pixels scaled to 0..1), ``y`` int64
+- ``val.npz`` / ``calib.npz``  arrays ``x`` float32 [N,64] (pixels scaled to 0..1), ``y`` int64;
+  calib.npz is the whole training split: the job fine-tunes and distills on the
+  calibration dataset and calibrates static quantization on its first ``samples``
 - ``compressedmodel.yaml``  a pipeline recipe with search enabled, output under ``artifacts/``
 
 The hidden layers are wide (1024) on purpose: digits needs far less, so structured
@@ -97,7 +99,7 @@ def build(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, train_samples, _ = train_digits_mlp(seed)
+    model, _, _ = train_digits_mlp(seed)
     x_tr, y_tr, x_val, y_val = load_digits_split(seed)
 
     sample = {INPUT_NAME: torch.from_numpy(x_val[:8])}
@@ -110,7 +112,7 @@ def build(out_dir: Path, seed: int = 0) -> Path:
     (out_dir / "model.onnx").write_bytes(onnx_handle.onnx_model.SerializeToString())
 
     np.savez(out_dir / "val.npz", x=x_val, y=y_val)
-    np.savez(out_dir / "calib.npz", x=x_tr[:CALIBRATION_SAMPLES], y=y_tr[:CALIBRATION_SAMPLES])
+    np.savez(out_dir / "calib.npz", x=x_tr, y=y_tr)
 
     manifest = {
         "apiVersion": "modelpress.io/v1alpha1",

@@ -56,7 +56,7 @@ def test_build_writes_a_valid_example(tmp_path):
     val = np.load(out / "val.npz")
     calib = np.load(out / "calib.npz")
     assert val["x"].dtype == np.float32 and val["x"].shape[1] == 64 and val["y"].dtype == np.int64
-    assert calib["x"].shape == (200, 64)
+    assert calib["x"].shape == (1257, 64) and manifest.spec.validation.calibration.samples == 200
     onnx.checker.check_model(onnx.load(out / "model.onnx"))
     # The exported program loads back and, re-exported, agrees with the shipped ONNX.
     loaded = torch_handle(torch.export.load(out / "model.pt2").module())
