@@ -157,3 +157,17 @@ def test_bad_input_exits_1_with_the_reason_in_the_termination_log(tmp_path: Path
     assert summary["outcome"] == "Failed"
     assert summary["reason"].startswith("source.storageUri: model.onnx is not a valid ONNX model")
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_npz_with_pickled_objects_is_refused_not_unpickled(tmp_path: Path, digits_dir: Path) -> None:
+    marker = tmp_path / "unpickled"
+    np.savez(tmp_path / "val.npz", x=np.array([PlantsMarker(marker)] * 3, dtype=object), y=np.zeros(3, np.int64))
+    summary = run(tmp_path, digits_dir / "model.onnx", tmp_path / "val.npz")
+    assert_failed(summary, "validation.dataset.storageUri: val.npz holds object arrays", "plain numeric arrays")
+    assert not marker.exists()
+
+
+def test_dataset_without_the_models_inputs(tmp_path: Path, digits_dir: Path) -> None:
+    np.savez(tmp_path / "val.npz", features=np.zeros((5, 64), np.float32))
+    assert_failed(run(tmp_path, digits_dir / "model.onnx", tmp_path / "val.npz"),
+                  "val.npz has arrays ['features']; the model needs x (and optionally y for labels)")

@@ -240,3 +240,13 @@ def test_excluded_nodes_survive_the_quantizers_fusions(tmp_path: Path, digits_di
     assert len(trials) == 3
     assert all(t["metrics"] is not None for t in trials), [t["reason"] for t in trials]
     assert len(trials[2]["recipe"][1]["quantize"]["excludeNodes"]) == 1
+
+
+def test_npz_arrays_named_after_model_inputs(tmp_path: Path) -> None:
+    from modelpress.jobs.data import load_dataset
+
+    ids = np.arange(12, dtype=np.int64).reshape(3, 4)
+    np.savez(tmp_path / "d.npz", input_ids=ids, attention_mask=np.ones_like(ids), y=np.array([0, 1, 0]))
+    samples = load_dataset(tmp_path / "d.npz", "npz", ["input_ids", "attention_mask"])
+    assert len(samples) == 3 and samples.input_names == ["input_ids", "attention_mask"]
+    assert (samples.features[1]["input_ids"] == ids[1]).all() and list(samples.labels) == [0, 1, 0]
