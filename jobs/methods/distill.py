@@ -45,6 +45,7 @@ class DistillMethod(Method):
         _check_compatible(teacher, student, model, data)
         task = getattr(data.task, "value", data.task)
         loss = distillation_loss(teacher, task, config.temperature, config.alpha, data.train.labels is not None)
+        teacher.to(data.device)  # it runs on every batch next to the student
         tg.fit(student, data.train, task, config.epochs, config.learning_rate, data.seed, loss_fn=loss, device=data.device)
         teacher.to("cpu")
         changes = {

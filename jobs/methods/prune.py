@@ -56,7 +56,7 @@ class PruneMethod(Method):
                 )
             changes = {"widths": tg.shrink_pairs(gm, pairs, 1.0 - config.sparsity)}
         tg.fit(gm, data.train, _task(data), config.fine_tune_epochs, config.learning_rate, data.seed,
-               loss_fn=_match_teacher(teacher) if teacher is not None else None, device=data.device)
+               loss_fn=_match_teacher(teacher, data.device) if teacher is not None else None, device=data.device)
         changes.update({"structure": config.structure, "parametersBefore": before,
                         "parametersAfter": tg.count_parameters(gm), "fineTuneEpochs": config.fine_tune_epochs})
         return StepResult(_torch_result(model, gm), changes)
@@ -71,8 +71,9 @@ def _torch_result(model: ModelHandle, gm: nn.Module) -> ModelHandle:
                        dynamic_axes=copy.deepcopy(model.dynamic_axes))
 
 
-def _match_teacher(teacher: nn.Module):
+def _match_teacher(teacher: nn.Module, device: str):
     """Embedding models have no labels: fine-tune towards the unpruned model's outputs."""
+    teacher.to(device)
     for p in teacher.parameters():
         p.requires_grad_(False)
 
