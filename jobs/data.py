@@ -17,7 +17,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError
 
@@ -66,8 +65,9 @@ def _load_npz(path: Path, input_names: list[str], field: str) -> Samples:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except ValueError as e:  # object arrays need pickle: refused
-        raise JobInputError(uri_field, f"{path.name} holds object arrays, which would need unpickling; "
-                            "store plain numeric arrays") from e
+        raise JobInputError(
+            uri_field, f"{path.name} holds object arrays, which would need unpickling; store plain numeric arrays"
+        ) from e
     except Exception as e:
         raise JobInputError(uri_field, f"cannot read {path.name}: {e}") from e
     labels = arrays.pop("y", None)
@@ -77,8 +77,10 @@ def _load_npz(path: Path, input_names: list[str], field: str) -> Samples:
         inputs = {input_names[0]: arrays["x"]}
     else:
         want = "x" if len(input_names) == 1 else ", ".join(input_names)
-        raise JobInputError(uri_field, f"{path.name} has arrays {sorted(arrays) or 'none'}; "
-                            f"the model needs {want} (and optionally y for labels)")
+        raise JobInputError(
+            uri_field,
+            f"{path.name} has arrays {sorted(arrays) or 'none'}; the model needs {want} (and optionally y for labels)",
+        )
     lengths = {n: len(a) if a.ndim else 0 for n, a in inputs.items()}
     if labels is not None:
         lengths["y"] = len(labels) if labels.ndim else 0

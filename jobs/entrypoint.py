@@ -30,8 +30,12 @@ SPEC_ENV = "MODELPRESS_SPEC"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", type=Path, help=f"CompressedModel or its spec (YAML/JSON); default: env {SPEC_ENV}")
-    parser.add_argument("--termination-log", type=Path, default=Path(DEFAULT_TERMINATION_LOG),
-                        help="where the JSON summary goes (the Pod's terminationMessagePath)")
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        default=Path(DEFAULT_TERMINATION_LOG),
+        help="where the JSON summary goes (the Pod's terminationMessagePath)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/work"), help="scratch space for downloads")
 
 
@@ -61,13 +65,14 @@ def run_job(spec_path: Path | None, workdir: Path, progress: Progress | None = N
         return _failed(spec, str(e))
     except Exception as e:  # a bug or the environment; the log has the traceback
         log.exception("compression job failed")
-        return _failed(spec, f"internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        return _failed(
+            spec, f"internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        )
 
 
 def load_spec(path: Path | None) -> CompressedModelSpec:
     """The spec from a file (whole resource or bare spec) or from env MODELPRESS_SPEC."""
     import yaml
-
     from modelpress.jobs.errors import JobInputError
 
     if path is None:

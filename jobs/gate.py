@@ -45,7 +45,9 @@ def evaluate(validation: Validation, baseline: ModelMetrics, candidate: ModelMet
         if budget.relative is not None:
             relative = drop / abs(baseline.score) if baseline.score else (0.0 if drop <= 0 else float("inf"))
             if relative > budget.relative:
-                failed.append(f"{NAME['max_accuracy_drop']}: drop {relative:.4g} > {budget.relative:.4g} (relative; {drop:.4g} {metric})")
+                failed.append(
+                    f"{NAME['max_accuracy_drop']}: drop {relative:.4g} > {budget.relative:.4g} (relative; {drop:.4g} {metric})"
+                )
     speedup = _ratio(baseline.latency_p50_ms, candidate.latency_p50_ms)
     if validation.min_speedup is not None and (speedup is None or speedup < validation.min_speedup):
         failed.append(f"{NAME['min_speedup']}: speedup {_fmt(speedup)}x < {validation.min_speedup:.4g}x")
@@ -54,7 +56,9 @@ def evaluate(validation: Validation, baseline: ModelMetrics, candidate: ModelMet
         failed.append(f"{NAME['max_latency_ms']}: p95 {_fmt(p95)} ms > {validation.max_latency_ms:.4g} ms")
     size = candidate.size_bytes
     if validation.max_size_mb is not None and (size is None or size / MB > validation.max_size_mb):
-        failed.append(f"{NAME['max_size_mb']}: {_fmt(None if size is None else size / MB)} MB > {validation.max_size_mb:.4g} MB")
+        failed.append(
+            f"{NAME['max_size_mb']}: {_fmt(None if size is None else size / MB)} MB > {validation.max_size_mb:.4g} MB"
+        )
     size_ratio = _ratio(candidate.size_bytes, baseline.size_bytes)
     return GateResult(passed=not failed, accuracy_drop=drop, speedup=speedup, size_ratio=size_ratio, failed=failed)
 

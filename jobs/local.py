@@ -12,15 +12,19 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from modelpress.jobs.report import HTML_NAME
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from modelpress.jobs.report import HTML_NAME
 from modelpress.summary import JobSummary, Outcome
 
-STAGES = {"download": "Downloading", "baseline": "Measuring baseline", "trials": "Compressing + measuring",
-          "upload": "Writing artifact"}
+STAGES = {
+    "download": "Downloading",
+    "baseline": "Measuring baseline",
+    "trials": "Compressing + measuring",
+    "upload": "Writing artifact",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +41,14 @@ def run_command(args: argparse.Namespace) -> int:
     offline()
     configure_logging()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelpress-"))
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bars:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
         tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:

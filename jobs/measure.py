@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from modelpress.jobs.dataset import Samples, collate
 
 from modelpress.api import ModelMetrics
-from modelpress.jobs.dataset import Samples, collate
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ def scored_output(sess: ort.InferenceSession) -> str:
     """The output that metrics read: the first floating-point one (e.g. scikit-learn
     classifiers converted by skl2onnx emit an int64 ``label`` before ``probabilities``)."""
     outputs = sess.get_outputs()
-    return next((o.name for o in outputs if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")),
-                outputs[0].name)
+    return next(
+        (o.name for o in outputs if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")), outputs[0].name
+    )
 
 
 def run_outputs(sess: ort.InferenceSession, samples: Samples, batch_size: int = SCORE_BATCH) -> np.ndarray:

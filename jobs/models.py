@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.methods import ModelHandle
 
@@ -69,8 +68,11 @@ def load_onnx(path: Path, field: str = FIELD) -> ModelHandle:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as e:
-        raise JobInputError(field, f"{path.name} is not a valid ONNX model ({_first_line(e)}); "
-                            "re-export it or set source.format to the model's real format") from e
+        raise JobInputError(
+            field,
+            f"{path.name} is not a valid ONNX model ({_first_line(e)}); "
+            "re-export it or set source.format to the model's real format",
+        ) from e
     if not model.graph.output:
         raise JobInputError(field, f"{path.name} has no graph outputs")
     initializers = {i.name for i in model.graph.initializer}
@@ -88,8 +90,10 @@ def load_pt2(path: Path, task: str, field: str = FIELD) -> ModelHandle:
     except JobInputError:
         raise
     except Exception as e:
-        raise JobInputError(field, f"{path.name} is not a torch.export archive ({_first_line(e)}); "
-                            "save the model with torch.export.save") from e
+        raise JobInputError(
+            field,
+            f"{path.name} is not a torch.export archive ({_first_line(e)}); save the model with torch.export.save",
+        ) from e
     args_spec, kwargs_spec = program.call_spec.in_spec.children()
     names = list(program.graph_signature.user_inputs)
     positional = names[: args_spec.num_children]
@@ -142,8 +146,10 @@ class KeywordInputs(torch.nn.Module):
 def _single_file(directory: Path, field: str) -> Path:
     files = [p for p in directory.iterdir() if p.is_file()]
     if len(files) != 1:
-        raise JobInputError(field, f"expected one model file, found {len(files)} in {directory.name}; "
-                            "point storageUri at the model file")
+        raise JobInputError(
+            field,
+            f"expected one model file, found {len(files)} in {directory.name}; point storageUri at the model file",
+        )
     return files[0]
 
 
@@ -165,8 +171,10 @@ def _check_pt2_archive(path: Path, field: str) -> None:
     from torch.export.pt2_archive import constants as pt2
 
     if not zipfile.is_zipfile(path):
-        raise JobInputError(field, f"{path.name} is not a torch.export archive (.pt2 is a zip file); "
-                            "save the model with torch.export.save")
+        raise JobInputError(
+            field,
+            f"{path.name} is not a torch.export archive (.pt2 is a zip file); save the model with torch.export.save",
+        )
     with zipfile.ZipFile(path) as z:
         for name in z.namelist():
             if not name.endswith("_config.json") or "/data/" not in name:
@@ -175,7 +183,8 @@ def _check_pt2_archive(path: Path, field: str) -> None:
             for fqn, meta in config.items():
                 entry = meta.get("path_name", "")
                 pickled = meta.get("use_pickle") or entry.startswith(
-                    (pt2.CUSTOM_OBJ_FILENAME_PREFIX, pt2.OPAQUE_OBJ_FILENAME_PREFIX))
+                    (pt2.CUSTOM_OBJ_FILENAME_PREFIX, pt2.OPAQUE_OBJ_FILENAME_PREFIX)
+                )
                 if pickled:
                     raise JobInputError(field, f"{path.name} holds a pickled object ({fqn}); {PICKLE_HINT}")
 

@@ -32,11 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import modelpress.jobs.methods as methods_package
 import numpy as np
 import onnx
-
-import modelpress.jobs.methods as methods_package
-from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results, Spec, Step, recipe_hash
 from modelpress.jobs import artifact, gate, measure, report, storage
 from modelpress.jobs.data import load_dataset
 from modelpress.jobs.dataset import Samples
@@ -44,6 +42,8 @@ from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.methods import Method, MethodData, ModelHandle
 from modelpress.jobs.methods import get_method as _registry_get
 from modelpress.jobs.models import load_source
+
+from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results, Spec, Step, recipe_hash
 from modelpress.summary import JobSummary, Outcome
 
 log = logging.getLogger(__name__)
@@ -114,17 +114,26 @@ def ladder(step: Step) -> list[Variant]:
             out.append(Variant(key, config.model_copy(update={"per_channel": not config.per_channel})))
         out += [Variant(key, config, level=lvl, exclude_top=k) for lvl, k in ((2, 2), (3, 4))]
     elif key == "prune":
-        out += [Variant(key, config.model_copy(update={"sparsity": round(config.sparsity * f, 3)}), level=i)
-                for i, f in enumerate((0.75, 0.5, 0.25), start=1) if config.sparsity * f >= 0.01]
+        out += [
+            Variant(key, config.model_copy(update={"sparsity": round(config.sparsity * f, 3)}), level=i)
+            for i, f in enumerate((0.75, 0.5, 0.25), start=1)
+            if config.sparsity * f >= 0.01
+        ]
     elif key == "lowRank":
         if config.energy is not None:
             values = [1 - (1 - config.energy) / d for d in (2, 4)]
-            out += [Variant(key, config.model_copy(update={"energy": round(v, 4)}), level=i)
-                    for i, v in enumerate(values, start=1) if v < 1]
+            out += [
+                Variant(key, config.model_copy(update={"energy": round(v, 4)}), level=i)
+                for i, v in enumerate(values, start=1)
+                if v < 1
+            ]
         else:
             values = [min(1.0, config.rank_ratio * f) for f in (1.5, 2.0)]
-            out += [Variant(key, config.model_copy(update={"rank_ratio": round(v, 4)}), level=i)
-                    for i, v in enumerate(values, start=1) if v > config.rank_ratio]
+            out += [
+                Variant(key, config.model_copy(update={"rank_ratio": round(v, 4)}), level=i)
+                for i, v in enumerate(values, start=1)
+                if v > config.rank_ratio
+            ]
     return out
 
 
@@ -203,8 +212,11 @@ class Runner:
             try:
                 self._cache[cache_key] = (to_onnx(handle, self.export_sample), [])
             except ValueError as e:
-                raise JobInputError("source", f"cannot export the model to ONNX with a batch of the validation "
-                                    f"data ({e}); check that validation.dataset fits the model's inputs") from e
+                raise JobInputError(
+                    "source",
+                    f"cannot export the model to ONNX with a batch of the validation "
+                    f"data ({e}); check that validation.dataset fits the model's inputs",
+                ) from e
         return self._cache[cache_key][0]
 
     def apply(self, candidate: Candidate) -> tuple[ModelHandle, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -214,8 +226,10 @@ class Runner:
             method = get_method(variant.key)
             if handle.stage not in method.stages:
                 if handle.stage == "onnx":
-                    raise JobInputError(f"compression.steps[{i}].{variant.key}",
-                                        "needs a torch model but runs after the model became ONNX; reorder the steps")
+                    raise JobInputError(
+                        f"compression.steps[{i}].{variant.key}",
+                        "needs a torch model but runs after the model became ONNX; reorder the steps",
+                    )
                 handle = self.to_onnx(handle, key)
             if variant.exclude_top:
                 handle = self._preprocessed(handle, key)
@@ -250,10 +264,19 @@ class Runner:
                     quant_pre_process(str(src), str(dst))
                     model = onnx.load(str(dst))
                 except Exception as e:  # ORT raises bare Exceptions from its shape inference
-                    log.warning("pre-processing for the sensitivity ranking failed (%s); ranking the graph as is",
-                                _first_line(e))
-            self._cache[cache_key] = (ModelHandle(list(handle.input_names), list(handle.output_names),
-                                                  onnx_model=model, dynamic_axes=dict(handle.dynamic_axes)), [])
+                    log.warning(
+                        "pre-processing for the sensitivity ranking failed (%s); ranking the graph as is",
+                        _first_line(e),
+                    )
+            self._cache[cache_key] = (
+                ModelHandle(
+                    list(handle.input_names),
+                    list(handle.output_names),
+                    onnx_model=model,
+                    dynamic_axes=dict(handle.dynamic_axes),
+                ),
+                [],
+            )
         return self._cache[cache_key][0]
 
     def _resolve(self, variant: Variant, handle: ModelHandle, key: str) -> Spec:
@@ -264,8 +287,9 @@ class Runner:
         if not ranked:
             raise ValueError("no MatMul/Gemm node could be ranked for quantization sensitivity; see the job log")
         if variant.exclude_top >= len(ranked):
-            raise ValueError(f"only {len(ranked)} quantizable node(s): keeping {variant.exclude_top} in float "
-                             "would quantize nothing")
+            raise ValueError(
+                f"only {len(ranked)} quantizable node(s): keeping {variant.exclude_top} in float would quantize nothing"
+            )
         extra = [n for n in ranked[: variant.exclude_top] if n not in variant.config.exclude_nodes]
         return variant.config.model_copy(update={"exclude_nodes": [*variant.config.exclude_nodes, *extra]})
 
@@ -297,8 +321,9 @@ class Runner:
             out = measure.run_outputs(measure.session(quantized.onnx_model), probe)
             errors[name] = float(np.mean((out - reference) ** 2) / max(float(np.mean(reference**2)), 1e-12))
         ranked = sorted(errors, key=lambda n: -errors[n])
-        log.info("quantization sensitivity (relative output MSE): %s",
-                 ", ".join(f"{n}={errors[n]:.3g}" for n in ranked))
+        log.info(
+            "quantization sensitivity (relative output MSE): %s", ", ".join(f"{n}={errors[n]:.3g}" for n in ranked)
+        )
         self._sensitivity[key] = ranked
         self.node_errors.update(errors)
         return ranked
@@ -331,8 +356,9 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     val_path = storage.fetch(spec.validation.dataset.storage_uri, workdir / "dataset", "validation.dataset.storageUri")
     calib_path = None
     if spec.validation.calibration:
-        calib_path = storage.fetch(spec.validation.calibration.storage_uri, workdir / "calibration",
-                                   "validation.calibration.storageUri")
+        calib_path = storage.fetch(
+            spec.validation.calibration.storage_uri, workdir / "calibration", "validation.calibration.storageUri"
+        )
     progress("download", 3, 3)
 
     source = load_source(src_path, spec.source.format, spec.source.task)
@@ -345,8 +371,9 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     baseline_onnx = runner.to_onnx(source, "")
     check_fits(baseline_onnx.onnx_model, val, "validation.dataset")
     if spec.validation.metric in LABEL_METRICS and val.labels is None:
-        raise JobInputError("validation.dataset", f"metric {spec.validation.metric} needs labels: "
-                            "add an array y of class indices")
+        raise JobInputError(
+            "validation.dataset", f"metric {spec.validation.metric} needs labels: add an array y of class indices"
+        )
     progress("baseline", 0, 1)
     try:
         baseline = measure.measure(baseline_onnx.onnx_model, val, spec.validation.metric, spec.validation.batch_size)
@@ -370,20 +397,23 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     progress("trials", len(todo), len(todo))
 
     outcome, chosen, reason = _decide(trials, spec)
-    result = _finish(spec, rhash, workdir, outcome, chosen, reason, trials, baseline_metrics, hardware, started,
-                     runner.node_errors)
+    result = _finish(
+        spec, rhash, workdir, outcome, chosen, reason, trials, baseline_metrics, hardware, started, runner.node_errors
+    )
     progress("upload", 1, 1)
     return result
 
 
-def _trial(i: int, cand: Candidate, runner: Runner, spec: CompressedModelSpec, baseline: measure.Measured,
-           val: Samples) -> Trial:
+def _trial(
+    i: int, cand: Candidate, runner: Runner, spec: CompressedModelSpec, baseline: measure.Measured, val: Samples
+) -> Trial:
     t0 = time.perf_counter()
     trial = Trial(index=i, recipe=[v.describe() for v in cand.variants])
     try:
         handle, trial.changes, trial.recipe = runner.apply(cand)
-        measured = measure.measure(handle.onnx_model, val, spec.validation.metric, spec.validation.batch_size,
-                                   reference=baseline.outputs)
+        measured = measure.measure(
+            handle.onnx_model, val, spec.validation.metric, spec.validation.batch_size, reference=baseline.outputs
+        )
     except JobInputError:
         raise
     except Exception as e:  # one failing variant must not end the search; the report says why
@@ -430,9 +460,19 @@ def _decide(trials: list[Trial], spec: CompressedModelSpec) -> tuple[Outcome, Tr
     return Outcome.rejected, closest, f"no candidate met the thresholds ({tried}); closest: {'; '.join(closest.failed)}"
 
 
-def _finish(spec: CompressedModelSpec, rhash: str, workdir: Path, outcome: Outcome, chosen: Trial | None,
-            reason: str, trials: list[Trial], baseline: ModelMetrics, hardware: str, started: float,
-            sensitivity: dict[str, float]) -> JobResult:
+def _finish(
+    spec: CompressedModelSpec,
+    rhash: str,
+    workdir: Path,
+    outcome: Outcome,
+    chosen: Trial | None,
+    reason: str,
+    trials: list[Trial],
+    baseline: ModelMetrics,
+    hardware: str,
+    started: float,
+    sensitivity: dict[str, float],
+) -> JobResult:
     """Write model (when validated) + report, upload them, build the summary."""
     out_dir = workdir / "artifact"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -457,8 +497,15 @@ def _finish(spec: CompressedModelSpec, rhash: str, workdir: Path, outcome: Outco
     if outcome == Outcome.rejected:
         reason += f" (report: {target}/{report.HTML_NAME})"
     summary = JobSummary(outcome=outcome, reason=reason, recipe_hash=rhash, artifact=art, results=results)
-    data = report.build(spec, rhash, summary, [t.to_report() for t in trials], chosen.index if chosen else None,
-                        time.perf_counter() - started, sensitivity)
+    data = report.build(
+        spec,
+        rhash,
+        summary,
+        [t.to_report() for t in trials],
+        chosen.index if chosen else None,
+        time.perf_counter() - started,
+        sensitivity,
+    )
     report.write(out_dir, data)
     storage.upload(out_dir, target)
     log.info("%s: %s", outcome.value, reason)
@@ -468,24 +515,40 @@ def _finish(spec: CompressedModelSpec, rhash: str, workdir: Path, outcome: Outco
 # --------------------------------------------------------------------------- inputs
 
 
-def _method_data(spec: CompressedModelSpec, source: ModelHandle, val: Samples, calib_path: Path | None,
-                 tokenizer_dir: Path | None, device: str) -> tuple[MethodData, Samples]:
+def _method_data(
+    spec: CompressedModelSpec,
+    source: ModelHandle,
+    val: Samples,
+    calib_path: Path | None,
+    tokenizer_dir: Path | None,
+    device: str,
+) -> tuple[MethodData, Samples]:
     """(data methods may read, data the gate measures on).
 
     Without a calibration dataset the validation set is split 50/50, so what methods
     train/calibrate on is never what the gate measures.
     """
     if calib_path is not None and spec.validation.calibration is not None:
-        calib = load_dataset(calib_path, spec.validation.calibration.format, source.input_names, tokenizer_dir,
-                             field="validation.calibration")
-        data = MethodData(task=spec.source.task, train=calib, calibration=calib.take(spec.validation.calibration.samples),
-                          device=device)
+        calib = load_dataset(
+            calib_path,
+            spec.validation.calibration.format,
+            source.input_names,
+            tokenizer_dir,
+            field="validation.calibration",
+        )
+        data = MethodData(
+            task=spec.source.task,
+            train=calib,
+            calibration=calib.take(spec.validation.calibration.samples),
+            device=device,
+        )
         return data, val
     if len(val) < 2:
         raise JobInputError("validation.dataset", "needs at least 2 samples (or set validation.calibration)")
     train, heldout = val.split(0.5, seed=0)
-    log.info("no validation.calibration: methods use %d validation samples, the gate the other %d",
-             len(train), len(heldout))
+    log.info(
+        "no validation.calibration: methods use %d validation samples, the gate the other %d", len(train), len(heldout)
+    )
     return MethodData(task=spec.source.task, train=train, calibration=train, device=device), heldout
 
 
@@ -502,8 +565,11 @@ def check_fits(model: onnx.ModelProto, samples: Samples, field: str) -> None:
         shape = first[inp.name].shape
         want = tuple("?" if d is None else d for d in dims[1:])
         if len(shape) != len(dims) - 1 or any(d is not None and d != s for d, s in zip(dims[1:], shape, strict=False)):
-            raise JobInputError(field, f"samples of {inp.name!r} have shape {tuple(shape)} but the model expects "
-                                f"{want} per sample (without the batch axis)")
+            raise JobInputError(
+                field,
+                f"samples of {inp.name!r} have shape {tuple(shape)} but the model expects "
+                f"{want} per sample (without the batch axis)",
+            )
 
 
 def check_labels(spec: CompressedModelSpec, outputs: np.ndarray, val: Samples) -> None:
@@ -515,11 +581,17 @@ def check_labels(spec: CompressedModelSpec, outputs: np.ndarray, val: Samples) -
         if not np.issubdtype(labels.dtype, np.number) or np.any(labels != np.round(labels)):
             raise JobInputError(field, f"labels must be class indices (integers); got dtype {labels.dtype}")
         if labels.ndim != 1 or labels.min() < 0 or labels.max() >= classes:
-            raise JobInputError(field, f"labels must be class indices 0..{classes - 1} (the model has {classes} "
-                                f"outputs); found values {labels.min()}..{labels.max()}, shape {labels.shape}")
+            raise JobInputError(
+                field,
+                f"labels must be class indices 0..{classes - 1} (the model has {classes} "
+                f"outputs); found values {labels.min()}..{labels.max()}, shape {labels.shape}",
+            )
     elif metric == "mse" and labels is not None and labels.size != outputs.size:
-        raise JobInputError(field, f"targets y have {labels.size // max(len(labels), 1)} values per sample; "
-                            f"the model outputs {outputs.size // max(len(outputs), 1)}")
+        raise JobInputError(
+            field,
+            f"targets y have {labels.size // max(len(labels), 1)} values per sample; "
+            f"the model outputs {outputs.size // max(len(outputs), 1)}",
+        )
 
 
 def _device() -> str:

@@ -23,8 +23,15 @@ REPORT_VERSION = 1
 W, H, PAD = 420, 300, 48
 
 
-def build(spec: CompressedModelSpec, rhash: str, summary: JobSummary, trials: list[dict[str, Any]],
-          chosen: int | None, seconds: float, sensitivity: dict[str, float] | None = None) -> dict[str, Any]:
+def build(
+    spec: CompressedModelSpec,
+    rhash: str,
+    summary: JobSummary,
+    trials: list[dict[str, Any]],
+    chosen: int | None,
+    seconds: float,
+    sensitivity: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The report document (JSON-serialisable)."""
     results = summary.results
     return {
@@ -36,7 +43,8 @@ def build(spec: CompressedModelSpec, rhash: str, summary: JobSummary, trials: li
         "objective": str(spec.compression.search.objective),
         "search": spec.compression.search.enabled,
         "spec": spec.model_dump(by_alias=True, mode="json", include={"source", "compression", "validation"}),
-        "baseline": None if results is None or results.baseline is None
+        "baseline": None
+        if results is None or results.baseline is None
         else results.baseline.model_dump(by_alias=True, exclude_none=True),
         "trials": trials,
         "chosenTrial": chosen,
@@ -67,7 +75,7 @@ body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-col
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}} .pass{{color:#1a7f37}}
 .fail{{color:#c62828}} .chosen{{background:#eef6ee}} svg{{margin-right:1em;border:1px solid #eee}}
 </style></head><body>
-<h1>ModelPress: <span class="{'pass' if report['outcome'] == 'Validated' else 'fail'}">{e(str(report["outcome"]))}</span></h1>
+<h1>ModelPress: <span class="{"pass" if report["outcome"] == "Validated" else "fail"}">{e(str(report["outcome"]))}</span></h1>
 <p>{e(report["reason"])}</p>
 <p>Recipe hash <code>{e(report["recipeHash"])}</code>; metric <b>{e(metric)}</b>; objective {e(report["objective"])};
 search {"on" if report["search"] else "off"}; {len(report["trials"])} trial(s) in {report["seconds"]} s.</p>
@@ -91,9 +99,11 @@ def _sensitivity_table(sensitivity: dict[str, float]) -> str:
     if not sensitivity:
         return ""
     rows = "".join(f"<tr><td><code>{html.escape(n)}</code></td><td>{_num(e)}</td></tr>" for n, e in sensitivity.items())
-    return ("<h2>Quantization sensitivity</h2><p>Relative output error with only this node quantized; "
-            "the search keeps the most sensitive ones in float.</p>"
-            f"<table><tr><th>node</th><th>relative MSE</th></tr>{rows}</table>")
+    return (
+        "<h2>Quantization sensitivity</h2><p>Relative output error with only this node quantized; "
+        "the search keeps the most sensitive ones in float.</p>"
+        f"<table><tr><th>node</th><th>relative MSE</th></tr>{rows}</table>"
+    )
 
 
 def _trial_row(t: dict[str, Any], chosen: int | None) -> str:
@@ -101,21 +111,28 @@ def _trial_row(t: dict[str, Any], chosen: int | None) -> str:
     m = t.get("metrics") or {}
     cls = ' class="chosen"' if t["index"] == chosen else ""
     verdict = f'<span class="{"pass" if t["passed"] else "fail"}">{e(t["reason"] or "")}</span>'
-    return (f"<tr{cls}><td>{t['index']}</td><td><code>{e(json.dumps(t['recipe']))}</code></td>"
-            f"<td>{_num(m.get('score'))}</td><td>{_num(t.get('accuracyDrop'))}</td><td>{_num(m.get('latencyP50Ms'))}</td>"
-            f"<td>{_num(m.get('latencyP95Ms'))}</td><td>{_num((m.get('sizeBytes') or 0) / 1e6)}</td>"
-            f"<td>{_num(t.get('speedup'))}</td><td>{verdict}</td></tr>")
+    return (
+        f"<tr{cls}><td>{t['index']}</td><td><code>{e(json.dumps(t['recipe']))}</code></td>"
+        f"<td>{_num(m.get('score'))}</td><td>{_num(t.get('accuracyDrop'))}</td><td>{_num(m.get('latencyP50Ms'))}</td>"
+        f"<td>{_num(m.get('latencyP95Ms'))}</td><td>{_num((m.get('sizeBytes') or 0) / 1e6)}</td>"
+        f"<td>{_num(t.get('speedup'))}</td><td>{verdict}</td></tr>"
+    )
 
 
 def _chart(report: dict[str, Any], key: str, label: str, scale: float) -> str:
     """One SVG scatter: x = ``key`` (scaled), y = score; baseline as a diamond."""
-    points = [(t["index"], (t["metrics"] or {}).get(key), (t["metrics"] or {}).get("score"), t["passed"])
-              for t in report["trials"] if t.get("metrics")]
+    points = [
+        (t["index"], (t["metrics"] or {}).get(key), (t["metrics"] or {}).get("score"), t["passed"])
+        for t in report["trials"]
+        if t.get("metrics")
+    ]
     base = report.get("baseline") or {}
     xs = [p[1] * scale for p in points if p[1] is not None] + ([base[key] * scale] if base.get(key) is not None else [])
     ys = [p[2] for p in points if p[2] is not None] + ([base["score"]] if base.get("score") is not None else [])
     if not xs or not ys:
-        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}"><text x="10" y="20">no data</text></svg>'
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}"><text x="10" y="20">no data</text></svg>'
+        )
     x0, x1 = _span(xs)
     y0, y1 = _span(ys)
 
@@ -125,28 +142,34 @@ def _chart(report: dict[str, Any], key: str, label: str, scale: float) -> str:
     def sy(v: float) -> float:
         return H - PAD - (v - y0) / (y1 - y0) * (H - 2 * PAD)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" aria-label="{label}">',
-             f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#888"/>',
-             f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#888"/>',
-             f'<text x="{W / 2}" y="{H - 10}" text-anchor="middle" font-size="12">{html.escape(label)}</text>',
-             f'<text x="12" y="{H / 2}" font-size="12" transform="rotate(-90 12 {H / 2})" text-anchor="middle">'
-             f'{html.escape(report["metric"])}</text>',
-             f'<text x="{PAD}" y="{H - PAD + 14}" font-size="10">{_num(x0)}</text>',
-             f'<text x="{W - PAD}" y="{H - PAD + 14}" font-size="10" text-anchor="end">{_num(x1)}</text>',
-             f'<text x="{PAD - 4}" y="{H - PAD}" font-size="10" text-anchor="end">{_num(y0)}</text>',
-             f'<text x="{PAD - 4}" y="{PAD + 4}" font-size="10" text-anchor="end">{_num(y1)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" aria-label="{label}">',
+        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#888"/>',
+        f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#888"/>',
+        f'<text x="{W / 2}" y="{H - 10}" text-anchor="middle" font-size="12">{html.escape(label)}</text>',
+        f'<text x="12" y="{H / 2}" font-size="12" transform="rotate(-90 12 {H / 2})" text-anchor="middle">'
+        f"{html.escape(report['metric'])}</text>",
+        f'<text x="{PAD}" y="{H - PAD + 14}" font-size="10">{_num(x0)}</text>',
+        f'<text x="{W - PAD}" y="{H - PAD + 14}" font-size="10" text-anchor="end">{_num(x1)}</text>',
+        f'<text x="{PAD - 4}" y="{H - PAD}" font-size="10" text-anchor="end">{_num(y0)}</text>',
+        f'<text x="{PAD - 4}" y="{PAD + 4}" font-size="10" text-anchor="end">{_num(y1)}</text>',
+    ]
     if base.get(key) is not None and base.get("score") is not None:
         cx, cy = sx(base[key] * scale), sy(base["score"])
-        parts.append(f'<polygon class="baseline" points="{cx},{cy - 7} {cx + 7},{cy} {cx},{cy + 7} {cx - 7},{cy}" '
-                     f'fill="#1565c0"><title>baseline</title></polygon>')
+        parts.append(
+            f'<polygon class="baseline" points="{cx},{cy - 7} {cx + 7},{cy} {cx},{cy + 7} {cx - 7},{cy}" '
+            f'fill="#1565c0"><title>baseline</title></polygon>'
+        )
     for index, x, y, passed in points:
         if x is None or y is None:
             continue
         cx, cy = sx(x * scale), sy(y)
         color = "#1a7f37" if passed else "#c62828"
         ring = ' stroke="#000" stroke-width="2"' if index == report.get("chosenTrial") else ""
-        parts.append(f'<circle class="trial" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{color}"{ring}>'
-                     f"<title>trial {index}</title></circle>")
+        parts.append(
+            f'<circle class="trial" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{color}"{ring}>'
+            f"<title>trial {index}</title></circle>"
+        )
     parts.append("</svg>")
     return "\n".join(parts)
 

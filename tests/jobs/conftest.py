@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, train_digits_mlp
 from modelpress.jobs.export import to_onnx
 from modelpress.jobs.methods import ModelHandle
@@ -43,8 +42,12 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module, train, val = train_digits_mlp(seed=0, hidden=TEST_HIDDEN, epochs=8)
     x_val = np.stack([f[INPUT_NAME] for f in val.features])
     x_tr = np.stack([f[INPUT_NAME] for f in train.features])
-    program = torch.export.export(module, (), {INPUT_NAME: torch.from_numpy(x_val[:8])},
-                                  dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}})
+    program = torch.export.export(
+        module,
+        (),
+        {INPUT_NAME: torch.from_numpy(x_val[:8])},
+        dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+    )
     torch.export.save(program, out / "model.pt2")
     handle = ModelHandle([INPUT_NAME], [OUTPUT_NAME], module=module, dynamic_axes={INPUT_NAME: {0: "batch"}})
     (out / "model.onnx").write_bytes(to_onnx(handle, {INPUT_NAME: x_val[:8]}).onnx_model.SerializeToString())
@@ -53,9 +56,17 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def make_spec(model_uri: str, dataset_uri: str, output_uri: str, *, fmt: str = "onnx",
-              steps: list[dict[str, Any]] | None = None, calibration_uri: str | None = None,
-              search: dict[str, Any] | None = None, **validation: Any) -> dict[str, Any]:
+def make_spec(
+    model_uri: str,
+    dataset_uri: str,
+    output_uri: str,
+    *,
+    fmt: str = "onnx",
+    steps: list[dict[str, Any]] | None = None,
+    calibration_uri: str | None = None,
+    search: dict[str, Any] | None = None,
+    **validation: Any,
+) -> dict[str, Any]:
     """A whole CompressedModel document (what users write) for the job."""
     val: dict[str, Any] = {
         "dataset": {"storageUri": dataset_uri, "format": "npz"},
@@ -94,8 +105,11 @@ def free_port() -> int:
 def moto_endpoint() -> str:
     """A real S3 API (moto_server) on a free loopback port for the whole session."""
     port = free_port()
-    server = subprocess.Popen([str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -117,9 +131,13 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     """Env pointing boto3/s3fs/kserve_storage at moto, and a boto3 client to arrange objects."""
     import boto3
 
-    for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "S3_MAX_ATTEMPTS": "1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "S3_MAX_ATTEMPTS": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("S3_ENDPOINT", raising=False)
     return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")

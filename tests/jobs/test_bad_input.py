@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from modelpress.jobs.entrypoint import run_job
+
 from modelpress.summary import ExitCode, JobSummary
 
 from .conftest import PYTHON, REPO, free_port, job_env, make_spec, write_spec
@@ -113,14 +113,17 @@ def test_labels_do_not_fit_the_model(tmp_path: Path, digits_dir: Path) -> None:
 def test_missing_labels_for_accuracy(tmp_path: Path, digits_dir: Path) -> None:
     with np.load(digits_dir / "val.npz") as val:
         np.savez(tmp_path / "val.npz", x=val["x"])
-    assert_failed(run(tmp_path, digits_dir / "model.onnx", tmp_path / "val.npz"),
-                  "metric accuracy needs labels: add an array y")
+    assert_failed(
+        run(tmp_path, digits_dir / "model.onnx", tmp_path / "val.npz"), "metric accuracy needs labels: add an array y"
+    )
 
 
 def test_dataset_arrays_disagree(tmp_path: Path, digits_dir: Path) -> None:
     np.savez(tmp_path / "val.npz", x=np.zeros((20, 64), np.float32), y=np.zeros(19, np.int64))
-    assert_failed(run(tmp_path, digits_dir / "model.onnx", tmp_path / "val.npz"),
-                  "validation.dataset.storageUri: arrays in val.npz disagree on the number of samples")
+    assert_failed(
+        run(tmp_path, digits_dir / "model.onnx", tmp_path / "val.npz"),
+        "validation.dataset.storageUri: arrays in val.npz disagree on the number of samples",
+    )
 
 
 def test_empty_dataset(tmp_path: Path, digits_dir: Path) -> None:
@@ -131,8 +134,9 @@ def test_empty_dataset(tmp_path: Path, digits_dir: Path) -> None:
 
 def test_static_quantization_without_calibration_is_rejected_before_work(tmp_path: Path) -> None:
     """Nothing is downloaded or loaded: the URIs below do not even exist."""
-    summary = run(tmp_path, tmp_path / "missing.onnx", tmp_path / "missing.npz",
-                  steps=[{"quantize": {"mode": "static"}}])
+    summary = run(
+        tmp_path, tmp_path / "missing.onnx", tmp_path / "missing.npz", steps=[{"quantize": {"mode": "static"}}]
+    )
     assert_failed(summary, "validation.calibration", "static quantization needs calibration data")
     assert not (tmp_path / "work").exists()
 
@@ -149,9 +153,24 @@ def test_bad_input_exits_1_with_the_reason_in_the_termination_log(tmp_path: Path
     (tmp_path / "model.onnx").write_bytes(b"garbage")
     doc = make_spec((tmp_path / "model.onnx").as_uri(), (tmp_path / "val.npz").as_uri(), (tmp_path / "o").as_uri())
     log = tmp_path / "termination-log"
-    proc = subprocess.run([PYTHON, "-m", "modelpress.jobs", "--spec", str(write_spec(tmp_path / "cm.yaml", doc)),
-                           "--termination-log", str(log), "--workdir", str(tmp_path / "work")],
-                          env=job_env(), cwd=REPO, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "modelpress.jobs",
+            "--spec",
+            str(write_spec(tmp_path / "cm.yaml", doc)),
+            "--termination-log",
+            str(log),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        env=job_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 1
     summary = json.loads(log.read_text())
     assert summary["outcome"] == "Failed"
@@ -169,5 +188,7 @@ def test_npz_with_pickled_objects_is_refused_not_unpickled(tmp_path: Path, digit
 
 def test_dataset_without_the_models_inputs(tmp_path: Path, digits_dir: Path) -> None:
     np.savez(tmp_path / "val.npz", features=np.zeros((5, 64), np.float32))
-    assert_failed(run(tmp_path, digits_dir / "model.onnx", tmp_path / "val.npz"),
-                  "val.npz has arrays ['features']; the model needs x (and optionally y for labels)")
+    assert_failed(
+        run(tmp_path, digits_dir / "model.onnx", tmp_path / "val.npz"),
+        "val.npz has arrays ['features']; the model needs x (and optionally y for labels)",
+    )

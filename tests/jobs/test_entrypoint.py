@@ -11,25 +11,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from modelpress.jobs.entrypoint import load_spec, run_job
 from modelpress.jobs.errors import JobInputError
+
 from modelpress.summary import TERMINATION_MESSAGE_LIMIT
 
 from .conftest import PYTHON, REPO, free_port, job_env, make_spec, write_spec
 
 
 def digits_doc(digits_dir: Path, out: Path, **kw) -> dict:
-    return make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(), out.as_uri(),
-                     calibration_uri=(digits_dir / "calib.npz").as_uri(), **kw)
+    return make_spec(
+        (digits_dir / "model.onnx").as_uri(),
+        (digits_dir / "val.npz").as_uri(),
+        out.as_uri(),
+        calibration_uri=(digits_dir / "calib.npz").as_uri(),
+        **kw,
+    )
 
 
 def test_spec_from_env_validated_exit_0(tmp_path: Path, digits_dir: Path) -> None:
     spec_only = digits_doc(digits_dir, tmp_path / "out")["spec"]
     log = tmp_path / "termination-log"
-    proc = subprocess.run([PYTHON, "-m", "modelpress.jobs", "--termination-log", str(log), "--workdir",
-                           str(tmp_path / "work")], env=job_env(MODELPRESS_SPEC=json.dumps(spec_only)), cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [PYTHON, "-m", "modelpress.jobs", "--termination-log", str(log), "--workdir", str(tmp_path / "work")],
+        env=job_env(MODELPRESS_SPEC=json.dumps(spec_only)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     message = log.read_text()
     assert len(message.encode()) <= TERMINATION_MESSAGE_LIMIT
@@ -44,9 +54,25 @@ def test_spec_from_env_validated_exit_0(tmp_path: Path, digits_dir: Path) -> Non
 def test_modelpress_job_rejected_exit_3(tmp_path: Path, digits_dir: Path) -> None:
     spec = write_spec(tmp_path / "cm.yaml", digits_doc(digits_dir, tmp_path / "out", maxLatencyMs=1e-6))
     log = tmp_path / "termination-log"
-    proc = subprocess.run([PYTHON, "-m", "modelpress.cli", "job", "--spec", str(spec), "--termination-log", str(log),
-                           "--workdir", str(tmp_path / "work")], env=job_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "modelpress.cli",
+            "job",
+            "--spec",
+            str(spec),
+            "--termination-log",
+            str(log),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        env=job_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     summary = json.loads(log.read_text())
     assert summary["outcome"] == "Rejected"
@@ -59,9 +85,24 @@ def test_modelpress_run_prints_a_table_and_serves(tmp_path: Path, digits_dir: Pa
     spec = write_spec(tmp_path / "cm.yaml", digits_doc(digits_dir, tmp_path / "out"))
     port = free_port()
     out, err = (tmp_path / "stdout").open("w"), (tmp_path / "stderr").open("w")
-    proc = subprocess.Popen([PYTHON, "-m", "modelpress.cli", "run", str(spec), "--workdir", str(tmp_path / "work"),
-                             "--serve", "--port", str(port)], env=job_env(COLUMNS="160", PYTHONUNBUFFERED="1"),
-                            cwd=REPO, stdout=out, stderr=err)
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "modelpress.cli",
+            "run",
+            str(spec),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--serve",
+            "--port",
+            str(port),
+        ],
+        env=job_env(COLUMNS="160", PYTHONUNBUFFERED="1"),
+        cwd=REPO,
+        stdout=out,
+        stderr=err,
+    )
     try:
         predictions = None
         deadline = time.monotonic() + 240
@@ -70,8 +111,9 @@ def test_modelpress_run_prints_a_table_and_serves(tmp_path: Path, digits_dir: Pa
                 with np.load(digits_dir / "val.npz") as val:
                     x, y = val["x"][:20], val["y"][:20]
                 body = json.dumps({"instances": x.tolist()}).encode()
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/model:predict", body,
-                                                 {"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v1/models/model:predict", body, {"Content-Type": "application/json"}
+                )
                 with urllib.request.urlopen(request, timeout=5) as response:
                     predictions = np.array(json.loads(response.read())["predictions"])
                 break
@@ -104,10 +146,13 @@ def test_invalid_spec_fails_naming_the_field(tmp_path: Path, digits_dir: Path) -
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("source: [unclosed", "is not YAML/JSON"),
-    ("- just\n- a list\n", "must hold a CompressedModel or its spec"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("source: [unclosed", "is not YAML/JSON"),
+        ("- just\n- a list\n", "must hold a CompressedModel or its spec"),
+    ],
+)
 def test_unreadable_spec_files(tmp_path: Path, text: str, fragment: str) -> None:
     (tmp_path / "cm.yaml").write_text(text)
     with pytest.raises(JobInputError, match=fragment):

@@ -12,21 +12,24 @@ from xml.etree import ElementTree
 import numpy as np
 import onnx
 import pytest
-from sklearn.metrics import f1_score
-
-from modelpress.api import ModelMetrics, Step, Validation
 from modelpress.jobs import gate
 from modelpress.jobs.artifact import CONFIG_RELPATH, MODEL_RELPATH
 from modelpress.jobs.entrypoint import load_spec
 from modelpress.jobs.measure import score_outputs
 from modelpress.jobs.pipeline import candidates, run
+from sklearn.metrics import f1_score
+
+from modelpress.api import ModelMetrics, Step, Validation
 
 from .conftest import make_spec, write_spec
 
 
 def validation(**kw) -> Validation:
-    base = {"dataset": {"storageUri": "file:///v.npz", "format": "npz"}, "metric": "accuracy",
-            "maxAccuracyDrop": {"absolute": 0.005}}
+    base = {
+        "dataset": {"storageUri": "file:///v.npz", "format": "npz"},
+        "metric": "accuracy",
+        "maxAccuracyDrop": {"absolute": 0.005},
+    }
     base.update(kw)
     return Validation.model_validate(base)
 
@@ -81,7 +84,9 @@ def test_scores() -> None:
     logits = rng.normal(size=(200, 10)).astype(np.float32)
     labels = rng.integers(0, 10, 200)
     assert score_outputs("accuracy", logits, labels, logits) == np.mean(logits.argmax(1) == labels)
-    assert score_outputs("f1", logits, labels, logits) == pytest.approx(f1_score(labels, logits.argmax(1), average="macro"))
+    assert score_outputs("f1", logits, labels, logits) == pytest.approx(
+        f1_score(labels, logits.argmax(1), average="macro")
+    )
     top5 = np.argsort(-logits, 1)[:, :5]
     assert score_outputs("top5", logits, labels, logits) == np.mean([labels[i] in top5[i] for i in range(200)])
     assert score_outputs("cosine", logits, None, logits) == pytest.approx(1.0)
@@ -133,11 +138,18 @@ def job(tmp_path: Path, doc: dict):
 
 def test_torch_source_prune_then_quantize(tmp_path: Path, digits_dir: Path) -> None:
     out = tmp_path / "out"
-    doc = make_spec((digits_dir / "model.pt2").as_uri(), (digits_dir / "val.npz").as_uri(), out.as_uri() + "/",
-                    fmt="pytorch-export", calibration_uri=(digits_dir / "calib.npz").as_uri(),
-                    steps=[{"prune": {"structure": "neurons", "sparsity": 0.25, "fineTuneEpochs": 2}},
-                           {"quantize": {"mode": "dynamic"}}],
-                    maxAccuracyDrop={"absolute": 0.05})
+    doc = make_spec(
+        (digits_dir / "model.pt2").as_uri(),
+        (digits_dir / "val.npz").as_uri(),
+        out.as_uri() + "/",
+        fmt="pytorch-export",
+        calibration_uri=(digits_dir / "calib.npz").as_uri(),
+        steps=[
+            {"prune": {"structure": "neurons", "sparsity": 0.25, "fineTuneEpochs": 2}},
+            {"quantize": {"mode": "dynamic"}},
+        ],
+        maxAccuracyDrop={"absolute": 0.05},
+    )
     result = job(tmp_path, doc)
     summary = result.summary
     assert summary.outcome == "Validated", summary.reason
@@ -177,11 +189,15 @@ def test_torch_source_prune_then_quantize(tmp_path: Path, digits_dir: Path) -> N
 
 def test_search_finds_a_milder_recipe_when_the_asked_one_fails(tmp_path: Path, digits_dir: Path) -> None:
     """Unstructured 95% pruning of a 64-unit MLP without fine-tuning ruins it; milder passes."""
-    doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
-                    (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
-                    steps=[{"prune": {"sparsity": 0.95}}], search={"enabled": True, "maxTrials": 4,
-                                                                  "objective": "size"},
-                    maxAccuracyDrop={"absolute": 0.03})
+    doc = make_spec(
+        (digits_dir / "model.onnx").as_uri(),
+        (digits_dir / "val.npz").as_uri(),
+        (tmp_path / "out").as_uri(),
+        calibration_uri=(digits_dir / "calib.npz").as_uri(),
+        steps=[{"prune": {"sparsity": 0.95}}],
+        search={"enabled": True, "maxTrials": 4, "objective": "size"},
+        maxAccuracyDrop={"absolute": 0.03},
+    )
     result = job(tmp_path, doc)
     trials = result.report["trials"]
     assert trials[0]["passed"] is False
@@ -195,14 +211,21 @@ def test_search_finds_a_milder_recipe_when_the_asked_one_fails(tmp_path: Path, d
 
 
 def test_rejected_with_the_closest_trials_thresholds(tmp_path: Path, digits_dir: Path) -> None:
-    doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
-                    (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
-                    search={"enabled": True, "maxTrials": 3}, maxSizeMB=0.001)
+    doc = make_spec(
+        (digits_dir / "model.onnx").as_uri(),
+        (digits_dir / "val.npz").as_uri(),
+        (tmp_path / "out").as_uri(),
+        calibration_uri=(digits_dir / "calib.npz").as_uri(),
+        search={"enabled": True, "maxTrials": 3},
+        maxSizeMB=0.001,
+    )
     result = job(tmp_path, doc)
     summary = result.summary
     assert summary.outcome == "Rejected" and summary.exit_code == 3
     assert len(result.report["trials"]) == 3
-    assert summary.results.failed_thresholds and all(f.startswith("maxSizeMB: ") for f in summary.results.failed_thresholds)
+    assert summary.results.failed_thresholds and all(
+        f.startswith("maxSizeMB: ") for f in summary.results.failed_thresholds
+    )
     assert "no candidate met the thresholds (3 trials); closest: maxSizeMB: " in summary.reason
     assert summary.artifact is None
     art = tmp_path / "out" / summary.recipe_hash
@@ -212,9 +235,14 @@ def test_rejected_with_the_closest_trials_thresholds(tmp_path: Path, digits_dir:
 def test_quantize_search_ranks_sensitive_nodes(tmp_path: Path, digits_dir: Path) -> None:
     """With every candidate failing, the search walks the quantize ladder, keeping the
     most sensitive MatMul/Gemm nodes in float, but never all of them."""
-    doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
-                    (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
-                    search={"enabled": True, "maxTrials": 4}, maxLatencyMs=1e-6)
+    doc = make_spec(
+        (digits_dir / "model.onnx").as_uri(),
+        (digits_dir / "val.npz").as_uri(),
+        (tmp_path / "out").as_uri(),
+        calibration_uri=(digits_dir / "calib.npz").as_uri(),
+        search={"enabled": True, "maxTrials": 4},
+        maxLatencyMs=1e-6,
+    )
     result = job(tmp_path, doc)
     trials = result.report["trials"]
     recipes = [t["recipe"][0]["quantize"] for t in trials]
@@ -232,10 +260,15 @@ def test_quantize_search_ranks_sensitive_nodes(tmp_path: Path, digits_dir: Path)
 def test_excluded_nodes_survive_the_quantizers_fusions(tmp_path: Path, digits_dir: Path) -> None:
     """lowRank leaves MatMul+Add pairs that ORT's pre-processing fuses and renames; the
     search ranks nodes on the pre-processed graph, so its excludeNodes still exist."""
-    doc = make_spec((digits_dir / "model.onnx").as_uri(), (digits_dir / "val.npz").as_uri(),
-                    (tmp_path / "out").as_uri(), calibration_uri=(digits_dir / "calib.npz").as_uri(),
-                    steps=[{"lowRank": {"energy": 0.9}}, {"quantize": {"mode": "dynamic"}}],
-                    search={"enabled": True, "maxTrials": 3}, maxLatencyMs=1e-6)
+    doc = make_spec(
+        (digits_dir / "model.onnx").as_uri(),
+        (digits_dir / "val.npz").as_uri(),
+        (tmp_path / "out").as_uri(),
+        calibration_uri=(digits_dir / "calib.npz").as_uri(),
+        steps=[{"lowRank": {"energy": 0.9}}, {"quantize": {"mode": "dynamic"}}],
+        search={"enabled": True, "maxTrials": 3},
+        maxLatencyMs=1e-6,
+    )
     trials = job(tmp_path, doc).report["trials"]
     assert len(trials) == 3
     assert all(t["metrics"] is not None for t in trials), [t["reason"] for t in trials]

@@ -10,13 +10,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from modelpress.jobs.artifact import MODEL_RELPATH
+from modelpress.jobs.entrypoint import run_job
 from skl2onnx import to_onnx
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
-
-from modelpress.jobs.artifact import MODEL_RELPATH
-from modelpress.jobs.entrypoint import run_job
 
 from .conftest import make_spec, write_spec
 
@@ -33,8 +32,13 @@ def test_sklearn_mlp_compresses_through_the_job(tmp_path: Path) -> None:
     np.savez(tmp_path / "val.npz", x=x_val, y=y_val)
     np.savez(tmp_path / "calib.npz", x=x_tr[:100])
     out = tmp_path / "out"
-    doc = make_spec((tmp_path / "mlp.onnx").as_uri(), (tmp_path / "val.npz").as_uri(), out.as_uri(),
-                    calibration_uri=(tmp_path / "calib.npz").as_uri(), maxAccuracyDrop={"absolute": 0.03})
+    doc = make_spec(
+        (tmp_path / "mlp.onnx").as_uri(),
+        (tmp_path / "val.npz").as_uri(),
+        out.as_uri(),
+        calibration_uri=(tmp_path / "calib.npz").as_uri(),
+        maxAccuracyDrop={"absolute": 0.03},
+    )
 
     summary = run_job(write_spec(tmp_path / "cm.yaml", doc), tmp_path / "work")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from modelpress.jobs import storage
 from modelpress.jobs.entrypoint import run_job
 from modelpress.jobs.errors import JobInputError
@@ -62,8 +61,9 @@ def test_missing_s3_object_and_bucket_are_readable_errors(s3, tmp_path: Path) ->
         storage.fetch("s3://no-such-bucket/m.onnx", tmp_path / "b", "source.storageUri")
 
 
-def test_kserve_style_s3_endpoint_variables(s3, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch,
-                                            tmp_path: Path) -> None:
+def test_kserve_style_s3_endpoint_variables(
+    s3, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """KServe's S3 secret gives a bare host in S3_ENDPOINT plus S3_USE_HTTPS=0."""
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.setenv("S3_ENDPOINT", moto_endpoint.removeprefix("http://"))
@@ -78,7 +78,9 @@ def test_whole_job_with_s3_source_dataset_and_output(s3, digits_dir: Path, tmp_p
     s3.create_bucket(Bucket="mlops")
     for name in ("model.onnx", "val.npz"):
         s3.upload_file(str(digits_dir / name), "mlops", f"in/{name}")
-    spec = write_spec(tmp_path / "cm.yaml", make_spec("s3://mlops/in/model.onnx", "s3://mlops/in/val.npz", "s3://mlops/out/"))
+    spec = write_spec(
+        tmp_path / "cm.yaml", make_spec("s3://mlops/in/model.onnx", "s3://mlops/in/val.npz", "s3://mlops/out/")
+    )
     result = run_job(spec, tmp_path / "work")
     summary = json.loads(result.to_termination_message())
     assert result.exit_code == 0, summary
