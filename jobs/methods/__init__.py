@@ -80,6 +80,7 @@ class Method(ABC):
 
 
 REGISTRY: dict[str, Method] = {}
+_DISCOVERED = False
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -89,10 +90,16 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def get_method(key: str) -> Method:
-    """The registered method for a step key (modules are imported on first use)."""
-    if not REGISTRY:
+    """The registered method for a step key (modules are imported on first use).
+
+    Discovery runs once, independently of what is already registered: importing one
+    method module directly must not hide the others.
+    """
+    global _DISCOVERED
+    if not _DISCOVERED:
         for info in pkgutil.iter_modules(__path__):
             importlib.import_module(f"{__name__}.{info.name}")
+        _DISCOVERED = True
     try:
         return REGISTRY[key]
     except KeyError:

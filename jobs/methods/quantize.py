@@ -83,7 +83,12 @@ def _pre_process(model: onnx.ModelProto, work: Path) -> onnx.ModelProto:
     src, dst = work / "float.onnx", work / "preprocessed.onnx"
     onnx.save(model, src)
     try:
-        quant_pre_process(str(src), str(dst))
+        # When its symbolic shape inference is incomplete, ORT dumps
+        # sym_shape_infer_temp.onnx (+ a uuid .data file the size of the weights) into the
+        # *current directory* before raising; run it inside our scratch directory so a
+        # failed pre-process leaves nothing behind. The job is single-threaded here.
+        with contextlib.chdir(work):
+            quant_pre_process(str(src), str(dst))
     except Exception as exc:  # ORT raises bare Exceptions from its shape inference
         log.warning("ORT quantization pre-processing failed (%s); quantizing the graph as is", exc)
         return copy.deepcopy(model)
