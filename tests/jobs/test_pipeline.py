@@ -159,6 +159,9 @@ def test_torch_source_prune_then_quantize(tmp_path: Path, digits_dir: Path) -> N
     assert results.compressed.size_bytes < results.baseline.size_bytes
     assert results.chosen_recipe[0]["prune"]["sparsity"] == 0.25
     assert "CPU:" in results.hardware and "onnxruntime" in results.hardware
+    # Speedup comes from baseline and candidate timed side by side in one run, and the
+    # baseline reported next to it is that same run's.
+    assert results.speedup == pytest.approx(results.baseline.latency_p50_ms / results.compressed.latency_p50_ms)
 
     art = out / summary.recipe_hash
     assert summary.artifact.storage_uri == (out.as_uri() + "/" + summary.recipe_hash)
@@ -174,6 +177,9 @@ def test_torch_source_prune_then_quantize(tmp_path: Path, digits_dir: Path) -> N
     assert report["recipeHash"] == summary.recipe_hash and report["outcome"] == "Validated"
     assert report["baseline"]["score"] == results.baseline.score
     assert report["trials"][0]["changes"][0]["prune"]["structure"] == "neurons"
+    trial = report["trials"][0]
+    assert trial["baselineMetrics"]["latencyP50Ms"] == results.baseline.latency_p50_ms
+    assert trial["speedup"] == pytest.approx(trial["baselineMetrics"]["latencyP50Ms"] / trial["metrics"]["latencyP50Ms"])
     html = (art / "report.html").read_text()
     assert html.count('<polygon class="baseline"') == 2 and html.count('<circle class="trial"') == 2
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
