@@ -23,7 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM base AS source
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
-COPY modelpress ./modelpress
+COPY src ./src
 COPY operator ./operator
 COPY jobs ./jobs
 

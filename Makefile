@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
+LINKED := $(VENV)/.linked
+SOURCES := $(shell find src operator jobs -name '*.py' 2>/dev/null)
+
 .PHONY: demo test lint crd clean
 
 $(BIN)/python:
@@ -12,22 +15,32 @@ $(BIN)/python:
 
 # Reinstall when the dependency list or pins change; torch first (CPU wheel on disk).
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install -c constraints.txt torch==2.13.0
-	$(PIP) install -c constraints.txt -e '.[operator,jobs,dev]'
+	$(PIP) install -c constraints.txt torch==2.13.0 'setuptools>=77'
+	$(PIP) install -c constraints.txt --config-settings editable_mode=strict -e '.[operator,jobs,dev]'
 	touch $@
 
-demo: $(STAMP)
+# The editable install is setuptools' *strict* mode: a link tree under build/ that maps
+# operator/ -> modelpress/operator and jobs/ -> modelpress/jobs. operator/ has no
+# __init__.py on purpose (a PEP 420 directory), so `python -m ...` from the repo root
+# can never mistake it for the standard library's `operator`; the default (lenient)
+# editable finder cannot serve such a subpackage, the link tree can. Added or removed
+# source files need a relink (seconds, no dependency resolution).
+$(LINKED): $(STAMP) $(SOURCES)
+	$(PIP) install --no-deps --no-build-isolation --config-settings editable_mode=strict -e .
+	touch $@
+
+demo: $(LINKED)
 	$(BIN)/python -m modelpress.jobs.examples.digits out/demo
 	$(BIN)/modelpress run out/demo/compressedmodel.yaml
 
-test: $(STAMP)
+test: $(LINKED)
 	$(BIN)/pytest
 
-lint: $(STAMP)
-	$(BIN)/ruff check modelpress operator jobs tests benchmarks
-	$(BIN)/ruff format --check modelpress operator jobs tests benchmarks
+lint: $(LINKED)
+	$(BIN)/ruff check src operator jobs tests benchmarks
+	$(BIN)/ruff format --check src operator jobs tests benchmarks
 
-crd: $(STAMP)
+crd: $(LINKED)
 	$(BIN)/modelpress crd > crds/compressedmodels.modelpress.io.yaml
 	cp crds/compressedmodels.modelpress.io.yaml charts/modelpress/crds/
 	$(BIN)/python -m modelpress.docs > docs/spec-reference.md

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 PROBE = """
 import importlib, pkgutil, sys
@@ -20,3 +21,13 @@ def test_operator_and_api_modules_import_without_the_ml_stack():
     count, heavy = int(out[0]), (out[1] if len(out) > 1 else "")
     assert count >= 4, "the probe found no operator modules"
     assert heavy == "", f"importing the operator pulled in: {heavy}"
+
+
+def test_repo_root_operator_directory_never_shadows_the_standard_library():
+    """`python -m ...` from a checkout puts the repo root first on sys.path; operator/
+    must stay a plain (PEP 420) directory so the stdlib's `operator` always wins.
+    -S skips site, as a fresh venv would, so nothing has imported `operator` yet."""
+    root = Path(__file__).resolve().parents[1]
+    probe = f"import sys; sys.path.insert(0, {str(root)!r}); import operator; print(operator.__file__)"
+    out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert not out.strip().startswith(str(root)), out

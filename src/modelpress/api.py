@@ -174,9 +174,7 @@ class Quantize(Spec):
         max_length=512,
         description="ONNX node names kept in float (e.g. the most sensitive layers).",
     )
-    calibration_method: CalibrationMethod = Field(
-        default=CalibrationMethod.minmax, description="Static mode only."
-    )
+    calibration_method: CalibrationMethod = Field(default=CalibrationMethod.minmax, description="Static mode only.")
     block_size: Literal[16, 32, 64, 128, 256] = Field(
         default=32, description="int4-weight-only: weights per quantization block."
     )
@@ -196,12 +194,8 @@ class Prune(Spec):
         description="unstructured zeroes weights (smaller when compressed, not faster); "
         "neurons/channels remove whole units of Linear/Conv layers (faster).",
     )
-    sparsity: float = Field(
-        ge=0.0, le=0.95, description="Fraction of weights (or units) removed."
-    )
-    fine_tune_epochs: int = Field(
-        default=0, ge=0, le=100, description="Epochs of fine-tuning after pruning."
-    )
+    sparsity: float = Field(ge=0.0, le=0.95, description="Fraction of weights (or units) removed.")
+    fine_tune_epochs: int = Field(default=0, ge=0, le=100, description="Epochs of fine-tuning after pruning.")
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
 
 
@@ -211,9 +205,7 @@ class StudentSpec(Spec):
     width_multiplier: float | None = Field(
         default=None, gt=0.0, le=1.0, description="Student = teacher with layers this wide."
     )
-    storage_uri: str | None = Field(
-        default=None, pattern=STORAGE_URI_PATTERN, description="A pytorch-export student."
-    )
+    storage_uri: str | None = Field(default=None, pattern=STORAGE_URI_PATTERN, description="A pytorch-export student.")
     cel_rules: ClassVar = [
         cel(one_of_rule("widthMultiplier", "storageUri"), "set exactly one of widthMultiplier, storageUri")
     ]
@@ -229,9 +221,7 @@ class Distill(Spec):
 
     student: StudentSpec
     temperature: float = Field(default=4.0, gt=0.0, le=100.0)
-    alpha: float = Field(
-        default=0.7, ge=0.0, le=1.0, description="Weight of the soft (teacher) loss."
-    )
+    alpha: float = Field(default=0.7, ge=0.0, le=1.0, description="Weight of the soft (teacher) loss.")
     epochs: int = Field(default=10, ge=1, le=1000)
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
 
@@ -239,12 +229,8 @@ class Distill(Spec):
 class LowRank(Spec):
     """SVD factorization of Linear/Gemm weights into two thinner layers."""
 
-    energy: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Keep singular values up to this energy."
-    )
-    rank_ratio: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Rank as a fraction of min(in, out)."
-    )
+    energy: float | None = Field(default=None, gt=0.0, le=1.0, description="Keep singular values up to this energy.")
+    rank_ratio: float | None = Field(default=None, gt=0.0, le=1.0, description="Rank as a fraction of min(in, out).")
     cel_rules: ClassVar = [cel(one_of_rule("energy", "rankRatio"), "set exactly one of energy, rankRatio")]
 
     @model_validator(mode="after")
@@ -282,9 +268,7 @@ class Step(Spec):
     prune: Prune | None = None
     distill: Distill | None = None
     low_rank: LowRank | None = None
-    cel_rules: ClassVar = [
-        cel(one_of_rule(*METHODS), "each step has exactly one of quantize, prune, distill, lowRank")
-    ]
+    cel_rules: ClassVar = [cel(one_of_rule(*METHODS), "each step has exactly one of quantize, prune, distill, lowRank")]
 
     @model_validator(mode="after")
     def _one(self) -> Step:
@@ -345,9 +329,7 @@ class AccuracyDrop(Spec):
     """The accuracy budget: how much worse the compressed model may score."""
 
     absolute: float | None = Field(default=None, ge=0.0, description="In metric units.")
-    relative: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Fraction of the baseline score."
-    )
+    relative: float | None = Field(default=None, ge=0.0, le=1.0, description="Fraction of the baseline score.")
     cel_rules: ClassVar = [cel(one_of_rule("absolute", "relative"), "set exactly one of absolute, relative")]
 
     @model_validator(mode="after")
@@ -395,9 +377,7 @@ class JobSpec(Spec):
     tolerations: list[Toleration] | None = None
     priority_class_name: str | None = None
     queue_name: str | None = Field(default=None, description="Kueue LocalQueue name.")
-    service_account_name: str | None = Field(
-        default=None, description="Identity used to read and write storage."
-    )
+    service_account_name: str | None = Field(default=None, description="Identity used to read and write storage.")
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     backoff_limit: int | None = Field(default=None, ge=0, le=20)
 
@@ -455,9 +435,7 @@ class Analysis(Spec):
     )
     max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     max_latency_ratio: float = Field(default=1.2, gt=0.0, description="canary p95 / stable p95")
-    min_requests: int = Field(
-        default=50, ge=1, description="Fewer canary requests in an interval is no verdict."
-    )
+    min_requests: int = Field(default=50, ge=1, description="Fewer canary requests in an interval is no verdict.")
     queries: list[PromQuery] = Field(default_factory=list, max_length=16)
     failure_limit: int = Field(default=2, ge=1, le=100)
 
@@ -497,7 +475,7 @@ class Rollout(Spec):
 
     @model_validator(mode="after")
     def _increasing(self) -> Rollout:
-        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
             raise ValueError(f"steps must be strictly increasing, got {self.steps}")
         return self
 
@@ -554,8 +532,7 @@ class CompressedModelSpec(Spec):
         ),
         cel(
             "!self.compression.steps.exists(s, has(s.distill)) || self.source.format != 'onnx'",
-            "distill needs a trainable source: set source.format to pytorch-export or "
-            "hf-transformers",
+            "distill needs a trainable source: set source.format to pytorch-export or hf-transformers",
             ".compression.steps",
         ),
         cel(
@@ -595,22 +572,28 @@ def semantic_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
         out.append(("validation.calibration", "static quantization needs calibration data: set validation.calibration"))
     allowed = METRICS_BY_TASK[spec.source.task]
     if spec.validation.metric not in allowed:
-        out.append((
-            "validation.metric",
-            f"metric {spec.validation.metric!r} does not fit task {spec.source.task!r}; use one of {', '.join(allowed)}",
-        ))
+        out.append(
+            (
+                "validation.metric",
+                f"metric {spec.validation.metric!r} does not fit task {spec.source.task!r}; use one of {', '.join(allowed)}",
+            )
+        )
     for i, s in enumerate(steps):
         if fmt not in METHOD_FORMATS[s.method]:
-            out.append((
-                f"compression.steps[{i}].{s.method}",
-                f"{s.method} needs a trainable source: set source.format to one of {', '.join(TORCH_FORMATS)}",
-            ))
+            out.append(
+                (
+                    f"compression.steps[{i}].{s.method}",
+                    f"{s.method} needs a trainable source: set source.format to one of {', '.join(TORCH_FORMATS)}",
+                )
+            )
         if s.prune and s.prune.structure != "unstructured" and fmt == "onnx":
-            out.append((
-                f"compression.steps[{i}].prune.structure",
-                "structured pruning needs a torch source (pytorch-export or hf-transformers); "
-                "for onnx use structure: unstructured",
-            ))
+            out.append(
+                (
+                    f"compression.steps[{i}].prune.structure",
+                    "structured pruning needs a torch source (pytorch-export or hf-transformers); "
+                    "for onnx use structure: unstructured",
+                )
+            )
     # Quantized graphs are ONNX-only: nothing torch-level can follow a quantize step.
     quantized_at = next((i for i, s in enumerate(steps) if s.quantize), None)
     if quantized_at is not None:

@@ -1,1 +1,0 @@
-"""The ModelPress controller (kopf). Installed as ``modelpress.operator``; torch-free."""
