@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+
+from modelpress.api import Distill, LowRank, Prune, Quantize
 from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, train_digits_mlp
 from modelpress.jobs.export import to_onnx
 from modelpress.jobs.methods import MethodData, ModelHandle, get_method
-
-from modelpress.api import Distill, LowRank, Prune, Quantize
 
 RESULTS = Path(__file__).parent / "results" / "compress_digits.json"
 BATCHES = (1, 512)
@@ -48,8 +48,13 @@ RECIPES: list[tuple[str, list[tuple[str, object]]]] = [
     ("lowRank energy 0.9", [("lowRank", LowRank(energy=0.9))]),
     ("lowRank rank 25%", [("lowRank", LowRank(rank_ratio=0.25))]),
     ("distill width 0.25 (10 ep)", [("distill", Distill(student={"width_multiplier": 0.25}, epochs=10))]),
-    ("prune neurons 60% +ft3 + dynamic int8",
-     [("prune", Prune(structure="neurons", sparsity=0.6, fine_tune_epochs=3)), ("quantize", Quantize(mode="dynamic"))]),
+    (
+        "prune neurons 60% +ft3 + dynamic int8",
+        [
+            ("prune", Prune(structure="neurons", sparsity=0.6, fine_tune_epochs=3)),
+            ("quantize", Quantize(mode="dynamic")),
+        ],
+    ),
 ]
 
 
@@ -74,7 +79,9 @@ def compress(source: ModelHandle, steps, data: MethodData, sample: dict[str, np.
     return handle, changes
 
 
-def time_all(sessions: dict[str, ort.InferenceSession], x: np.ndarray, rounds: int, seed: int = 0) -> dict[str, dict[int, float]]:
+def time_all(
+    sessions: dict[str, ort.InferenceSession], x: np.ndarray, rounds: int, seed: int = 0
+) -> dict[str, dict[int, float]]:
     """Median milliseconds per batch for each model and batch size, interleaved round-robin."""
     feeds = {b: {INPUT_NAME: np.ascontiguousarray(x[:b])} for b in BATCHES}
     repeats = {1: 50, 512: 1}  # batch 1 is ~0.1 ms: time 50 back-to-back calls per sample
@@ -123,41 +130,53 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, (handle, changes) in models.items():
         logits = sessions[label].run(None, {INPUT_NAME: x_val})[0]
-        rows.append({
-            "method": label,
-            "accuracy": float((logits.argmax(1) == val.labels).mean()),
-            "sizeBytes": len(handle.onnx_model.SerializeToString()),
-            "latencyMs": {f"batch{b}": round(latency[label][b], 4) for b in BATCHES},
-            "changes": changes,
-        })
+        rows.append(
+            {
+                "method": label,
+                "accuracy": float((logits.argmax(1) == val.labels).mean()),
+                "sizeBytes": len(handle.onnx_model.SerializeToString()),
+                "latencyMs": {f"batch{b}": round(latency[label][b], 4) for b in BATCHES},
+                "changes": changes,
+            }
+        )
     base = rows[0]
     for row in rows:
         row["accuracyDropPoints"] = round(100 * (base["accuracy"] - row["accuracy"]), 2)
         row["sizeRatio"] = round(row["sizeBytes"] / base["sizeBytes"], 3)
         row["speedup"] = {k: round(base["latencyMs"][k] / v, 2) for k, v in row["latencyMs"].items()}
 
-    print(f"{'method':40} {'acc':>7} {'drop pt':>7} {'size KiB':>9} {'ratio':>6} "
-          f"{'b1 ms':>8} {'b1 x':>6} {'b512 ms':>8} {'b512 x':>7}")
+    print(
+        f"{'method':40} {'acc':>7} {'drop pt':>7} {'size KiB':>9} {'ratio':>6} "
+        f"{'b1 ms':>8} {'b1 x':>6} {'b512 ms':>8} {'b512 x':>7}"
+    )
     for r in rows:
-        print(f"{r['method']:40} {r['accuracy']:7.4f} {r['accuracyDropPoints']:7.2f} {r['sizeBytes'] / 1024:9.0f} "
-              f"{r['sizeRatio']:6.3f} {r['latencyMs']['batch1']:8.4f} {r['speedup']['batch1']:6.2f} "
-              f"{r['latencyMs']['batch512']:8.3f} {r['speedup']['batch512']:7.2f}")
+        print(
+            f"{r['method']:40} {r['accuracy']:7.4f} {r['accuracyDropPoints']:7.2f} {r['sizeBytes'] / 1024:9.0f} "
+            f"{r['sizeRatio']:6.3f} {r['latencyMs']['batch1']:8.4f} {r['speedup']['batch1']:6.2f} "
+            f"{r['latencyMs']['batch512']:8.3f} {r['speedup']['batch512']:7.2f}"
+        )
     target = next(r for r in rows if r["method"] == "prune neurons 60% +ft3")
     met = target["speedup"]["batch512"] >= 2.0 and target["accuracyDropPoints"] <= 0.5
     print(f"target (neurons 60%: >= 2x at batch 512, <= 0.5 pt): {'MET' if met else 'NOT MET'}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "compress_digits",
-        "model": "digits MLP 64-1024-1024-10, sklearn digits 70/30 split, seed 0",
-        "validationSamples": len(val),
-        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider, 1 intra-op thread",
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
-        "timing": f"median of {args.rounds} interleaved rounds per model and batch size",
-        "targetMet": met,
-        "rows": rows,
-    }, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "compress_digits",
+                "model": "digits MLP 64-1024-1024-10, sklearn digits 70/30 split, seed 0",
+                "validationSamples": len(val),
+                "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider, 1 intra-op thread",
+                "torch": torch.__version__,
+                "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+                "timing": f"median of {args.rounds} interleaved rounds per model and batch size",
+                "targetMet": met,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -119,12 +119,12 @@ def tokenize(texts: list[str], model_dir: Path, work: Path):
 def build_rows(model_dir: Path, eval_samples, search_samples, eval_texts: list[str], work: Path, args):
     """(rows, torch fp32 reference embeddings, extra facts for the report)."""
     import torch
+
+    from modelpress.api import Quantize
     from modelpress.jobs.dataset import collate
     from modelpress.jobs.export import to_onnx
     from modelpress.jobs.hf import load_hf_model, to_fused_onnx
     from modelpress.jobs.methods import MethodData, get_method
-
-    from modelpress.api import Quantize
 
     handle = load_hf_model(model_dir, "embedding")
 
@@ -184,9 +184,8 @@ def search(name: str, fp32, data, search_samples, min_fidelity: float) -> tuple[
     float wins (fewer float nodes is faster by construction; short timings on a shared
     machine are too noisy to rank near-equal candidates), measured p50 breaking ties.
     """
-    from modelpress.jobs import measure, pipeline
-
     from modelpress.api import Quantize, Step
+    from modelpress.jobs import measure, pipeline
 
     recipe = [Step(quantize=Quantize(mode="dynamic", per_channel=True))]
     runner = pipeline.Runner(fp32, data, {})
@@ -219,6 +218,7 @@ def search(name: str, fp32, data, search_samples, min_fidelity: float) -> tuple[
 def anchor(model_dir: Path, eval_texts: list[str], reference: np.ndarray, work: Path) -> tuple[list[Row], dict]:
     """Build the anchor in its own venv, then time its graphs here with the same harness."""
     import onnx
+
     from modelpress.jobs import measure
 
     if not ANCHOR_PYTHON.exists():

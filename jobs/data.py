@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError
 

@@ -55,7 +55,9 @@ class Samples:
             yield collate(chunk, self.pad_values), labels
 
 
-def collate(chunk: list[dict[str, np.ndarray]], pad_values: dict[str, int | float] | None = None) -> dict[str, np.ndarray]:
+def collate(
+    chunk: list[dict[str, np.ndarray]], pad_values: dict[str, int | float] | None = None
+) -> dict[str, np.ndarray]:
     """Stack samples into a batch, right-padding ragged inputs to the batch maximum."""
     pad_values = pad_values or {}
     out: dict[str, np.ndarray] = {}
@@ -65,7 +67,7 @@ def collate(chunk: list[dict[str, np.ndarray]], pad_values: dict[str, int | floa
         if len(shapes) == 1:
             out[name] = np.stack(arrays)
             continue
-        target = tuple(max(dim) for dim in zip(*(a.shape for a in arrays)))
+        target = tuple(max(dim) for dim in zip(*(a.shape for a in arrays), strict=True))
         batch = np.full((len(arrays), *target), pad_values.get(name, 0), dtype=arrays[0].dtype)
         for i, a in enumerate(arrays):
             batch[(i, *(slice(0, d) for d in a.shape))] = a

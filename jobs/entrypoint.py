@@ -73,6 +73,7 @@ def run_job(spec_path: Path | None, workdir: Path, progress: Progress | None = N
 def load_spec(path: Path | None) -> CompressedModelSpec:
     """The spec from a file (whole resource or bare spec) or from env MODELPRESS_SPEC."""
     import yaml
+
     from modelpress.jobs.errors import JobInputError
 
     if path is None:

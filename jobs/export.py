@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import onnx
 import torch
+
 from modelpress.jobs.methods import ModelHandle
 
 
@@ -28,8 +29,12 @@ def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17)
     missing = [n for n in handle.input_names if n not in sample]
     if missing:
         raise ValueError(f"export sample lacks inputs {missing}; the model takes {handle.input_names}")
-    kwargs = {name: torch.from_numpy(np.ascontiguousarray(widen_dynamic_axes(sample[name], handle.dynamic_axes.get(name, {}))))
-              for name in handle.input_names}
+    kwargs = {
+        name: torch.from_numpy(
+            np.ascontiguousarray(widen_dynamic_axes(sample[name], handle.dynamic_axes.get(name, {})))
+        )
+        for name in handle.input_names
+    }
     dynamic_shapes = export_dynamic_shapes(handle)
     module = handle.module
     with warnings.catch_warnings():
@@ -77,8 +82,9 @@ def export_dynamic_shapes(handle: ModelHandle) -> dict[str, dict[int, object]] |
     is capped at its 512 positions) and equalities (input_ids and attention_mask share
     one length) itself; we check afterwards that every declared axis stayed dynamic.
     """
-    shapes = {name: {axis: torch.export.Dim.AUTO for axis in handle.dynamic_axes.get(name, {})}
-              for name in handle.input_names}
+    shapes = {
+        name: {axis: torch.export.Dim.AUTO for axis in handle.dynamic_axes.get(name, {})} for name in handle.input_names
+    }
     return shapes if any(shapes.values()) else None
 
 

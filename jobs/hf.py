@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.methods import ModelHandle
-from torch import nn
 
 # sentence-transformers' own name; also, torch's ONNX exporter names the aten.embedding
 # value "embedding", so an output of that name would collide with it.

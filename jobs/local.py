@@ -12,11 +12,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from modelpress.jobs.report import HTML_NAME
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from modelpress.jobs.report import HTML_NAME
 from modelpress.summary import JobSummary, Outcome
 
 STAGES = {

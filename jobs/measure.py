@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from modelpress.jobs.dataset import Samples, collate
 
 from modelpress.api import ModelMetrics
+from modelpress.jobs.dataset import Samples, collate
 
 log = logging.getLogger(__name__)
 

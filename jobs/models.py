@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.methods import ModelHandle
 

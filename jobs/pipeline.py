@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import modelpress.jobs.methods as methods_package
 import numpy as np
 import onnx
+
+import modelpress.jobs.methods as methods_package
+from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results, Spec, Step, recipe_hash
 from modelpress.jobs import artifact, gate, measure, report, storage
 from modelpress.jobs.data import load_dataset
 from modelpress.jobs.dataset import Samples
@@ -42,8 +44,6 @@ from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.methods import Method, MethodData, ModelHandle
 from modelpress.jobs.methods import get_method as _registry_get
 from modelpress.jobs.models import load_source
-
-from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results, Spec, Step, recipe_hash
 from modelpress.summary import JobSummary, Outcome
 
 log = logging.getLogger(__name__)

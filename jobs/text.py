@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.hf import load_tokenizer, model_input_names

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from modelpress.api import Analysis, AnalysisResult
 
@@ -117,7 +117,7 @@ def analyse(
     timeout: float = 5.0,
 ) -> AnalysisResult:
     """Run every check of ``spec`` once and return the verdict with its measured values."""
-    stamp = (now or datetime.now(timezone.utc)).isoformat()
+    stamp = (now or datetime.now(UTC)).isoformat()
     c = _Checks()
     try:
         canary_requests = query(prometheus_url, requests_query(target), timeout) or 0.0

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+
+from modelpress import api
 from modelpress.operator import job_builder, metrics
 from modelpress.operator import settings as settings_mod
 from modelpress.operator import status as st
 from modelpress.operator.kube import ApiError, Conflict, Kube
 from modelpress.operator.validation import SpecInvalid, check_name, format_problems, parse_spec
-
-from modelpress import api
 
 log = logging.getLogger(__name__)
 JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
@@ -57,7 +57,7 @@ def configure(settings: settings_mod.Settings) -> None:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def kube() -> Kube:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelpress import api
 from modelpress.operator.job_builder import LABEL_MODEL, owner_reference
 from modelpress.operator.rollout import Traffic
 from modelpress.operator.settings import Settings
-
-from modelpress import api
 
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 ISVC_KIND = "InferenceService"

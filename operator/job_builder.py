@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from modelpress.operator.settings import Settings
 
 from modelpress import api
+from modelpress.operator.settings import Settings
 
 # libyaml's dumper when present: the pure-Python one dominated the operator's CPU at scale.
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

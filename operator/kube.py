@@ -142,7 +142,7 @@ class Kube:
                 ) as resp:
                     text = await resp.text()
                     status = resp.status
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 status, text = 503, json.dumps({"reason": type(exc).__name__, "message": str(exc)})
             if status < 300:
                 return json.loads(text) if text else {}
@@ -211,7 +211,7 @@ class Kube:
     async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the object (best effort: an Event is never worth failing for)."""
         meta = involved["metadata"]
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def operator_command(args: argparse.Namespace) -> int:
     import kopf
+
     import modelpress.operator.rollout_handlers  # noqa: F401  (registers the rollout timer)
     from modelpress.operator import handlers  # registers the handlers with kopf
 

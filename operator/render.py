@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from modelpress.operator import inference_service, job_builder
-from modelpress.operator import settings as settings_mod
-from modelpress.operator.validation import SpecInvalid, check_name, field_path, parse_spec
 from pydantic import ValidationError
 
 from modelpress import api
+from modelpress.operator import inference_service, job_builder
+from modelpress.operator import settings as settings_mod
+from modelpress.operator.validation import SpecInvalid, check_name, field_path, parse_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+
+from modelpress import api
 from modelpress.operator import analysis as analysis_mod
 from modelpress.operator import handlers
 from modelpress.operator import inference_service as isvc_mod
@@ -33,8 +35,6 @@ from modelpress.operator import rollout as rollout_mod
 from modelpress.operator import status as st
 from modelpress.operator.kube import ApiError, Conflict, resource_path
 from modelpress.operator.validation import SpecInvalid, parse_spec
-
-from modelpress import api
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ async def rollout_loop(models: kopf.Index) -> None:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
 def _isvc_path(namespace: str, name: str | None = None) -> str:

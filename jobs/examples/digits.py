@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from modelpress.jobs.dataset import Samples
 from torch import nn
+
+from modelpress.jobs.dataset import Samples
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -82,7 +83,9 @@ def train(module: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: in
     return module.eval()
 
 
-def train_digits_mlp(seed: int = 0, hidden: tuple[int, ...] = HIDDEN, epochs: int = 15) -> tuple[nn.Module, Samples, Samples]:
+def train_digits_mlp(
+    seed: int = 0, hidden: tuple[int, ...] = HIDDEN, epochs: int = 15
+) -> tuple[nn.Module, Samples, Samples]:
     """The trained model plus its train and validation Samples (for tests and benchmarks)."""
     x_tr, y_tr, x_val, y_val = load_digits_split(seed)
     torch.manual_seed(seed)
@@ -92,10 +95,9 @@ def train_digits_mlp(seed: int = 0, hidden: tuple[int, ...] = HIDDEN, epochs: in
 
 def build(out_dir: Path, seed: int = 0) -> Path:
     """Train, write model/data/CompressedModel into ``out_dir``; return the yaml path."""
+    from modelpress.api import CompressedModel
     from modelpress.jobs.export import to_onnx
     from modelpress.jobs.methods import ModelHandle
-
-    from modelpress.api import CompressedModel
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +121,11 @@ def build(out_dir: Path, seed: int = 0) -> Path:
         "kind": "CompressedModel",
         "metadata": {"name": "digits-mlp"},
         "spec": {
-            "source": {"storageUri": (out_dir / "model.pt2").as_uri(), "format": "pytorch-export", "task": "classification"},
+            "source": {
+                "storageUri": (out_dir / "model.pt2").as_uri(),
+                "format": "pytorch-export",
+                "task": "classification",
+            },
             "compression": {
                 "steps": [
                     {"prune": {"structure": "neurons", "sparsity": 0.6, "fineTuneEpochs": 3}},
@@ -129,7 +135,11 @@ def build(out_dir: Path, seed: int = 0) -> Path:
             },
             "validation": {
                 "dataset": {"storageUri": (out_dir / "val.npz").as_uri(), "format": "npz"},
-                "calibration": {"storageUri": (out_dir / "calib.npz").as_uri(), "format": "npz", "samples": CALIBRATION_SAMPLES},
+                "calibration": {
+                    "storageUri": (out_dir / "calib.npz").as_uri(),
+                    "format": "npz",
+                    "samples": CALIBRATION_SAMPLES,
+                },
                 "metric": "accuracy",
                 "maxAccuracyDrop": {"absolute": 0.01},
                 "batchSize": 64,
@@ -144,7 +154,9 @@ def build(out_dir: Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelpress.jobs.examples.digits", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelpress.jobs.examples.digits", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("out_dir", type=Path, help="directory to write the model, data and compressedmodel.yaml into")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -45,7 +45,9 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
         product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
         nodes.append(onnx.helper.make_node("MatMul", [node.input[0], name], [product], name=node.name))
         if has_bias:
-            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+            nodes.append(
+                onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias")
+            )
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     drop_unused_initializers(model)

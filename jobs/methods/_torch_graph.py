@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import fx, nn
+
 from modelpress.jobs.dataset import Samples, collate
 from modelpress.jobs.export import export_dynamic_shapes, widen_dynamic_axes  # one rule for dynamic dims
 from modelpress.jobs.methods import ModelHandle
-from torch import fx, nn
 
 aten = torch.ops.aten
 LINEAR = aten.linear.default
@@ -31,9 +32,19 @@ CONVS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
 # Ops that act on each unit independently: removing a unit before them removes the
 # same unit after them. Batch norm also qualifies once its per-channel state is sliced.
 ELEMENTWISE = {
-    aten.relu.default, aten.relu_.default, aten.gelu.default, aten.silu.default, aten.tanh.default,
-    aten.sigmoid.default, aten.hardtanh.default, aten.leaky_relu.default, aten.elu.default,
-    aten.dropout.default, aten.clone.default, aten.hardswish.default, aten.mish.default,
+    aten.relu.default,
+    aten.relu_.default,
+    aten.gelu.default,
+    aten.silu.default,
+    aten.tanh.default,
+    aten.sigmoid.default,
+    aten.hardtanh.default,
+    aten.leaky_relu.default,
+    aten.elu.default,
+    aten.dropout.default,
+    aten.clone.default,
+    aten.hardswish.default,
+    aten.mish.default,
 }
 BATCH_NORM = aten.batch_norm.default
 EXPORT_SAMPLES = 8
@@ -48,13 +59,19 @@ def graph_module(handle: ModelHandle, train: Samples) -> fx.GraphModule:
     module = handle.module
     if module is None:
         raise ValueError("this step needs a torch model (pytorch-export or hf-transformers source)")
-    if isinstance(module, fx.GraphModule) and any(isinstance(n.target, torch._ops.OpOverload) for n in module.graph.nodes):
+    if isinstance(module, fx.GraphModule) and any(
+        isinstance(n.target, torch._ops.OpOverload) for n in module.graph.nodes
+    ):
         return copy_module(module)
     if len(train) == 0:
         raise ValueError("tracing the model needs at least one training sample")
     sample = collate(train.features[:EXPORT_SAMPLES], train.pad_values)
-    kwargs = {name: torch.from_numpy(np.ascontiguousarray(widen_dynamic_axes(sample[name], handle.dynamic_axes.get(name, {}))))
-              for name in handle.input_names}
+    kwargs = {
+        name: torch.from_numpy(
+            np.ascontiguousarray(widen_dynamic_axes(sample[name], handle.dynamic_axes.get(name, {})))
+        )
+        for name in handle.input_names
+    }
     was_training = module.training
     module.eval()
     try:
@@ -172,7 +189,9 @@ def _passes_units(user: fx.Node, src: fx.Node) -> bool:
     return user.target is BATCH_NORM and all(a is None or _is_attr(a) for a in user.args[1:5])
 
 
-def shrink_pairs(gm: fx.GraphModule, pairs: list[Pair], keep_fraction: float, importance: str = "l2") -> dict[str, list[int]]:
+def shrink_pairs(
+    gm: fx.GraphModule, pairs: list[Pair], keep_fraction: float, importance: str = "l2"
+) -> dict[str, list[int]]:
     """Keep the ``keep_fraction`` most important output units of every pair's producer.
 
     Importance is the L1/L2 norm of each unit's incoming weights (the producer's rows).

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from modelpress.jobs.dataset import collate
-from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
-from modelpress.jobs.methods import _torch_graph as tg
 from torch import nn
 
 from modelpress.api import Distill
+from modelpress.jobs.dataset import collate
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods import _torch_graph as tg
 
 STUDENT_FIELD = "distill.student.storageUri"
 
@@ -46,7 +46,9 @@ class DistillMethod(Method):
         task = getattr(data.task, "value", data.task)
         loss = distillation_loss(teacher, task, config.temperature, config.alpha, data.train.labels is not None)
         teacher.to(data.device)  # it runs on every batch next to the student
-        tg.fit(student, data.train, task, config.epochs, config.learning_rate, data.seed, loss_fn=loss, device=data.device)
+        tg.fit(
+            student, data.train, task, config.epochs, config.learning_rate, data.seed, loss_fn=loss, device=data.device
+        )
         teacher.to("cpu")
         changes = {
             "parametersBefore": tg.count_parameters(teacher),
@@ -56,8 +58,12 @@ class DistillMethod(Method):
             "temperature": config.temperature,
             "alpha": config.alpha,
         }
-        handle = ModelHandle(list(model.input_names), list(model.output_names), module=student,
-                             dynamic_axes={k: dict(v) for k, v in model.dynamic_axes.items()})
+        handle = ModelHandle(
+            list(model.input_names),
+            list(model.output_names),
+            module=student,
+            dynamic_axes={k: dict(v) for k, v in model.dynamic_axes.items()},
+        )
         return StepResult(handle, changes)
 
 
@@ -83,10 +89,13 @@ def _loaded_student(model: ModelHandle, uri: str, data: MethodData) -> nn.Module
         path = fetch(uri, Path(tmp), STUDENT_FIELD)
         loaded = load_source(path, "pytorch-export", getattr(data.task, "value", data.task))
         if sorted(loaded.input_names) != sorted(model.input_names):
-            raise ValueError(f"{STUDENT_FIELD}: the student takes inputs {loaded.input_names}, "
-                             f"the teacher {model.input_names}; export the student with the same input names")
-        student_handle = ModelHandle(list(model.input_names), list(model.output_names), module=loaded.module,
-                                     dynamic_axes=model.dynamic_axes)
+            raise ValueError(
+                f"{STUDENT_FIELD}: the student takes inputs {loaded.input_names}, "
+                f"the teacher {model.input_names}; export the student with the same input names"
+            )
+        student_handle = ModelHandle(
+            list(model.input_names), list(model.output_names), module=loaded.module, dynamic_axes=model.dynamic_axes
+        )
         student = tg.graph_module(student_handle, data.train)
     for p in student.parameters():
         p.requires_grad_(True)
@@ -96,17 +105,22 @@ def _loaded_student(model: ModelHandle, uri: str, data: MethodData) -> nn.Module
 def _check_compatible(teacher: nn.Module, student: nn.Module, model: ModelHandle, data: MethodData) -> None:
     if len(data.train) == 0:
         raise ValueError("distill needs training samples (the validation dataset's transfer split)")
-    sample = {k: torch.from_numpy(np.ascontiguousarray(v))
-              for k, v in collate(data.train.features[:2], data.train.pad_values).items()}
+    sample = {
+        k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in collate(data.train.features[:2], data.train.pad_values).items()
+    }
     with torch.no_grad():
         t_shape, s_shape = tuple(teacher(**sample).shape), tuple(student(**sample).shape)
     if t_shape != s_shape:
-        raise ValueError(f"{STUDENT_FIELD}: the student outputs shape {s_shape[1:]} per sample, the teacher "
-                         f"{t_shape[1:]}; the student must predict the same thing")
+        raise ValueError(
+            f"{STUDENT_FIELD}: the student outputs shape {s_shape[1:]} per sample, the teacher "
+            f"{t_shape[1:]}; the student must predict the same thing"
+        )
 
 
-def distillation_loss(teacher: nn.Module, task: str, temperature: float, alpha: float,
-                      has_labels: bool) -> Callable[[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]:
+def distillation_loss(
+    teacher: nn.Module, task: str, temperature: float, alpha: float, has_labels: bool
+) -> Callable[[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]:
     """The per-batch loss for ``tg.fit``; the teacher runs on the same batch without grads."""
     t2 = temperature * temperature
 
@@ -114,12 +128,15 @@ def distillation_loss(teacher: nn.Module, task: str, temperature: float, alpha: 
         with torch.no_grad():
             teacher_out = teacher(**feeds)
         if task == "classification":
-            soft = nn.functional.kl_div(
-                nn.functional.log_softmax(student_out / temperature, dim=-1),
-                nn.functional.log_softmax(teacher_out / temperature, dim=-1),
-                log_target=True,
-                reduction="batchmean",
-            ) * t2
+            soft = (
+                nn.functional.kl_div(
+                    nn.functional.log_softmax(student_out / temperature, dim=-1),
+                    nn.functional.log_softmax(teacher_out / temperature, dim=-1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                * t2
+            )
             if not has_labels or labels is None:
                 return soft
             return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_out, labels.long())

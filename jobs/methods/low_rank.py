@@ -13,13 +13,13 @@ import copy
 import numpy as np
 import onnx
 import torch
-from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
-from modelpress.jobs.methods import _torch_graph as tg
-from modelpress.jobs.methods._onnx_graph import drop_unused_initializers, gemm_to_matmul, initializers, matmul_weights
 from onnx import numpy_helper
 from torch import nn
 
 from modelpress.api import LowRank
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods import _torch_graph as tg
+from modelpress.jobs.methods._onnx_graph import drop_unused_initializers, gemm_to_matmul, initializers, matmul_weights
 
 
 def choose_rank(singular_values: np.ndarray, config: LowRank) -> int:
@@ -78,8 +78,9 @@ class LowRankMethod(Method):
         gm.graph.lint()
         gm.recompile()
         changes = {"ranks": ranks, "parametersBefore": before, "parametersAfter": tg.count_parameters(gm)}
-        handle = ModelHandle(list(model.input_names), list(model.output_names), module=gm,
-                             dynamic_axes=copy.deepcopy(model.dynamic_axes))
+        handle = ModelHandle(
+            list(model.input_names), list(model.output_names), module=gm, dynamic_axes=copy.deepcopy(model.dynamic_axes)
+        )
         return StepResult(handle, changes)
 
 
@@ -99,8 +100,12 @@ def _onnx(model: ModelHandle, config: LowRank) -> StepResult:
             continue
         a, b = factors  # MatMul computes x @ W with W [in, out] = (B @ A).T = A.T @ B.T
         first, second = f"{name}_lowrank_a", f"{name}_lowrank_b"
-        proto.graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(a.T), first),
-                                        numpy_helper.from_array(np.ascontiguousarray(b.T), second)])
+        proto.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.ascontiguousarray(a.T), first),
+                numpy_helper.from_array(np.ascontiguousarray(b.T), second),
+            ]
+        )
         hidden = f"{node.output[0]}_lowrank"
         nodes.append(onnx.helper.make_node("MatMul", [node.input[0], first], [hidden], name=f"{node.name}_lowrank_a"))
         nodes.append(onnx.helper.make_node("MatMul", [hidden, second], list(node.output), name=node.name))
@@ -110,6 +115,10 @@ def _onnx(model: ModelHandle, config: LowRank) -> StepResult:
     drop_unused_initializers(proto)
     onnx.checker.check_model(proto)
     after = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
-    handle = ModelHandle(list(model.input_names), list(model.output_names), onnx_model=proto,
-                         dynamic_axes=copy.deepcopy(model.dynamic_axes))
+    handle = ModelHandle(
+        list(model.input_names),
+        list(model.output_names),
+        onnx_model=proto,
+        dynamic_axes=copy.deepcopy(model.dynamic_axes),
+    )
     return StepResult(handle, {"ranks": ranks, "parametersBefore": before, "parametersAfter": after})

@@ -17,14 +17,14 @@ import copy
 
 import numpy as np
 import torch
-from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
-from modelpress.jobs.methods import _torch_graph as tg
-from modelpress.jobs.methods._onnx_graph import initializers, matmul_weights
 from onnx import numpy_helper
 from torch import nn
 from torch.nn.utils import prune
 
 from modelpress.api import Prune
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods import _torch_graph as tg
+from modelpress.jobs.methods._onnx_graph import initializers, matmul_weights
 
 
 @register
@@ -55,10 +55,24 @@ class PruneMethod(Method):
                     "elementwise ops only, so no units can be removed safely; use structure: unstructured"
                 )
             changes = {"widths": tg.shrink_pairs(gm, pairs, 1.0 - config.sparsity)}
-        tg.fit(gm, data.train, _task(data), config.fine_tune_epochs, config.learning_rate, data.seed,
-               loss_fn=_match_teacher(teacher, data.device) if teacher is not None else None, device=data.device)
-        changes.update({"structure": config.structure, "parametersBefore": before,
-                        "parametersAfter": tg.count_parameters(gm), "fineTuneEpochs": config.fine_tune_epochs})
+        tg.fit(
+            gm,
+            data.train,
+            _task(data),
+            config.fine_tune_epochs,
+            config.learning_rate,
+            data.seed,
+            loss_fn=_match_teacher(teacher, data.device) if teacher is not None else None,
+            device=data.device,
+        )
+        changes.update(
+            {
+                "structure": config.structure,
+                "parametersBefore": before,
+                "parametersAfter": tg.count_parameters(gm),
+                "fineTuneEpochs": config.fine_tune_epochs,
+            }
+        )
         return StepResult(_torch_result(model, gm), changes)
 
 
@@ -67,8 +81,9 @@ def _task(data: MethodData) -> str:
 
 
 def _torch_result(model: ModelHandle, gm: nn.Module) -> ModelHandle:
-    return ModelHandle(list(model.input_names), list(model.output_names), module=gm,
-                       dynamic_axes=copy.deepcopy(model.dynamic_axes))
+    return ModelHandle(
+        list(model.input_names), list(model.output_names), module=gm, dynamic_axes=copy.deepcopy(model.dynamic_axes)
+    )
 
 
 def _match_teacher(teacher: nn.Module, device: str):
@@ -115,6 +130,10 @@ def _unstructured_onnx(model: ModelHandle, config: Prune) -> StepResult:
             inits[name].CopyFrom(numpy_helper.from_array(pruned, name))
     zeros = sum(int((numpy_helper.to_array(inits[n]) == 0).sum()) for n in names)
     changes = {"structure": "unstructured", "sparsity": round(zeros / magnitudes.size, 4)}
-    handle = ModelHandle(list(model.input_names), list(model.output_names), onnx_model=proto,
-                         dynamic_axes=copy.deepcopy(model.dynamic_axes))
+    handle = ModelHandle(
+        list(model.input_names),
+        list(model.output_names),
+        onnx_model=proto,
+        dynamic_axes=copy.deepcopy(model.dynamic_axes),
+    )
     return StepResult(handle, changes)

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from modelpress.jobs.dataset import Samples
-from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
-from modelpress.jobs.methods._onnx_graph import check_node_names, gemm_to_matmul, topological_sort, weight_bytes
 from onnxruntime.quantization import CalibrationDataReader
 
 from modelpress.api import Quantize
+from modelpress.jobs.dataset import Samples
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods._onnx_graph import check_node_names, gemm_to_matmul, topological_sort, weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,12 @@ class QuantizeMethod(Method):
             "excludedNodes": list(config.exclude_nodes),
         }
         return StepResult(
-            ModelHandle(list(model.input_names), list(model.output_names), onnx_model=quantized,
-                        dynamic_axes=copy.deepcopy(model.dynamic_axes)),
+            ModelHandle(
+                list(model.input_names),
+                list(model.output_names),
+                onnx_model=quantized,
+                dynamic_axes=copy.deepcopy(model.dynamic_axes),
+            ),
             changes,
         )
 
@@ -100,24 +104,37 @@ def _dynamic(model: onnx.ModelProto, config: Quantize, data: MethodData, work: P
 
     src, dst = work / "in.onnx", work / "dynamic.onnx"
     onnx.save(model, src)
-    quantize_dynamic(str(src), str(dst), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                     nodes_to_exclude=list(config.exclude_nodes))
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=config.per_channel,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(config.exclude_nodes),
+    )
     return onnx.load(dst)
 
 
 def _static(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Path) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.calibration_method]
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[config.calibration_method]
     src, dst = work / "in.onnx", work / "static.onnx"
     onnx.save(model, src)
     inputs = [i.name for i in model.graph.input]
     quantize_static(
-        str(src), str(dst), _CalibrationReader(data.calibration, inputs),
-        quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(config.exclude_nodes), calibrate_method=method,
+        str(src),
+        str(dst),
+        _CalibrationReader(data.calibration, inputs),
+        quant_format=QuantFormat.QDQ,
+        per_channel=config.per_channel,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(config.exclude_nodes),
+        calibrate_method=method,
         # Symmetric activations are what ORT's CPU int8 kernels are fastest with.
         extra_options={"ActivationSymmetric": True, "CalibTensorRangeSymmetric": False},
     )
@@ -127,16 +144,22 @@ def _static(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Pa
 def _fp16(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Path) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    converted = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True,
-                                         node_block_list=list(config.exclude_nodes) or None)
+    converted = convert_float_to_float16(
+        copy.deepcopy(model), keep_io_types=True, node_block_list=list(config.exclude_nodes) or None
+    )
     return topological_sort(converted)
 
 
 def _int4(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Path) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(copy.deepcopy(model), bits=4, block_size=config.block_size, is_symmetric=True,
-                                     nodes_to_exclude=list(config.exclude_nodes))
+    quantizer = MatMulNBitsQuantizer(
+        copy.deepcopy(model),
+        bits=4,
+        block_size=config.block_size,
+        is_symmetric=True,
+        nodes_to_exclude=list(config.exclude_nodes),
+    )
     quantizer.process()
     return quantizer.model.model
 
@@ -150,7 +173,9 @@ class _CalibrationReader(CalibrationDataReader):
     def __init__(self, samples: Samples, input_names: list[str]) -> None:
         missing = [n for n in input_names if n not in samples.input_names]
         if missing:
-            raise ValueError(f"validation.calibration: samples lack model inputs {missing} (they have {samples.input_names})")
+            raise ValueError(
+                f"validation.calibration: samples lack model inputs {missing} (they have {samples.input_names})"
+            )
         self._names = input_names
         self._batches: Iterator = samples.batches(CALIBRATION_BATCH)
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, train_digits_mlp
 from modelpress.jobs.export import to_onnx
 from modelpress.jobs.methods import ModelHandle

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from modelpress.jobs.entrypoint import run_job
 
+from modelpress.jobs.entrypoint import run_job
 from modelpress.summary import ExitCode, JobSummary
 
 from .conftest import PYTHON, REPO, free_port, job_env, make_spec, write_spec

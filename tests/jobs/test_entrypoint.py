@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from modelpress.jobs.entrypoint import load_spec, run_job
 from modelpress.jobs.errors import JobInputError
-
 from modelpress.summary import TERMINATION_MESSAGE_LIMIT
 
 from .conftest import PYTHON, REPO, free_port, job_env, make_spec, write_spec

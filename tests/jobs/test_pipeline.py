@@ -12,14 +12,14 @@ from xml.etree import ElementTree
 import numpy as np
 import onnx
 import pytest
+from sklearn.metrics import f1_score
+
+from modelpress.api import ModelMetrics, Step, Validation
 from modelpress.jobs import gate
 from modelpress.jobs.artifact import CONFIG_RELPATH, MODEL_RELPATH
 from modelpress.jobs.entrypoint import load_spec
 from modelpress.jobs.measure import score_outputs
 from modelpress.jobs.pipeline import candidates, run
-from sklearn.metrics import f1_score
-
-from modelpress.api import ModelMetrics, Step, Validation
 
 from .conftest import make_spec, write_spec
 
@@ -179,7 +179,9 @@ def test_torch_source_prune_then_quantize(tmp_path: Path, digits_dir: Path) -> N
     assert report["trials"][0]["changes"][0]["prune"]["structure"] == "neurons"
     trial = report["trials"][0]
     assert trial["baselineMetrics"]["latencyP50Ms"] == results.baseline.latency_p50_ms
-    assert trial["speedup"] == pytest.approx(trial["baselineMetrics"]["latencyP50Ms"] / trial["metrics"]["latencyP50Ms"])
+    assert trial["speedup"] == pytest.approx(
+        trial["baselineMetrics"]["latencyP50Ms"] / trial["metrics"]["latencyP50Ms"]
+    )
     html = (art / "report.html").read_text()
     assert html.count('<polygon class="baseline"') == 2 and html.count('<circle class="trial"') == 2
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")

@@ -10,12 +10,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from modelpress.jobs.artifact import MODEL_RELPATH
-from modelpress.jobs.entrypoint import run_job
 from skl2onnx import to_onnx
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
+
+from modelpress.jobs.artifact import MODEL_RELPATH
+from modelpress.jobs.entrypoint import run_job
 
 from .conftest import make_spec, write_spec
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+
 from modelpress.jobs import storage
 from modelpress.jobs.entrypoint import run_job
 from modelpress.jobs.errors import JobInputError

@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, train_digits_mlp
 from modelpress.jobs.export import to_onnx
@@ -46,8 +47,12 @@ def torch_model(digits) -> ModelHandle:
 @pytest.fixture
 def onnx_model(_digits_onnx) -> ModelHandle:
     h = _digits_onnx
-    return ModelHandle(list(h.input_names), list(h.output_names), onnx_model=copy.deepcopy(h.onnx_model),
-                       dynamic_axes=copy.deepcopy(h.dynamic_axes))
+    return ModelHandle(
+        list(h.input_names),
+        list(h.output_names),
+        onnx_model=copy.deepcopy(h.onnx_model),
+        dynamic_axes=copy.deepcopy(h.dynamic_axes),
+    )
 
 
 @pytest.fixture
@@ -98,5 +103,7 @@ def fingerprint(handle: ModelHandle) -> bytes:
     """Everything a method could mutate, as bytes (for the must-not-mutate checks)."""
     if handle.module is not None:
         state = handle.module.state_dict()
-        return b"".join(k.encode() + v.detach().numpy().tobytes() for k, v in state.items()) + repr(handle.module).encode()
+        return (
+            b"".join(k.encode() + v.detach().numpy().tobytes() for k, v in state.items()) + repr(handle.module).encode()
+        )
     return onnx.ModelProto.SerializeToString(handle.onnx_model, deterministic=True)

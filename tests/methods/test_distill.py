@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from modelpress.jobs.examples.digits import DigitsMLP, load_digits_split, train
-from modelpress.jobs.methods import get_method
 from torch import nn
 
 from modelpress.api import Distill
+from modelpress.jobs.examples.digits import DigitsMLP, load_digits_split, train
+from modelpress.jobs.methods import get_method
 
 from .conftest import TEST_HIDDEN, accuracy, batch_of, fingerprint, predict, torch_handle
 
@@ -44,12 +44,17 @@ def test_distilled_student_beats_the_same_student_trained_without_teacher(torch_
 
 def test_student_from_storage_uri(tmp_path, data, val, torch_model):
     student = DigitsMLP((16,)).eval()
-    program = torch.export.export(student, (), {"input": torch.from_numpy(batch_of(val, 4))},
-                                  dynamic_shapes={"input": {0: torch.export.Dim("batch")}})
+    program = torch.export.export(
+        student,
+        (),
+        {"input": torch.from_numpy(batch_of(val, 4))},
+        dynamic_shapes={"input": {0: torch.export.Dim("batch")}},
+    )
     torch.export.save(program, tmp_path / "student.pt2")
     untrained = accuracy(torch_handle(student), val)
-    result = distill(torch_model, data, student={"storageUri": (tmp_path / "student.pt2").as_uri()}, epochs=3,
-                     learningRate=5e-3)
+    result = distill(
+        torch_model, data, student={"storageUri": (tmp_path / "student.pt2").as_uri()}, epochs=3, learningRate=5e-3
+    )
     assert result.changes["parametersAfter"] == sum(p.numel() for p in student.parameters())
     assert accuracy(result.model, val) > max(untrained + 0.3, 0.6)  # a 16-unit student after 3 epochs: ~0.74
 
@@ -65,8 +70,12 @@ def test_student_with_other_outputs_is_a_clear_error(tmp_path, data, val, torch_
         def forward(self, input: torch.Tensor) -> torch.Tensor:
             return self.body(input)
 
-    program = torch.export.export(Named(), (), {"input": torch.from_numpy(batch_of(val, 4))},
-                                  dynamic_shapes={"input": {0: torch.export.Dim("batch")}})
+    program = torch.export.export(
+        Named(),
+        (),
+        {"input": torch.from_numpy(batch_of(val, 4))},
+        dynamic_shapes={"input": {0: torch.export.Dim("batch")}},
+    )
     torch.export.save(program, tmp_path / "wrong.pt2")
     with pytest.raises(ValueError, match=r"student outputs shape \(3,\).*teacher \(10,\)"):
         distill(torch_model, data, student={"storageUri": (tmp_path / "wrong.pt2").as_uri()}, epochs=1)

@@ -7,11 +7,11 @@ import onnx
 import pytest
 import torch
 import yaml
+
+from modelpress.api import CompressedModel
 from modelpress.jobs.examples.digits import build
 from modelpress.jobs.export import to_onnx
 from modelpress.jobs.methods import ModelHandle
-
-from modelpress.api import CompressedModel
 
 from .conftest import accuracy, batch_of, fingerprint, predict, torch_handle
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from modelpress.jobs.methods import get_method
-from modelpress.jobs.methods.low_rank import choose_rank, factorize
 
 from modelpress.api import LowRank
+from modelpress.jobs.methods import get_method
+from modelpress.jobs.methods.low_rank import choose_rank, factorize
 
 from .conftest import TEST_HIDDEN, accuracy, batch_of, fingerprint, parameters, predict
 
@@ -51,7 +51,9 @@ def test_onnx_factorization_matches_torch(torch_model, onnx_model, data, val):
     assert on_onnx.model.stage == "onnx"
     ops = [n.op_type for n in on_onnx.model.onnx_model.graph.node]
     assert ops.count("MatMul") > 3  # each factorized layer became two MatMuls
-    assert on_onnx.changes["parametersAfter"] == on_torch.changes["parametersAfter"] < on_onnx.changes["parametersBefore"]
+    assert (
+        on_onnx.changes["parametersAfter"] == on_torch.changes["parametersAfter"] < on_onnx.changes["parametersBefore"]
+    )
     x = batch_of(val)
     np.testing.assert_allclose(predict(on_onnx.model, x), predict(on_torch.model, x), rtol=1e-3, atol=1e-3)
 
@@ -62,4 +64,6 @@ def test_layers_that_would_grow_are_left_alone(torch_model, onnx_model, data, va
     result = low_rank(handle, data, rankRatio=1.0)
     assert result.changes["ranks"] == {}
     assert result.changes["parametersAfter"] == result.changes["parametersBefore"]
-    np.testing.assert_allclose(predict(result.model, batch_of(val, 8)), predict(handle, batch_of(val, 8)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        predict(result.model, batch_of(val, 8)), predict(handle, batch_of(val, 8)), rtol=1e-5, atol=1e-5
+    )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+from modelpress.api import Prune
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.examples.digits import load_digits_split, to_samples, train
 from modelpress.jobs.export import to_onnx
 from modelpress.jobs.methods import MethodData, get_method
-from torch import nn
-
-from modelpress.api import Prune
 
 from .conftest import TEST_HIDDEN, accuracy, batch_of, fingerprint, parameters, predict, torch_handle
 
@@ -28,7 +28,9 @@ def macs_per_sample(handle, val) -> int:
     """Multiply-accumulates per sample of the exported graph's MatMul/Gemm weights."""
     graph = to_onnx(handle, {"input": batch_of(val, 4)}).onnx_model.graph
     inits = {t.name: tuple(t.dims) for t in graph.initializer}
-    return sum(int(np.prod(inits[n.input[1]])) for n in graph.node if n.op_type in ("Gemm", "MatMul") and n.input[1] in inits)
+    return sum(
+        int(np.prod(inits[n.input[1]])) for n in graph.node if n.op_type in ("Gemm", "MatMul") and n.input[1] in inits
+    )
 
 
 def test_unstructured_torch_reaches_sparsity_and_keeps_accuracy(torch_model, data, val):
@@ -75,15 +77,22 @@ def test_fine_tuning_recovers_accuracy(torch_model, data, val):
 
 
 def test_neurons_work_on_a_loaded_torch_export_program(tmp_path, torch_model, data, val):
-    program = torch.export.export(torch_model.module.eval(), (), {"input": torch.from_numpy(batch_of(val, 4))},
-                                  dynamic_shapes={"input": {0: torch.export.Dim("batch")}})
+    program = torch.export.export(
+        torch_model.module.eval(),
+        (),
+        {"input": torch.from_numpy(batch_of(val, 4))},
+        dynamic_shapes={"input": {0: torch.export.Dim("batch")}},
+    )
     torch.export.save(program, tmp_path / "m.pt2")
     loaded = torch_handle(torch.export.load(tmp_path / "m.pt2").module())
     result = prune(loaded, data, structure="neurons", sparsity=0.5)
     assert result.changes["parametersAfter"] < 0.4 * result.changes["parametersBefore"]
-    np.testing.assert_allclose(predict(result.model, batch_of(val, 8)),
-                               predict(prune(torch_model, data, structure="neurons", sparsity=0.5).model, batch_of(val, 8)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        predict(result.model, batch_of(val, 8)),
+        predict(prune(torch_model, data, structure="neurons", sparsity=0.5).model, batch_of(val, 8)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 class Residual(nn.Module):
@@ -91,7 +100,12 @@ class Residual(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.inp, self.fc1, self.fc2, self.head = nn.Linear(64, 32), nn.Linear(32, 48), nn.Linear(48, 32), nn.Linear(32, 10)
+        self.inp, self.fc1, self.fc2, self.head = (
+            nn.Linear(64, 32),
+            nn.Linear(32, 48),
+            nn.Linear(48, 32),
+            nn.Linear(32, 10),
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x = self.inp(input)
@@ -134,8 +148,9 @@ def test_channels_shrink_conv_batchnorm_and_next_conv(data, val):
     assert buffers["bn.running_mean"].shape == (8,) and buffers["bn.running_var"].shape == (8,)
     assert accuracy(handle, val) - accuracy(result.model, val) <= 0.03
     exported = to_onnx(result.model, {"input": batch_of(val, 4)})
-    np.testing.assert_allclose(predict(exported, batch_of(val, 9)), predict(result.model, batch_of(val, 9)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        predict(exported, batch_of(val, 9)), predict(result.model, batch_of(val, 9)), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_embedding_fine_tunes_towards_the_unpruned_model_without_labels(torch_model, data, val):
@@ -149,6 +164,8 @@ def test_embedding_fine_tunes_towards_the_unpruned_model_without_labels(torch_mo
 
 
 def test_fine_tuning_a_classifier_without_labels_is_a_clear_error(torch_model, data):
-    unlabeled = MethodData(task="classification", train=to_samples(batch_of(data.train), None), calibration=data.calibration)
+    unlabeled = MethodData(
+        task="classification", train=to_samples(batch_of(data.train), None), calibration=data.calibration
+    )
     with pytest.raises(ValueError, match="needs labels"):
         prune(torch_model, unlabeled, structure="neurons", sparsity=0.5, fineTuneEpochs=1)

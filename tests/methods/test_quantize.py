@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from modelpress.jobs.dataset import Samples
-from modelpress.jobs.methods import MethodData, get_method
 from onnx import numpy_helper
 
 from modelpress.api import Quantize
+from modelpress.jobs.dataset import Samples
+from modelpress.jobs.methods import MethodData, get_method
 
 from .conftest import accuracy, batch_of, fingerprint, predict
 
@@ -46,16 +46,20 @@ def test_modes_shrink_weights_and_keep_accuracy(onnx_model, data, val, config, m
 
 
 def test_modes_use_the_expected_kernels(onnx_model, data):
-    ops = {mode: {n.op_type for n in quantize(onnx_model, data, mode=mode).model.onnx_model.graph.node}
-           for mode in ("dynamic", "static", "int4-weight-only")}
+    ops = {
+        mode: {n.op_type for n in quantize(onnx_model, data, mode=mode).model.onnx_model.graph.node}
+        for mode in ("dynamic", "static", "int4-weight-only")
+    }
     assert "MatMulInteger" in ops["dynamic"]
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops["static"]
     assert "MatMulNBits" in ops["int4-weight-only"]
 
 
 def test_int4_is_smaller_than_int8_is_smaller_than_fp16(onnx_model, data):
-    size = {mode: len(quantize(onnx_model, data, mode=mode).model.onnx_model.SerializeToString())
-            for mode in ("fp16", "dynamic", "int4-weight-only")}
+    size = {
+        mode: len(quantize(onnx_model, data, mode=mode).model.onnx_model.SerializeToString())
+        for mode in ("fp16", "dynamic", "int4-weight-only")
+    }
     assert size["int4-weight-only"] < size["dynamic"] < size["fp16"] < len(onnx_model.onnx_model.SerializeToString())
 
 
@@ -68,8 +72,11 @@ def test_exclude_nodes_stay_float(onnx_model, data, mode):
     assert node.op_type == "MatMul"
     weight = inits[node.input[1]]
     assert numpy_helper.to_array(weight).dtype == np.float32
-    float_matmuls = [n.name for n in out.graph.node if n.op_type == "MatMul" and n.input[1] in inits
-                     and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT]
+    float_matmuls = [
+        n.name
+        for n in out.graph.node
+        if n.op_type == "MatMul" and n.input[1] in inits and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+    ]
     if mode == "fp16":  # the other layers hold float16 weights
         others = [n for n in out.graph.node if n.name in ("node_linear", "node_linear_1")]
         assert len(others) == 2 and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT16 for n in others)

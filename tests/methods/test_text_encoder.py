@@ -7,12 +7,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
+from modelpress.api import Prune
 from modelpress.jobs.dataset import Samples, collate
 from modelpress.jobs.export import to_onnx
 from modelpress.jobs.hf import load_hf_model, load_tokenizer
 from modelpress.jobs.methods import MethodData, get_method
-
-from modelpress.api import Prune
 
 from .conftest import fingerprint
 

@@ -92,7 +92,7 @@ async def run_container(
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         return ContainerResult(137, "", "DeadlineExceeded")

@@ -24,6 +24,7 @@ def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained digits MLP as model.onnx plus val.npz (what users would upload)."""
     import numpy as np
     import torch
+
     from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, train_digits_mlp
     from modelpress.jobs.export import to_onnx
     from modelpress.jobs.methods import ModelHandle

@@ -85,7 +85,7 @@ class ApiError(Exception):
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_path(path: str) -> tuple[str, str, str | None, str, str | None, str] | None:
@@ -543,7 +543,7 @@ class ApiServer(kmock.KubernetesEmulator):
                     break
                 try:
                     rv, type_, obj, line = await asyncio.wait_for(watcher.queue.get(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 if rv > seen and wanted(obj):
                     await resp.write(line)

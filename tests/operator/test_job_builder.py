@@ -11,10 +11,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from modelpress.operator import job_builder
-from modelpress.operator.settings import Settings
 
 from modelpress import api
+from modelpress.operator import job_builder
+from modelpress.operator.settings import Settings
 
 K8S_VERSION = "1.33.0"
 

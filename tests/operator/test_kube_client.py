@@ -9,6 +9,7 @@ import kopf
 import pytest
 from cluster import Cluster
 from k8s_emulator import Fault
+
 from modelpress.operator.kube import ApiError, Conflict, Kube
 
 CM = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "ml"}, "data": {"a": "1"}}

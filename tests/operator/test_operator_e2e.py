@@ -12,10 +12,10 @@ from typing import Any
 
 from cluster import Cluster, free_port, running_operator
 from k8s_emulator import rbac_usage
-from modelpress.operator import job_builder
-from modelpress.operator.settings import from_env
 
 from modelpress import api
+from modelpress.operator import job_builder
+from modelpress.operator.settings import from_env
 
 
 def model_doc(digits: Path, out: Path, name: str = "digits", **validation: Any) -> dict[str, Any]:

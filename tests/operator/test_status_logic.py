@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from modelpress.operator import settings as settings_mod
 from modelpress.operator import status as st
 from modelpress.operator.validation import SpecInvalid, parse_spec
-
 from modelpress.summary import JobSummary
 
 SPEC = {
@@ -146,8 +146,9 @@ def test_settings_from_env_and_flags() -> None:
 
 
 def test_model_metrics_have_bounded_labels_and_reset() -> None:
-    from modelpress.operator import metrics
     from prometheus_client import REGISTRY
+
+    from modelpress.operator import metrics
 
     labels = {"namespace": "t", "name": "gauge-test"}
     metrics.observe_model("t", "gauge-test", {"phase": "Rejected", "results": {"speedup": 1.5, "sizeRatio": 0.4}})

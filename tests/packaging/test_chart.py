@@ -15,6 +15,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from modelpress.operator import settings as settings_mod
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,13 +16,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from modelpress.cli import COMMANDS
 

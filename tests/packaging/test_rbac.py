@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO / "tests" / "operator"))  # the stand-ins (importlib
 
 import k8s_emulator  # noqa: E402
 from cluster import Cluster  # noqa: E402
-from modelpress.operator import job_builder  # noqa: E402
-from modelpress.operator import settings as settings_mod  # noqa: E402
 
 from modelpress import api  # noqa: E402
+from modelpress.operator import job_builder  # noqa: E402
+from modelpress.operator import settings as settings_mod  # noqa: E402
 
 NAMESPACE = "ml"
 RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+
+from modelpress.api import Analysis, Rollout
 from modelpress.jobs import serving
 from modelpress.operator import analysis as analysis_mod
 from modelpress.operator.analysis import Target, analyse
 from modelpress.operator.rollout import plan
-
-from modelpress.api import Analysis, Rollout
 
 STABLE_URI, CANARY_URI = "file:///artifacts/fp32/", "file:///artifacts/int8/"
 SCOPE = 'model="digits"'
@@ -32,7 +32,7 @@ def drive_rollout(
 ):
     """Run the rollout to its end: per interval, load at the current split, let Prometheus
     scrape, analyse, plan. Returns (final decision, analyses, traffic per interval)."""
-    d = plan(rollout, None, CANARY_URI, STABLE_URI, datetime.now(timezone.utc))
+    d = plan(rollout, None, CANARY_URI, STABLE_URI, datetime.now(UTC))
     analyses, splits = [], []
     while d.phase == "RollingOut":
         percent = d.traffic.canary_percent
@@ -41,7 +41,7 @@ def drive_rollout(
         time.sleep(2.5)  # two scrapes
         result = analyse(rollout.analysis, prom.url, Target(canary_digest, SCOPE, WINDOW))
         analyses.append(result)
-        d = plan(rollout, d.status, CANARY_URI, STABLE_URI, datetime.now(timezone.utc), analysis=result)
+        d = plan(rollout, d.status, CANARY_URI, STABLE_URI, datetime.now(UTC), analysis=result)
         assert len(analyses) <= 6, f"rollout did not finish: {[a.message for a in analyses]}"
     return d, analyses, splits
 

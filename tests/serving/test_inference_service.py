@@ -10,11 +10,11 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
+from modelpress import api
 from modelpress.operator.inference_service import build_inference_service, serving_uri
 from modelpress.operator.rollout import Traffic
 from modelpress.operator.settings import Settings
-
-from modelpress import api
 
 REPO = Path(__file__).resolve().parents[2]
 KSERVE_SCHEMAS = REPO.parent / "shared" / "schemas" / "kserve"

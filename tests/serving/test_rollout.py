@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
+
+from modelpress.api import AnalysisResult, Rollout, RolloutStatus
 from modelpress.operator.rollout import (
     BaselineMissing,
     Traffic,
@@ -13,11 +16,8 @@ from modelpress.operator.rollout import (
     parse_duration,
     plan,
 )
-from pydantic import ValidationError
 
-from modelpress.api import AnalysisResult, Rollout, RolloutStatus
-
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 OLD, NEW, NEWER, SRC = "s3://b/old/", "s3://b/new/", "s3://b/newer/", "s3://b/source/model.onnx"
 
 

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the
 
 from cluster import Cluster, ContainerResult, operator_env  # noqa: E402
 from kopf.testing import KopfRunner  # noqa: E402
-from modelpress.jobs.serving import find_model_file  # noqa: E402
 
 from modelpress import api  # noqa: E402
+from modelpress.jobs.serving import find_model_file  # noqa: E402
 from modelpress.summary import JobSummary  # noqa: E402
 
 NS = "ml"

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
+
 from modelpress.jobs.serving import REQUESTS_METRIC, Chaos, find_model_file
 
 

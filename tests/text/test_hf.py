@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.hf import load_hf_model
 

@@ -7,9 +7,9 @@ embedding of the same real English sentence (batches unpadded per batch, as user
 from __future__ import annotations
 
 import numpy as np
-from modelpress.jobs.methods import MethodData, get_method
 
 from modelpress.api import Quantize
+from modelpress.jobs.methods import MethodData, get_method
 
 
 def test_onnx_export_matches_torch(minilm_onnx, fidelity_samples, torch_embeddings, run_onnx, rowwise_cosine):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.text import load_jsonl
 
