@@ -20,6 +20,7 @@ turns into QAttention; see benchmarks/compress_minilm.py for what it buys.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -281,7 +282,10 @@ def to_fused_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], model_dir:
             model = optimizer.model
             if not any(o.domain == "com.microsoft" for o in model.opset_import):  # the fused ops' domain
                 model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    # ORT writes sym_shape_infer_temp.onnx (+ weights) into the cwd when inference is
+    # incomplete, then raises: keep that litter in a scratch directory.
+    with tempfile.TemporaryDirectory(prefix="modelpress-shapes-") as tmp, contextlib.chdir(tmp):
+        model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     onnx.checker.check_model(model)
     return ModelHandle(
         input_names=list(handle.input_names),

@@ -25,7 +25,6 @@ import json
 import logging
 import pkgutil
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -258,20 +257,9 @@ class Runner:
         """
         cache_key = key + "|preprocessed"
         if cache_key not in self._cache:
-            from onnxruntime.quantization import quant_pre_process
+            from modelpress.jobs.methods.quantize import pre_process
 
-            model = handle.onnx_model
-            with tempfile.TemporaryDirectory(prefix="modelpress-search-") as tmp:
-                src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-                onnx.save(model, src)
-                try:
-                    quant_pre_process(str(src), str(dst))
-                    model = onnx.load(str(dst))
-                except Exception as e:  # ORT raises bare Exceptions from its shape inference
-                    log.warning(
-                        "pre-processing for the sensitivity ranking failed (%s); ranking the graph as is",
-                        _first_line(e),
-                    )
+            model = pre_process(handle.onnx_model)
             self._cache[cache_key] = (
                 ModelHandle(
                     list(handle.input_names),

@@ -51,7 +51,7 @@ class QuantizeMethod(Method):
                     "quantize mode static needs calibration samples: set validation.calibration "
                     "(a dataset of representative inputs), or use mode: dynamic"
                 )
-            source = _pre_process(model.onnx_model, work)
+            source = pre_process(model.onnx_model)
             # After pre-processing: ORT's optimizer would fuse MatMul+Add back into Gemm.
             source = gemm_to_matmul(source)
             check_node_names(source, list(config.exclude_nodes), "quantize.excludeNodes")
@@ -76,27 +76,29 @@ class QuantizeMethod(Method):
         )
 
 
-def _pre_process(model: onnx.ModelProto, work: Path) -> onnx.ModelProto:
+def pre_process(model: onnx.ModelProto) -> onnx.ModelProto:
     """ORT's recommended step before quantizing: shape inference + basic fusions.
 
     It only improves what the quantizers can see; when its symbolic shape inference
     cannot handle a graph we quantize the graph as it is rather than fail the step.
+    Fusions rename nodes (``X`` -> ``X/MatMulAddFusion``), so the search ranks nodes on
+    this same graph.
     """
     from onnxruntime.quantization import quant_pre_process
 
-    src, dst = work / "float.onnx", work / "preprocessed.onnx"
-    onnx.save(model, src)
-    try:
-        # When its symbolic shape inference is incomplete, ORT dumps
-        # sym_shape_infer_temp.onnx (+ a uuid .data file the size of the weights) into the
-        # *current directory* before raising; run it inside our scratch directory so a
-        # failed pre-process leaves nothing behind. The job is single-threaded here.
-        with contextlib.chdir(work):
+    # When its symbolic shape inference is incomplete, ORT dumps sym_shape_infer_temp.onnx
+    # (+ a uuid .data file the size of the weights) into the *current directory* before
+    # raising; run it inside a scratch directory so a failed pre-process leaves nothing
+    # behind. The job is single-threaded, so changing directory here is safe.
+    with tempfile.TemporaryDirectory(prefix="modelpress-preprocess-") as tmp, contextlib.chdir(tmp):
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "preprocessed.onnx"
+        onnx.save(model, src)
+        try:
             quant_pre_process(str(src), str(dst))
-    except Exception as exc:  # ORT raises bare Exceptions from its shape inference
-        log.warning("ORT quantization pre-processing failed (%s); quantizing the graph as is", exc)
-        return copy.deepcopy(model)
-    return onnx.load(dst)
+        except Exception as exc:  # ORT raises bare Exceptions from its shape inference
+            log.warning("ORT quantization pre-processing failed (%s); using the graph as is", exc)
+            return copy.deepcopy(model)
+        return onnx.load(dst)
 
 
 def _dynamic(model: onnx.ModelProto, config: Quantize, data: MethodData, work: Path) -> onnx.ModelProto:

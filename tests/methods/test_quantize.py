@@ -98,3 +98,22 @@ def test_static_without_calibration_samples_is_a_clear_error(onnx_model, data):
 def test_torch_handle_is_refused(torch_model, data):
     with pytest.raises(ValueError, match="ONNX"):
         quantize(torch_model, data, mode="dynamic")
+
+
+def test_failed_pre_processing_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch, caplog):
+    """ORT dumps sym_shape_infer_temp.onnx (+ weights) into the cwd when its symbolic
+    shape inference is incomplete; pre_process must keep that in its scratch dir and
+    fall back to the graph as it is."""
+    from onnx import TensorProto, helper
+
+    from modelpress.jobs.methods.quantize import pre_process
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Mystery", ["x"], ["y"], domain="custom.ops")], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.ops", 1)])
+    monkeypatch.chdir(tmp_path)
+    out = pre_process(model)
+    assert "Incomplete symbolic shape inference" in caplog.text  # the failure path really ran
+    assert [n.op_type for n in out.graph.node] == ["Mystery"]
+    assert list(tmp_path.iterdir()) == []
