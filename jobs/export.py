@@ -59,12 +59,7 @@ def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17)
     _name_dynamic_dims(model, handle)
     _check_dynamic(model, handle, kwargs)
     onnx.checker.check_model(model)
-    return ModelHandle(
-        input_names=list(handle.input_names),
-        output_names=list(handle.output_names),
-        onnx_model=model,
-        dynamic_axes={k: dict(v) for k, v in handle.dynamic_axes.items()},
-    )
+    return handle.with_model(onnx_model=model)
 
 
 def widen_dynamic_axes(array: np.ndarray, axes: dict[int, str]) -> np.ndarray:

@@ -60,10 +60,7 @@ class SentenceEmbedder(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        tokens = self.encoder(**inputs).last_hidden_state
+        tokens = self.encoder(**encoder_inputs(input_ids, attention_mask, token_type_ids)).last_hidden_state
         embedding = pool(tokens, attention_mask, self.pooling)
         if self.normalize:
             embedding = nn.functional.normalize(embedding, p=2.0, dim=1)
@@ -83,10 +80,17 @@ class SequenceClassifier(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        return self.model(**inputs).logits
+        return self.model(**encoder_inputs(input_ids, attention_mask, token_type_ids)).logits
+
+
+def encoder_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """Keyword inputs for a transformers model; token_type_ids only when the model uses them."""
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = token_type_ids
+    return inputs
 
 
 def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -287,9 +291,4 @@ def to_fused_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], model_dir:
     with tempfile.TemporaryDirectory(prefix="modelpress-shapes-") as tmp, contextlib.chdir(tmp):
         model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     onnx.checker.check_model(model)
-    return ModelHandle(
-        input_names=list(handle.input_names),
-        output_names=list(handle.output_names),
-        onnx_model=model,
-        dynamic_axes={k: dict(v) for k, v in handle.dynamic_axes.items()},
-    )
+    return handle.with_model(onnx_model=model)

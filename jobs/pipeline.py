@@ -260,15 +260,7 @@ class Runner:
             from modelpress.jobs.methods.quantize import pre_process
 
             model = pre_process(handle.onnx_model)
-            self._cache[cache_key] = (
-                ModelHandle(
-                    list(handle.input_names),
-                    list(handle.output_names),
-                    onnx_model=model,
-                    dynamic_axes=dict(handle.dynamic_axes),
-                ),
-                [],
-            )
+            self._cache[cache_key] = (handle.with_model(onnx_model=model), [])
         return self._cache[cache_key][0]
 
     def _resolve(self, variant: Variant, handle: ModelHandle, key: str) -> Spec:

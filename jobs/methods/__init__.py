@@ -50,6 +50,21 @@ class ModelHandle:
     def stage(self) -> Stage:
         return "torch" if self.module is not None else "onnx"
 
+    def with_model(
+        self, *, module: torch.nn.Module | None = None, onnx_model: onnx.ModelProto | None = None
+    ) -> ModelHandle:
+        """The same interface (names, dynamic axes) around a new model: what every
+        method and exporter returns. Copies, so the result never aliases this handle."""
+        if (module is None) == (onnx_model is None):
+            raise ValueError("a ModelHandle holds exactly one of module, onnx_model")
+        return ModelHandle(
+            list(self.input_names),
+            list(self.output_names),
+            module=module,
+            onnx_model=onnx_model,
+            dynamic_axes={name: dict(axes) for name, axes in self.dynamic_axes.items()},
+        )
+
 
 @dataclass
 class MethodData:

@@ -8,8 +8,6 @@ the factors would not hold fewer parameters than W (r * (in + out) >= in * out).
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
 import torch
@@ -78,9 +76,7 @@ class LowRankMethod(Method):
         gm.graph.lint()
         gm.recompile()
         changes = {"ranks": ranks, "parametersBefore": before, "parametersAfter": tg.count_parameters(gm)}
-        handle = ModelHandle(
-            list(model.input_names), list(model.output_names), module=gm, dynamic_axes=copy.deepcopy(model.dynamic_axes)
-        )
+        handle = model.with_model(module=gm)
         return StepResult(handle, changes)
 
 
@@ -115,10 +111,6 @@ def _onnx(model: ModelHandle, config: LowRank) -> StepResult:
     drop_unused_initializers(proto)
     onnx.checker.check_model(proto)
     after = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
-    handle = ModelHandle(
-        list(model.input_names),
-        list(model.output_names),
-        onnx_model=proto,
-        dynamic_axes=copy.deepcopy(model.dynamic_axes),
+    return StepResult(
+        model.with_model(onnx_model=proto), {"ranks": ranks, "parametersBefore": before, "parametersAfter": after}
     )
-    return StepResult(handle, {"ranks": ranks, "parametersBefore": before, "parametersAfter": after})

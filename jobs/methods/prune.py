@@ -81,9 +81,7 @@ def _task(data: MethodData) -> str:
 
 
 def _torch_result(model: ModelHandle, gm: nn.Module) -> ModelHandle:
-    return ModelHandle(
-        list(model.input_names), list(model.output_names), module=gm, dynamic_axes=copy.deepcopy(model.dynamic_axes)
-    )
+    return model.with_model(module=gm)
 
 
 def _match_teacher(teacher: nn.Module, device: str):
@@ -130,10 +128,4 @@ def _unstructured_onnx(model: ModelHandle, config: Prune) -> StepResult:
             inits[name].CopyFrom(numpy_helper.from_array(pruned, name))
     zeros = sum(int((numpy_helper.to_array(inits[n]) == 0).sum()) for n in names)
     changes = {"structure": "unstructured", "sparsity": round(zeros / magnitudes.size, 4)}
-    handle = ModelHandle(
-        list(model.input_names),
-        list(model.output_names),
-        onnx_model=proto,
-        dynamic_axes=copy.deepcopy(model.dynamic_axes),
-    )
-    return StepResult(handle, changes)
+    return StepResult(model.with_model(onnx_model=proto), changes)

@@ -66,12 +66,7 @@ class QuantizeMethod(Method):
             "excludedNodes": list(config.exclude_nodes),
         }
         return StepResult(
-            ModelHandle(
-                list(model.input_names),
-                list(model.output_names),
-                onnx_model=quantized,
-                dynamic_axes=copy.deepcopy(model.dynamic_axes),
-            ),
+            model.with_model(onnx_model=quantized),
             changes,
         )
 
