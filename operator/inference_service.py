@@ -132,6 +132,21 @@ def serving_uri(isvc: dict[str, Any] | None) -> str | None:
     return ((isvc.get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")
 
 
+def is_ready(isvc: dict[str, Any] | None) -> bool:
+    """KServe reports the InferenceService Ready *for its current spec*.
+
+    Ready=True alone can be left over from before our last patch, so when KServe
+    reports ``status.observedGeneration`` it must have caught up with
+    ``metadata.generation`` too.
+    """
+    if not isvc:
+        return False
+    status = isvc.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    observed, generation = status.get("observedGeneration"), (isvc.get("metadata") or {}).get("generation")
+    return ready and (observed is None or generation is None or observed >= generation)
+
+
 def expected_artifact_uri(model: api.CompressedModel) -> str:
     """Where the job writes the artifact: ``<output.storageUri>/<recipeHash>`` (jobs/pipeline.py)."""
     return model.spec.output.storage_uri.rstrip("/") + "/" + api.recipe_hash(model.spec)

@@ -103,6 +103,7 @@ def plan(
     now: datetime,
     source_uri: str | None = None,
     analysis: AnalysisResult | None = None,
+    serving_ready: bool = True,
 ) -> Decision:
     """The next rollout status.
 
@@ -110,18 +111,23 @@ def plan(
     InferenceService serves as its stable model now (None when it does not exist).
     ``source_uri``: the uncompressed model, for ``baseline: source``. ``analysis``: the
     verdict of the interval that just ended (only when :func:`analysis_due` said so).
+    ``serving_ready``: the InferenceService reports Ready for its current spec; a model
+    is only ``Serving`` (and a source baseline only gets a canary) once it does.
     Raises :class:`BaselineMissing` when ``baseline: previous`` has nothing to compare to.
     """
     status = status or RolloutStatus()
 
     if rollout.strategy == "immediate":
         if status.stable_storage_uri == artifact_uri and serving_uri == artifact_uri:
-            return Decision(status, "Serving", "Serving", f"serving {artifact_uri}", False)
+            if not serving_ready:
+                waiting = f"{artifact_uri} is set; waiting for the InferenceService to become Ready"
+                return Decision(status, "RollingOut", "WaitingForReady", waiting, False)
+            return Decision(status, "Serving", "Serving", f"serving {artifact_uri}", True)
         new = _update(
             status, now, "Promoted", "strategy immediate", stable_storage_uri=artifact_uri,
             canary_storage_uri=None, canary_percent=None, step=None, failures=0,
         )  # fmt: skip
-        return Decision(new, "Serving", "Promoted", f"serving {artifact_uri} (strategy immediate)", True)
+        return Decision(new, "RollingOut", "Promoted", f"serving {artifact_uri} (strategy immediate)", True)
 
     steps = rollout.steps
     if is_active(status) and status.canary_storage_uri != artifact_uri:
@@ -147,6 +153,9 @@ def plan(
                     stable_storage_uri=source_uri, canary_storage_uri=None, canary_percent=None, step=None,
                 )  # fmt: skip
                 return Decision(new, "RollingOut", "BaselineServed", new.history[-1].message, new != status)
+            if not serving_ready:  # no canary against a baseline that does not serve yet
+                waiting = f"waiting for the source {source_uri} to become Ready before the canary"
+                return Decision(status, "RollingOut", "WaitingForReady", waiting, False)
             stable = source_uri
         else:
             if not serving_uri:

@@ -210,7 +210,7 @@ async def tick(body: Mapping[str, Any]) -> None:
     try:
         decision = rollout_mod.plan(
             serving.rollout, status.rollout, status.artifact.storage_uri, isvc_mod.serving_uri(isvc), now,
-            source_uri=model.spec.source.storage_uri, analysis=analysis,
+            source_uri=model.spec.source.storage_uri, analysis=analysis, serving_ready=isvc_mod.is_ready(isvc),
         )  # fmt: skip
     except rollout_mod.BaselineMissing as exc:
         await _report(body, status, status.phase, "BaselineMissing", str(exc), None)

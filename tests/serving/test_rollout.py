@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelpress.api import AnalysisResult, Rollout, RolloutStatus
+from modelpress.operator.inference_service import is_ready
 from modelpress.operator.rollout import (
     BaselineMissing,
     Traffic,
@@ -118,11 +119,38 @@ def test_restart_safe_replaying_a_tick_from_status_changes_nothing():
     assert not replay.changed and replay.traffic == traffic[-1]
 
 
-def test_immediate_strategy_swaps_storage_uri():
+def test_immediate_strategy_swaps_storage_uri_then_waits_for_ready():
     d = plan(Rollout(strategy="immediate"), None, NEW, OLD, T0)
-    assert (d.phase, d.reason, d.traffic) == ("Serving", "Promoted", Traffic(NEW))
-    again = plan(Rollout(strategy="immediate"), d.status, NEW, NEW, T0)
-    assert not again.changed
+    assert (d.phase, d.reason, d.traffic) == ("RollingOut", "Promoted", Traffic(NEW))
+    waiting = plan(Rollout(strategy="immediate"), d.status, NEW, NEW, T0, serving_ready=False)
+    assert (waiting.phase, waiting.reason, waiting.changed) == ("RollingOut", "WaitingForReady", False)
+    assert waiting.traffic == Traffic(NEW)  # the patch stays; only the verdict waits
+    ready = plan(Rollout(strategy="immediate"), d.status, NEW, NEW, T0, serving_ready=True)
+    assert (ready.phase, ready.reason, ready.changed) == ("Serving", "Serving", True)
+    assert ready.status == d.status  # reaching Serving rewrites no rollout history
+
+
+def test_baseline_source_canary_waits_until_the_source_is_ready():
+    rollout = Rollout(baseline="source", steps=[20])
+    first = plan(rollout, None, NEW, None, T0, source_uri=SRC)
+    held = plan(rollout, first.status, NEW, SRC, T0 + timedelta(seconds=5), source_uri=SRC, serving_ready=False)
+    assert (held.reason, held.traffic, held.changed) == ("WaitingForReady", Traffic(SRC), False)
+
+
+@pytest.mark.parametrize(
+    ("status", "generation", "ready"),
+    [
+        ({"conditions": [{"type": "Ready", "status": "True"}]}, 3, True),  # no observedGeneration reported
+        ({"conditions": [{"type": "Ready", "status": "True"}], "observedGeneration": 3}, 3, True),
+        ({"conditions": [{"type": "Ready", "status": "True"}], "observedGeneration": 2}, 3, False),  # stale
+        ({"conditions": [{"type": "Ready", "status": "False"}], "observedGeneration": 3}, 3, False),
+        ({}, 1, False),
+    ],
+)
+def test_inference_service_ready_means_ready_for_the_current_spec(status, generation, ready):
+    isvc = {"metadata": {"name": "m", "generation": generation}, "status": status}
+    assert is_ready(isvc) is ready
+    assert is_ready(None) is False
 
 
 def test_baseline_source_serves_the_source_first():
