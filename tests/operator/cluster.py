@@ -273,8 +273,45 @@ class Kubelet:
         self.server.patch("batch", "jobs", ns, name, "status", {"status": fields}, "application/merge-patch+json")
 
 
+class KServe:
+    """KServe's controller, just enough for rollouts: every InferenceService becomes
+    Ready for its current generation (set ``ready = False`` to hold that back)."""
+
+    def __init__(self, server: ApiServer):
+        self.server = server
+        self.ready = True
+        server.listeners.append(self._on_event)
+
+    def _on_event(self, plural: str, type_: str, obj: dict[str, Any]) -> None:
+        if plural != "inferenceservices" or type_ == "DELETED" or not self.ready:
+            return
+        meta, status = obj["metadata"], obj.get("status") or {}
+        if status.get("observedGeneration") == meta.get("generation"):
+            return  # already reconciled (this also ends the loop our own status write starts)
+        # After the API call that produced the event, as a controller would.
+        asyncio.get_running_loop().call_soon(self.mark_ready, meta["namespace"], meta["name"])
+
+    def mark_ready(self, ns: str, name: str) -> None:
+        isvc = self.server.get("serving.kserve.io", "inferenceservices", ns, name)
+        if isvc is None or not self.ready:
+            return
+        fields = {
+            "observedGeneration": isvc["metadata"].get("generation"),
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+        self.server.patch(
+            "serving.kserve.io",
+            "inferenceservices",
+            ns,
+            name,
+            "status",
+            {"status": fields},
+            "application/merge-patch+json",
+        )
+
+
 class Cluster:
-    """The emulator and kubelet in a background thread; sync helpers for tests."""
+    """The emulator, kubelet and KServe stand-ins in a background thread; sync helpers for tests."""
 
     def __init__(self, workdir: Path, runner: Runner | None = None, namespace: str = "ml"):
         self.workdir, self.runner, self.namespace = workdir, runner, namespace
@@ -282,6 +319,7 @@ class Cluster:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="api-server")
         self.server: ApiServer
         self.kubelet: Kubelet
+        self.kserve: KServe
         self.url = ""
         self.kubeconfig = workdir / "kubeconfig"
 
@@ -330,6 +368,7 @@ class Cluster:
         await self._http.__aenter__()
         self.url = str(self._http.url).rstrip("/")
         self.kubelet = Kubelet(self.server, self.workdir, self.runner)
+        self.kserve = KServe(self.server)
 
     async def _stop(self) -> None:
         for task in list(self.kubelet.tasks):

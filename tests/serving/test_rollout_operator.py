@@ -304,8 +304,14 @@ def test_knative_mode_canary_percent_and_immediate_strategy(tmp_path, digits_mod
             artifact = c.model("digits")["status"]["artifact"]["storageUri"]
             assert (predictor()["model"]["storageUri"], predictor()["canaryTrafficPercent"]) == (artifact, 30)
             assert c.objects(*ISVC)[0]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
-            # Switch to immediate: the artifact takes all traffic at once.
+            # Switch to immediate: the artifact takes all traffic at once, but the model is
+            # only Serving once KServe reports the InferenceService Ready for that change.
+            c.kserve.ready = False
             c.patch_model("digits", {"spec": {"serving": {"rollout": {"strategy": "immediate"}}}})
-            c.wait_phase("digits", "Serving", timeout=30)
             c.wait_for("the canary percent removed", lambda: "canaryTrafficPercent" not in predictor())
+            time.sleep(4)  # several 1 s rollout ticks with KServe not ready
+            assert c.model("digits")["status"]["phase"] == "RollingOut"
+            c.kserve.ready = True
+            c.sync(c.kserve.mark_ready, NS, "digits")
+            c.wait_phase("digits", "Serving", timeout=30)
         assert predictor()["model"]["storageUri"] == artifact
