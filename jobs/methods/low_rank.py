@@ -86,26 +86,30 @@ def _onnx(model: ModelHandle, config: LowRank) -> StepResult:
     inits = initializers(proto)
     ranks: dict[str, list[int]] = {}
     nodes: list[onnx.NodeProto] = []
-    # Node names identify nodes here (protobuf hands out new wrapper objects per access).
-    targets = {node.name: name for node, name in matmul_weights(proto) if node.op_type == "MatMul"}
+    # A node's first output identifies it: output names are unique in a graph, node
+    # names may be empty or repeated (and protobuf hands out new wrappers per access).
+    targets = {node.output[0]: name for node, name in matmul_weights(proto) if node.op_type == "MatMul"}
     for node in proto.graph.node:
-        name = targets.get(node.name) if node.op_type == "MatMul" else None
+        name = targets.get(node.output[0]) if node.op_type == "MatMul" else None
         factors = None if name is None else factorize(numpy_helper.to_array(inits[name]).T, config)
         if factors is None:
             nodes.append(node)
             continue
         a, b = factors  # MatMul computes x @ W with W [in, out] = (B @ A).T = A.T @ B.T
-        first, second = f"{name}_lowrank_a", f"{name}_lowrank_b"
+        out = node.output[0]  # unique, also when several MatMuls share one weight
+        first, second = f"{out}_lowrank_a", f"{out}_lowrank_b"
         proto.graph.initializer.extend(
             [
                 numpy_helper.from_array(np.ascontiguousarray(a.T), first),
                 numpy_helper.from_array(np.ascontiguousarray(b.T), second),
             ]
         )
-        hidden = f"{node.output[0]}_lowrank"
-        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], first], [hidden], name=f"{node.name}_lowrank_a"))
+        hidden = f"{out}_lowrank"
+        nodes.append(
+            onnx.helper.make_node("MatMul", [node.input[0], first], [hidden], name=f"{node.name or out}_lowrank_a")
+        )
         nodes.append(onnx.helper.make_node("MatMul", [hidden, second], list(node.output), name=node.name))
-        ranks[node.name] = [min(a.shape[1], b.shape[0]), a.shape[0]]
+        ranks[node.name or out] = [min(a.shape[1], b.shape[0]), a.shape[0]]
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     drop_unused_initializers(proto)

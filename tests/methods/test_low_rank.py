@@ -67,3 +67,33 @@ def test_layers_that_would_grow_are_left_alone(torch_model, onnx_model, data, va
     np.testing.assert_allclose(
         predict(result.model, batch_of(val, 8)), predict(handle, batch_of(val, 8)), rtol=1e-5, atol=1e-5
     )
+
+
+def test_onnx_unnamed_nodes_and_shared_weights_each_factorize(tmp_path):
+    """ONNX allows empty node names and one weight feeding several MatMuls."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelpress.api import LowRank
+    from modelpress.jobs.methods import ModelHandle, get_method
+
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.standard_normal((32, 32)).astype(np.float32) for _ in range(2))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"]),  # unnamed
+        helper.make_node("MatMul", ["h1", "w2"], ["h2"]),  # unnamed
+        helper.make_node("MatMul", ["h2", "w1"], ["y"], name="shared"),  # shares w1
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 32])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    handle = ModelHandle(["x"], ["y"], onnx_model=helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    result = get_method("lowRank").apply(handle, LowRank(rank_ratio=0.25), None)
+    onnx.checker.check_model(result.model.onnx_model)
+    assert len(result.changes["ranks"]) == 3  # every MatMul factorized, none merged
+    assert [n.op_type for n in result.model.onnx_model.graph.node].count("MatMul") == 6
