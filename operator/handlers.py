@@ -27,7 +27,7 @@ from modelpress.operator import job_builder, metrics
 from modelpress.operator import settings as settings_mod
 from modelpress.operator import status as st
 from modelpress.operator.kube import ApiError, Conflict, Kube
-from modelpress.operator.validation import SpecInvalid, check_name, format_problems, parse_spec
+from modelpress.operator.validation import SpecInvalid, format_problems, parse_model, parse_spec
 
 log = logging.getLogger(__name__)
 JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
@@ -174,15 +174,7 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
     meta, status = body["metadata"], body.get("status") or {}
     ns, name, gen = meta.get("namespace") or "default", meta["name"], meta.get("generation")
     try:
-        check_name(name)
-        model = api.CompressedModel.model_validate(
-            {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "metadata": dict(meta),
-                "spec": parse_spec(body.get("spec")),
-            }
-        )
+        model = parse_model(body)
     except SpecInvalid as exc:
         await _report_invalid(body, exc)
         return True

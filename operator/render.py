@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from modelpress import api
 from modelpress.operator import inference_service, job_builder
 from modelpress.operator import settings as settings_mod
-from modelpress.operator.validation import SpecInvalid, check_name, field_path, parse_spec
+from modelpress.operator.validation import SpecInvalid, field_path, parse_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,6 @@ def load_model(path: Path, namespace: str | None = None) -> api.CompressedModel:
         model = api.CompressedModel.model_validate(doc)
     except ValidationError as exc:
         raise SpecInvalid([(field_path(e["loc"]), e["msg"]) for e in exc.errors()]) from None
-    check_name(model.metadata.name)
     if namespace and not model.metadata.namespace:
         model.metadata.namespace = namespace
     return model

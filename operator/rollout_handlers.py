@@ -34,7 +34,7 @@ from modelpress.operator import inference_service as isvc_mod
 from modelpress.operator import rollout as rollout_mod
 from modelpress.operator import status as st
 from modelpress.operator.kube import ApiError, Conflict, resource_path
-from modelpress.operator.validation import SpecInvalid, parse_spec
+from modelpress.operator.validation import SpecInvalid, parse_model
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +186,7 @@ async def tick(body: Mapping[str, Any]) -> None:
     meta = body["metadata"]
     ns = meta.get("namespace") or "default"
     try:
-        model = api.CompressedModel.model_validate(
-            {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "metadata": dict(meta),
-                "spec": parse_spec(body.get("spec")),
-            }
-        )
+        model = parse_model(body)
         status = api.CompressedModelStatus.model_validate(body.get("status") or {})
     except (SpecInvalid, ValueError):
         return  # the main reconcile reports spec problems

@@ -54,15 +54,27 @@ def parse_spec(spec: Mapping[str, Any] | None) -> api.CompressedModelSpec:
         raise SpecInvalid(api.semantic_problems(parts) or [("", str(exc))]) from None
 
 
-def check_name(name: str) -> None:
-    """The Job is called ``<name>-<hash8>``, so the model's name has a tighter limit."""
-    if len(name) > api.MAX_NAME_LENGTH:
+def parse_model(body: Mapping[str, Any]) -> api.CompressedModel:
+    """The whole resource as API types, or :class:`SpecInvalid` (metadata included).
+
+    Kubernetes accepts names our Jobs cannot carry (dots, more than 54 characters):
+    the Job is ``<name>-<hash8>`` and must be a 63-character DNS label.
+    """
+    spec = parse_spec(body.get("spec"))
+    meta = dict(body.get("metadata") or {})
+    try:
+        api.ObjectMeta.model_validate(meta)
+    except ValidationError as exc:
         raise SpecInvalid(
             [
                 (
                     "",
-                    f"metadata.name {name!r} is {len(name)} characters; use at most {api.MAX_NAME_LENGTH} "
-                    "so the Job name <name>-<hash8> fits 63",
-                ),
+                    f"metadata.{field_path(e['loc'])} {meta.get(e['loc'][0])!r}: {e['msg']}; use a DNS-1123 label of "
+                    f"at most {api.MAX_NAME_LENGTH} characters so the Job name <name>-<hash8> fits 63",
+                )
+                for e in exc.errors()
             ]
-        )
+        ) from None
+    return api.CompressedModel.model_validate(
+        {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": meta, "spec": spec}
+    )

@@ -158,3 +158,15 @@ def test_model_metrics_have_bounded_labels_and_reset() -> None:
     assert REGISTRY.get_sample_value("modelpress_model_speedup", labels) is None
     assert REGISTRY.get_sample_value("modelpress_model_size_ratio", labels) is None
     assert REGISTRY.get_sample_value("modelpress_models", {"phase": "Rejected"}) == 0
+
+
+@pytest.mark.parametrize("name", ["my.model", "x" * 55])
+def test_names_a_job_cannot_carry_are_spec_problems_not_crashes(name: str) -> None:
+    from modelpress.operator.validation import parse_model
+
+    body = {"metadata": {"name": name, "namespace": "ml"}, "spec": SPEC}
+    with pytest.raises(SpecInvalid) as info:
+        parse_model(body)
+    (problem,) = info.value.problems
+    assert problem[1].startswith(f"metadata.name {name!r}: ") and "<name>-<hash8> fits 63" in problem[1]
+    assert parse_model({"metadata": {"name": "ok-name", "namespace": "ml"}, "spec": SPEC}).metadata.name == "ok-name"
