@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from modelpress.api import CompressedModelSpec
+from modelpress.jobs.errors import first_line
 from modelpress.summary import DEFAULT_TERMINATION_LOG, JobSummary, Outcome
 
 if TYPE_CHECKING:
@@ -65,9 +66,7 @@ def run_job(spec_path: Path | None, workdir: Path, progress: Progress | None = N
         return _failed(spec, str(e))
     except Exception as e:  # a bug or the environment; the log has the traceback
         log.exception("compression job failed")
-        return _failed(
-            spec, f"internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        )
+        return _failed(spec, f"internal error: {type(e).__name__}: {first_line(e)}")
 
 
 def load_spec(path: Path | None) -> CompressedModelSpec:
@@ -89,7 +88,7 @@ def load_spec(path: Path | None) -> CompressedModelSpec:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise JobInputError("--spec", f"{where} is not YAML/JSON: {str(e).splitlines()[0]}") from e
+        raise JobInputError("--spec", f"{where} is not YAML/JSON: {first_line(e)}") from e
     if not isinstance(doc, dict):
         raise JobInputError("--spec", f"{where} must hold a CompressedModel or its spec (a mapping)")
     body = doc["spec"] if "kind" in doc and isinstance(doc.get("spec"), dict) else doc

@@ -16,3 +16,10 @@ class JobInputError(Exception):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type when the message is empty):
+    what a one-line reason for users or the report shows."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:limit]

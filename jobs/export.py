@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import torch
 
+from modelpress.jobs.errors import first_line
 from modelpress.jobs.methods import ModelHandle
 
 
@@ -54,7 +55,7 @@ def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17)
                 optimize=True,
             )
         except Exception as exc:  # the exporter raises many private types; give one readable error
-            raise ValueError(f"could not export the model to ONNX: {str(exc).strip().splitlines()[0]}") from exc
+            raise ValueError(f"could not export the model to ONNX: {first_line(exc)}") from exc
     model = program.model_proto
     _name_dynamic_dims(model, handle)
     _check_dynamic(model, handle, kwargs)
@@ -107,7 +108,7 @@ def _check_dynamic(model: onnx.ModelProto, handle: ModelHandle, kwargs: dict[str
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
         raise ValueError(
             f"the exported model only runs at the traced sizes of its dynamic axes {handle.dynamic_axes}: "
-            f"{str(exc).strip().splitlines()[0]}; remove hard-coded sizes (e.g. reshape(4, ...) -> "
+            f"{first_line(exc)}; remove hard-coded sizes (e.g. reshape(4, ...) -> "
             "reshape(-1, ...)) from the model, and export pytorch-export sources with dynamic_shapes"
         ) from exc
 

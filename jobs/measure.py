@@ -82,6 +82,7 @@ def measure(
     metric: str,
     batch_size: int,
     reference: np.ndarray | None = None,
+    timed: bool = True,
 ) -> Measured:
     """Score, latency, throughput, size and parameters of ``model`` on ``samples``.
 
@@ -91,7 +92,9 @@ def measure(
     sess = session(model)
     outputs = run_outputs(sess, samples, _score_batch(sess))
     score = score_outputs(metric, outputs, samples.labels, outputs if reference is None else reference)
-    ((p50, p95, throughput),) = _latency([sess], samples, batch_size)
+    p50 = p95 = throughput = None
+    if timed:  # candidates are timed by side_by_side() instead
+        ((p50, p95, throughput),) = _latency([sess], samples, batch_size)
     size = model.ByteSize()
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     metrics = ModelMetrics(
@@ -148,7 +151,8 @@ def _latency(
     Sessions take turns on the same batch (round-robin), cycling through the data, so
     with several sessions each sees the same inputs under the same machine load.
     """
-    feeds = [[_feed(sess, b) for b, _ in samples.batches(batch_size)] for sess in sessions]
+    batches = [b for b, _ in samples.batches(batch_size)]  # collated once, cast per session
+    feeds = [[_feed(sess, b) for b in batches] for sess in sessions]
     budget = float(os.environ.get(TIME_BUDGET_ENV) or DEFAULT_TIME_BUDGET_S) * len(sessions)
     # Warm up by runs *and* time: the first model measured in a process otherwise pays
     # for thread-pool start-up, page faults and CPU clock ramp-up that later ones do not.

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from modelpress.jobs.errors import JobInputError
+from modelpress.jobs.errors import JobInputError, first_line
 from modelpress.jobs.methods import ModelHandle
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def load_source(path: Path, fmt: str, task: str, field: str = FIELD) -> ModelHan
         try:
             return load_hf_model(path, task)
         except (ValueError, OSError) as e:  # hf.HFLoadError is a ValueError with the fix in it
-            raise JobInputError(field, _first_line(e)) from e
+            raise JobInputError(field, first_line(e, 200)) from e
     if path.is_dir():
         path = _single_file(path, field)
     _refuse_pickle(path, field)
@@ -71,7 +71,7 @@ def load_onnx(path: Path, field: str = FIELD) -> ModelHandle:
     except Exception as e:
         raise JobInputError(
             field,
-            f"{path.name} is not a valid ONNX model ({_first_line(e)}); "
+            f"{path.name} is not a valid ONNX model ({first_line(e, 200)}); "
             "re-export it or set source.format to the model's real format",
         ) from e
     if not model.graph.output:
@@ -93,7 +93,7 @@ def load_pt2(path: Path, task: str, field: str = FIELD) -> ModelHandle:
     except Exception as e:
         raise JobInputError(
             field,
-            f"{path.name} is not a torch.export archive ({_first_line(e)}); save the model with torch.export.save",
+            f"{path.name} is not a torch.export archive ({first_line(e, 200)}); save the model with torch.export.save",
         ) from e
     args_spec, kwargs_spec = program.call_spec.in_spec.children()
     names = list(program.graph_signature.user_inputs)
@@ -202,8 +202,3 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         else:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:200]

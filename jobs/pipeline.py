@@ -20,10 +20,8 @@ to rank nodes by measured sensitivity for ``excludeNodes``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import pkgutil
 import shutil
 import time
 from collections.abc import Callable
@@ -34,14 +32,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-import modelpress.jobs.methods as methods_package
 from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results, Spec, Step, recipe_hash
 from modelpress.jobs import artifact, gate, measure, report, storage
 from modelpress.jobs.data import load_dataset
 from modelpress.jobs.dataset import Samples
-from modelpress.jobs.errors import JobInputError
-from modelpress.jobs.methods import Method, MethodData, ModelHandle
-from modelpress.jobs.methods import get_method as _registry_get
+from modelpress.jobs.errors import JobInputError, first_line
+from modelpress.jobs.methods import MethodData, ModelHandle, get_method
 from modelpress.jobs.models import load_source
 from modelpress.summary import JobSummary, Outcome
 
@@ -54,18 +50,6 @@ SENSITIVITY_PROBE = 64  # method-side samples used to rank nodes for excludeNode
 SENSITIVITY_MAX_NODES = 16  # rank at most the largest N MatMul/Gemm nodes (each costs one quantization)
 QUANTIZABLE_OPS = ("MatMul", "Gemm")
 LABEL_METRICS = ("accuracy", "top5", "f1")
-
-
-def get_method(key: str) -> Method:
-    """The registered method for ``key``, with every method module imported first.
-
-    ``methods.get_method`` imports the modules only while the registry is empty, so a
-    process that imported one method module directly (tests, benchmarks) would miss
-    the others.
-    """
-    for info in pkgutil.iter_modules(methods_package.__path__):
-        importlib.import_module(f"{methods_package.__name__}.{info.name}")
-    return _registry_get(key)
 
 
 # --------------------------------------------------------------------------- candidates
@@ -212,14 +196,7 @@ class Runner:
             from modelpress.jobs.export import to_onnx
 
             log.info("exporting torch model to ONNX")
-            try:
-                self._cache[cache_key] = (to_onnx(handle, self.export_sample), [])
-            except ValueError as e:
-                raise JobInputError(
-                    "source",
-                    f"cannot export the model to ONNX with a batch of the validation "
-                    f"data ({e}); check that validation.dataset fits the model's inputs",
-                ) from e
+            self._cache[cache_key] = (to_onnx(handle, self.export_sample), [])
         return self._cache[cache_key][0]
 
     def apply(self, candidate: Candidate) -> tuple[ModelHandle, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -300,7 +277,7 @@ class Runner:
             try:
                 quantized = method.apply(handle, alone, self.data).model
             except ValueError as e:  # e.g. a node the quantizer's pre-processing fused away
-                log.warning("cannot rank node %s for quantization: %s", name, _first_line(e))
+                log.warning("cannot rank node %s for quantization: %s", name, first_line(e))
                 continue
             out = measure.run_outputs(measure.session(quantized.onnx_model), probe)
             errors[name] = float(np.mean((out - reference) ** 2) / max(float(np.mean(reference**2)), 1e-12))
@@ -352,7 +329,14 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     export_sample = measure.collate_sample(val, EXPORT_SAMPLES)
 
     runner = Runner(source, method_data, export_sample)
-    baseline_onnx = runner.to_onnx(source, "")
+    try:
+        baseline_onnx = runner.to_onnx(source, "")
+    except ValueError as e:  # the source itself does not export: its inputs do not fit the data
+        raise JobInputError(
+            "source",
+            f"cannot export the model to ONNX with a batch of the validation "
+            f"data ({e}); check that validation.dataset fits the model's inputs",
+        ) from e
     check_fits(baseline_onnx.onnx_model, val, "validation.dataset")
     if spec.validation.metric in LABEL_METRICS and val.labels is None:
         raise JobInputError(
@@ -362,7 +346,7 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     try:
         baseline = measure.measure(baseline_onnx.onnx_model, val, spec.validation.metric, spec.validation.batch_size)
     except Exception as e:
-        raise JobInputError("validation.dataset", f"the model cannot run on this data: {_first_line(e)}") from e
+        raise JobInputError("validation.dataset", f"the model cannot run on this data: {first_line(e)}") from e
     check_labels(spec, baseline.outputs, val)
     baseline_metrics = baseline.metrics
     log.info("baseline: %s", baseline_metrics.model_dump(exclude_none=True))
@@ -376,8 +360,6 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
             continue
         progress("trials", len(trials), len(todo))
         trials.append(_trial(i, cand, runner, spec, baseline, val))
-        if spec.compression.search.enabled and _nothing_left(trials, todo):
-            break
     progress("trials", len(todo), len(todo))
 
     outcome, chosen, reason = _decide(trials, spec)
@@ -396,14 +378,19 @@ def _trial(
     try:
         handle, trial.changes, trial.recipe = runner.apply(cand)
         measured = measure.measure(
-            handle.onnx_model, val, spec.validation.metric, spec.validation.batch_size, reference=baseline.outputs
+            handle.onnx_model,
+            val,
+            spec.validation.metric,
+            spec.validation.batch_size,
+            reference=baseline.outputs,
+            timed=False,  # timed below, side by side with the baseline
         )
     except JobInputError:
         raise
     except Exception as e:  # one failing variant must not end the search; the report says why
         # ValueError is how methods say "this config does not fit the model"; others get a traceback
-        log.warning("trial %d could not be built: %s", i, _first_line(e), exc_info=not isinstance(e, ValueError))
-        trial.reason = f"error: {_first_line(e)}"
+        log.warning("trial %d could not be built: %s", i, first_line(e), exc_info=not isinstance(e, ValueError))
+        trial.reason = f"error: {first_line(e)}"
         trial.seconds = time.perf_counter() - t0
         return trial
     # Speedup and latency limits are judged on timings taken side by side with the
@@ -417,14 +404,6 @@ def _trial(
     trial.seconds = time.perf_counter() - t0
     log.info("trial %d %s: %s (%s)", i, "PASSED" if trial.passed else "failed", trial.recipe, trial.reason)
     return trial
-
-
-def _nothing_left(trials: list[Trial], todo: list[Candidate]) -> bool:
-    """True when every remaining candidate is milder than a passing trial."""
-    done = {t.index for t in trials}
-    passing = [todo[t.index] for t in trials if t.passed]
-    rest = [c for i, c in enumerate(todo) if i not in done and i > max(done)]
-    return bool(passing) and all(any(c.milder_than(p) for p in passing) for c in rest)
 
 
 def _objective(trial: Trial, objective: str) -> float:
@@ -587,8 +566,3 @@ def _device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:300]

@@ -41,9 +41,11 @@ from kserve.logging import logger
 from kserve.model import InferenceVerb
 from prometheus_client import Counter, Histogram
 
+from modelpress.jobs.artifact import MODEL_RELPATH
+
 # The artifact layout of ModelPress is KServe's Triton model repository (model name
 # "model", version 1); a bare model.onnx is accepted for hand-made directories.
-MODEL_CANDIDATES = ("model/1/model.onnx", "model.onnx")
+MODEL_CANDIDATES = (MODEL_RELPATH, "model.onnx")  # the job's artifact layout, or a bare file
 
 # Sub-millisecond resolution matters: a small int8 MLP answers in ~100 µs, and the
 # canary's p95 is compared to the stable's p95 as a ratio.

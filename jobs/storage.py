@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modelpress.jobs.errors import JobInputError
+from modelpress.jobs.errors import JobInputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def fetch(uri: str, dest: Path, field: str) -> Path:
     try:
         local = Path(Storage.download(uri, str(dest)))
     except Exception as e:  # kserve_storage raises bare Exception/RuntimeError subclasses
-        raise JobInputError(field, f"cannot read {uri}: {_reason(e)}") from e
+        raise JobInputError(field, f"cannot read {uri}: {first_line(e)}") from e
     single = local / uri.rstrip("/").rsplit("/", 1)[-1]
     if single.is_file():
         return single.resolve()
@@ -70,7 +70,7 @@ def upload(local_dir: Path, uri: str, field: str = "output.storageUri") -> None:
             fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # a no-op on object stores
             fs.put_file(str(path), target)
     except Exception as e:
-        raise JobInputError(field, f"cannot write {uri}: {_reason(e)}") from e
+        raise JobInputError(field, f"cannot write {uri}: {first_line(e)}") from e
 
 
 def _fs_options(uri: str) -> dict[str, Any]:
@@ -79,8 +79,3 @@ def _fs_options(uri: str) -> dict[str, Any]:
         endpoint = os.environ.get("AWS_ENDPOINT_URL")
         return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
     return {}
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
