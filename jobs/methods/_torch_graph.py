@@ -189,9 +189,7 @@ def _passes_units(user: fx.Node, src: fx.Node) -> bool:
     return user.target is BATCH_NORM and all(a is None or _is_attr(a) for a in user.args[1:5])
 
 
-def shrink_pairs(
-    gm: fx.GraphModule, pairs: list[Pair], keep_fraction: float, importance: str = "l2"
-) -> dict[str, list[int]]:
+def shrink_pairs(gm: fx.GraphModule, pairs: list[Pair], keep_fraction: float) -> dict[str, list[int]]:
     """Keep the ``keep_fraction`` most important output units of every pair's producer.
 
     Importance is the L1/L2 norm of each unit's incoming weights (the producer's rows).
@@ -207,7 +205,7 @@ def shrink_pairs(
         if keep_n >= n:
             continue
         rows = weight.detach().reshape(n, -1)
-        score = rows.abs().sum(1) if importance == "l1" else rows.pow(2).sum(1)
+        score = rows.pow(2).sum(1)  # L2 importance of each unit
         keep = torch.sort(torch.topk(score, keep_n).indices).values
         set_param(gm, weight_node, weight.detach()[keep])
         if bias_node is not None:

@@ -58,13 +58,7 @@ class DistillMethod(Method):
             "temperature": config.temperature,
             "alpha": config.alpha,
         }
-        handle = ModelHandle(
-            list(model.input_names),
-            list(model.output_names),
-            module=student,
-            dynamic_axes={k: dict(v) for k, v in model.dynamic_axes.items()},
-        )
-        return StepResult(handle, changes)
+        return StepResult(model.with_model(module=student), changes)
 
 
 def _shrunk_student(teacher: nn.Module, width: float) -> tuple[nn.Module, dict[str, list[int]]]:
@@ -93,9 +87,7 @@ def _loaded_student(model: ModelHandle, uri: str, data: MethodData) -> nn.Module
                 f"{STUDENT_FIELD}: the student takes inputs {loaded.input_names}, "
                 f"the teacher {model.input_names}; export the student with the same input names"
             )
-        student_handle = ModelHandle(
-            list(model.input_names), list(model.output_names), module=loaded.module, dynamic_axes=model.dynamic_axes
-        )
+        student_handle = model.with_model(module=loaded.module)
         student = tg.graph_module(student_handle, data.train)
     for p in student.parameters():
         p.requires_grad_(True)

@@ -119,7 +119,6 @@ def _unstructured_onnx(model: ModelHandle, config: Prune) -> StepResult:
     weights = {n: numpy_helper.to_array(inits[n]) for n in names}
     magnitudes = np.concatenate([np.abs(w).ravel() for w in weights.values()])
     k = int(round(config.sparsity * magnitudes.size))
-    zeros = 0
     if k:
         # Same rule as torch's global L1: the k smallest magnitudes overall become zero.
         threshold = np.partition(magnitudes, k - 1)[k - 1]
