@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelpress.crd import open_api_schema
@@ -149,9 +149,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "name, change, valid", [c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in CASES]
-)
+@pytest.mark.parametrize("name, change, valid", [pytest.param(*c, id=c[0]) for c in CASES])
 def test_api_server_and_pydantic_agree(name, change, valid, evaluator):
     obj = _with(change)
     pydantic_problems = check_object(obj)
@@ -236,19 +234,9 @@ def _near_valid(draw):
     return obj
 
 
-def _quantize_not_last(obj) -> bool:
-    compression = obj["spec"].get("compression")
-    steps = compression.get("steps") if isinstance(compression, dict) else None
-    if not isinstance(steps, list):
-        return False
-    keys = [s for s in steps if isinstance(s, dict) and "quantize" in s]
-    return bool(keys) and (steps[-1] is not keys[0] or len(keys) > 1)
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(obj=_near_valid())
 def test_random_near_valid_specs_get_the_same_verdict(obj, evaluator):
-    assume(not _quantize_not_last(obj))  # the api.py gap marked xfail above
     pydantic_problems = check_object(obj)
     server_problems = api_server_verdict(SCHEMA, obj, evaluator)
     assert (pydantic_problems == []) == (server_problems == []), (
