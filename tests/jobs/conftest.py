@@ -149,3 +149,13 @@ def job_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def run_job_process(
+    tmp_path: Path, *args: str, module: tuple[str, ...] = ("modelpress.jobs",), **env: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The Job container's command as a process from the repo root; returns it and its termination log."""
+    log = tmp_path / "termination-log"
+    command = [PYTHON, "-m", *module, *args, "--termination-log", str(log), "--workdir", str(tmp_path / "work")]
+    proc = subprocess.run(command, env=job_env(**env), cwd=REPO, capture_output=True, text=True, timeout=240)
+    return proc, log

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from modelpress.jobs.entrypoint import run_job
 from modelpress.summary import ExitCode, JobSummary
 
-from .conftest import PYTHON, REPO, free_port, job_env, make_spec, write_spec
+from .conftest import free_port, make_spec, run_job_process, write_spec
 
 
 class PlantsMarker:
@@ -152,25 +151,7 @@ def test_bad_input_exits_1_with_the_reason_in_the_termination_log(tmp_path: Path
     shutil.copy(digits_dir / "val.npz", tmp_path / "val.npz")
     (tmp_path / "model.onnx").write_bytes(b"garbage")
     doc = make_spec((tmp_path / "model.onnx").as_uri(), (tmp_path / "val.npz").as_uri(), (tmp_path / "o").as_uri())
-    log = tmp_path / "termination-log"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "modelpress.jobs",
-            "--spec",
-            str(write_spec(tmp_path / "cm.yaml", doc)),
-            "--termination-log",
-            str(log),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
-        env=job_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc, log = run_job_process(tmp_path, "--spec", str(write_spec(tmp_path / "cm.yaml", doc)))
     assert proc.returncode == 1
     summary = json.loads(log.read_text())
     assert summary["outcome"] == "Failed"

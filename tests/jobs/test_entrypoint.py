@@ -16,7 +16,7 @@ from modelpress.jobs.entrypoint import load_spec, run_job
 from modelpress.jobs.errors import JobInputError
 from modelpress.summary import TERMINATION_MESSAGE_LIMIT
 
-from .conftest import PYTHON, REPO, free_port, job_env, make_spec, write_spec
+from .conftest import PYTHON, REPO, free_port, job_env, make_spec, run_job_process, write_spec
 
 
 def digits_doc(digits_dir: Path, out: Path, **kw) -> dict:
@@ -31,15 +31,7 @@ def digits_doc(digits_dir: Path, out: Path, **kw) -> dict:
 
 def test_spec_from_env_validated_exit_0(tmp_path: Path, digits_dir: Path) -> None:
     spec_only = digits_doc(digits_dir, tmp_path / "out")["spec"]
-    log = tmp_path / "termination-log"
-    proc = subprocess.run(
-        [PYTHON, "-m", "modelpress.jobs", "--termination-log", str(log), "--workdir", str(tmp_path / "work")],
-        env=job_env(MODELPRESS_SPEC=json.dumps(spec_only)),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc, log = run_job_process(tmp_path, MODELPRESS_SPEC=json.dumps(spec_only))
     assert proc.returncode == 0, proc.stderr[-3000:]
     message = log.read_text()
     assert len(message.encode()) <= TERMINATION_MESSAGE_LIMIT
@@ -53,26 +45,7 @@ def test_spec_from_env_validated_exit_0(tmp_path: Path, digits_dir: Path) -> Non
 
 def test_modelpress_job_rejected_exit_3(tmp_path: Path, digits_dir: Path) -> None:
     spec = write_spec(tmp_path / "cm.yaml", digits_doc(digits_dir, tmp_path / "out", maxLatencyMs=1e-6))
-    log = tmp_path / "termination-log"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "modelpress.cli",
-            "job",
-            "--spec",
-            str(spec),
-            "--termination-log",
-            str(log),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
-        env=job_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc, log = run_job_process(tmp_path, "job", "--spec", str(spec), module=("modelpress.cli",))
     assert proc.returncode == 3, proc.stderr[-3000:]
     summary = json.loads(log.read_text())
     assert summary["outcome"] == "Rejected"

@@ -77,6 +77,17 @@ def digits_models(tmp_path_factory) -> dict[str, Path]:
     return {"fp32": root / "fp32", "int8": root / "int8", "val": root / "val.npz"}
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate, then kill if it does not exit within 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Server:
     """One modelpress-onnx process on loopback."""
 
@@ -104,13 +115,7 @@ class Server:
             raise
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.unlink(missing_ok=True)
 
 
@@ -170,13 +175,7 @@ class Prometheus:
         raise TimeoutError(f"Prometheus: {promql} still empty after {timeout} s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture
