@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 LINKED := $(VENV)/.linked
-SOURCES := $(shell find src operator jobs -name '*.py' 2>/dev/null)
+SOURCES := $(VENV)/.sources
 
-.PHONY: demo test lint crd clean
+.PHONY: demo test lint crd clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 $(LINKED): $(STAMP) $(SOURCES)
 	$(PIP) install --no-deps --no-build-isolation --config-settings editable_mode=strict -e .
 	touch $@
+
+# The list of source files, rewritten only when a file is added or removed: edits to
+# existing files reach the link tree through its symlinks and need no relink.
+$(SOURCES): FORCE | $(BIN)/python
+	@find src operator jobs -name '*.py' | sort | cmp -s - $@ || find src operator jobs -name '*.py' | sort > $@
+
+FORCE:
 
 demo: $(LINKED)
 	$(BIN)/python -m modelpress.jobs.examples.digits out/demo

@@ -1,7 +1,7 @@
 """The one module that talks to the Kubernetes API (besides kopf's own watching).
 
 A small asyncio client over aiohttp, authenticated with the same credentials kopf
-logs in with (``kopf.login_via_client``: in-cluster service account or kubeconfig).
+logs in with (``kopf.login_with_service_account`` or ``kopf.login_with_kubeconfig``).
 Hand-written rather than the ``kubernetes`` package because that client is
 synchronous (a thread per call) and deserialises every response into typed models;
 the operator needs six calls and plain dicts, fast, for a thousand models at once.
