@@ -127,6 +127,47 @@ CASES = [
     ("serving with defaults", _set("spec.serving", {}), True),
     ("minReplicas above default maxReplicas", _set("spec.serving.autoscaling", {"minReplicas": 5}), False),
     ("minReplicas equal maxReplicas", _set("spec.serving.autoscaling", {"minReplicas": 4, "maxReplicas": 4}), True),
+    (
+        "scaling on cpu utilisation",
+        _set("spec.serving.autoscaling", {"metrics": [{"resource": {"name": "cpu", "averageUtilization": 70}}]}),
+        True,
+    ),
+    (
+        "scaling on a prometheus query",
+        _set("spec.serving.autoscaling", {"metrics": [{"prometheus": {"query": "sum(up)", "target": 5}}]}),
+        True,
+    ),
+    (
+        "scaling metric with both kinds",
+        _set(
+            "spec.serving.autoscaling",
+            {
+                "metrics": [
+                    {"resource": {"name": "cpu", "averageUtilization": 70}, "prometheus": {"query": "up", "target": 1}}
+                ]
+            },
+        ),
+        False,
+    ),
+    ("scaling metric with neither kind", _set("spec.serving.autoscaling", {"metrics": [{}]}), False),
+    (
+        "resource metric without a target",
+        _set("spec.serving.autoscaling", {"metrics": [{"resource": {"name": "memory"}}]}),
+        False,
+    ),
+    (
+        "memory by average value",
+        _set("spec.serving.autoscaling", {"metrics": [{"resource": {"name": "memory", "averageValue": "2Gi"}}]}),
+        True,
+    ),
+    (
+        "scaling metrics in Knative mode",
+        _set(
+            "spec.serving",
+            {"deploymentMode": "Knative", "autoscaling": {"metrics": [{"prometheus": {"query": "up", "target": 1}}]}},
+        ),
+        False,
+    ),
     ("canary steps decreasing", _set("spec.serving.rollout.steps", [50, 25]), False),
     ("canary steps repeated", _set("spec.serving.rollout.steps", [10, 10]), False),
     ("canary steps increasing", _set("spec.serving.rollout.steps", [1, 2, 3, 5, 8, 13, 21, 34, 55, 89]), True),

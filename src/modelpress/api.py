@@ -399,11 +399,78 @@ class AutoscalingMetric(str, Enum):
     memory = "memory"
 
 
+class ScalingResource(str, Enum):
+    cpu = "cpu"
+    memory = "memory"
+
+
+class ResourceScaling(Spec):
+    """An HPA resource metric: scale on the pods' CPU or memory."""
+
+    name: ScalingResource
+    average_utilization: int | None = Field(
+        default=None, ge=1, le=1000, description="Target percent of the pods' resource requests."
+    )
+    average_value: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$",
+        description="Target quantity per pod, e.g. 2Gi.",
+    )
+    cel_rules: ClassVar = [
+        cel(one_of_rule("averageUtilization", "averageValue"), "set exactly one of averageUtilization, averageValue")
+    ]
+
+    @model_validator(mode="after")
+    def _one(self) -> ResourceScaling:
+        exactly_one(self, "average_utilization", "average_value")
+        return self
+
+
+class ScalingTargetType(str, Enum):
+    Value = "Value"
+    AverageValue = "AverageValue"
+
+
+class PrometheusScaling(Spec):
+    """A KEDA external metric: scale on a PromQL query (KServe's prometheus backend)."""
+
+    query: str = Field(min_length=1, description="PromQL returning one number, e.g. requests/s of this model.")
+    server_address: str | None = Field(
+        default=None,
+        pattern=r"^https?://.+",
+        description="Default: rollout.analysis.prometheusUrl, then the operator's Prometheus URL.",
+    )
+    target: float = Field(gt=0.0, description="Scale so the query stays at this value.")
+    target_type: ScalingTargetType = Field(
+        default=ScalingTargetType.AverageValue,
+        description="AverageValue: the query's value per replica; Value: the query's value as is.",
+    )
+
+
+class ScalingMetric(Spec):
+    """One entry of KServe's ``autoScaling.metrics`` (set exactly one kind)."""
+
+    resource: ResourceScaling | None = None
+    prometheus: PrometheusScaling | None = None
+    cel_rules: ClassVar = [cel(one_of_rule("resource", "prometheus"), "set exactly one of resource, prometheus")]
+
+    @model_validator(mode="after")
+    def _one(self) -> ScalingMetric:
+        exactly_one(self, "resource", "prometheus")
+        return self
+
+
 class Autoscaling(Spec):
     min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(default=3, ge=1, le=1000)
     metric: AutoscalingMetric = AutoscalingMetric.concurrency
     target: int = Field(default=8, ge=1)
+    metrics: list[ScalingMetric] = Field(
+        default_factory=list,
+        max_length=8,
+        description="HPA/KEDA metrics (KServe's autoScaling block, deploymentMode Standard). "
+        "When set they replace metric and target; a prometheus entry makes KEDA the autoscaler.",
+    )
     cel_rules: ClassVar = [
         cel("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas")
     ]
@@ -501,6 +568,20 @@ class Serving(Spec):
     gpu: int = Field(default=0, ge=0, le=16)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     rollout: Rollout = Field(default_factory=Rollout)
+    cel_rules: ClassVar = [
+        cel(
+            "!has(self.autoscaling) || !has(self.autoscaling.metrics) || size(self.autoscaling.metrics) == 0 "
+            "|| !has(self.deploymentMode) || self.deploymentMode == 'Standard'",
+            "autoscaling.metrics needs deploymentMode Standard (Knative scales on metric and target)",
+            ".autoscaling",
+        )
+    ]
+
+    @model_validator(mode="after")
+    def _metrics_need_standard(self) -> Serving:
+        if self.autoscaling.metrics and self.deployment_mode != DeploymentMode.Standard.value:
+            raise ValueError("autoscaling.metrics needs deploymentMode Standard (Knative scales on metric and target)")
+        return self
 
 
 # --------------------------------------------------------------------------- spec
