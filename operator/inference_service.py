@@ -11,6 +11,10 @@ prints the same thing). How a canary is expressed depends on the deployment mode
   holds one entry with the canary predictor and its ``trafficPercent``.
 
 Promotion and rollback both end as a plain predictor on one artifact with no canary.
+
+``serving.autoscaling.metrics`` (Standard mode) becomes KServe's ``autoScaling.metrics``
+block on every predictor, replacing ``scaleMetric``/``scaleTarget``; a prometheus entry
+is a KEDA external metric, so the InferenceService then asks for KEDA as its autoscaler.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from modelpress.operator.settings import Settings
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 ISVC_KIND = "InferenceService"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# KServe creates a KEDA ScaledObject instead of an HPA when this says "keda".
+AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER_NAME = "kserve-container"
 # KServe's Triton runtime speaks the Open Inference (v2) protocol only.
@@ -61,18 +67,60 @@ def _model_block(serving: api.Serving, storage_uri: str) -> dict[str, Any]:
     return block
 
 
-def _predictor(serving: api.Serving, storage_uri: str) -> dict[str, Any]:
-    scaling = serving.autoscaling
-    predictor: dict[str, Any] = {
-        "minReplicas": scaling.min_replicas,
-        "maxReplicas": scaling.max_replicas,
-        "scaleMetric": scaling.metric,
-        "scaleTarget": scaling.target,
-        "model": _model_block(serving, storage_uri),
+class ServingConfigError(ValueError):
+    """The spec asks for something the InferenceService cannot carry as configured."""
+
+
+def _quantity(value: float) -> str:
+    """A Kubernetes quantity string: ``2`` rather than ``2.0``, ``0.5`` as is."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _scaling_metric(metric: api.ScalingMetric, prometheus_url: str | None) -> dict[str, Any]:
+    """One ``autoScaling.metrics[]`` entry (KServe's MetricsSpec)."""
+    if metric.resource is not None:
+        r = metric.resource
+        if r.average_utilization is not None:
+            target: dict[str, Any] = {"type": "Utilization", "averageUtilization": r.average_utilization}
+        else:
+            target = {"type": "AverageValue", "averageValue": r.average_value}
+        return {"type": "Resource", "resource": {"name": r.name, "target": target}}
+    p = metric.prometheus
+    address = p.server_address or prometheus_url
+    if not address:
+        raise ServingConfigError(
+            "spec.serving.autoscaling.metrics[].prometheus.serverAddress: no Prometheus for KEDA to query; set it, "
+            "or serving.rollout.analysis.prometheusUrl, or the operator's --prometheus-url"
+        )
+    value_key = "value" if p.target_type == api.ScalingTargetType.Value.value else "averageValue"
+    return {
+        "type": "External",
+        "external": {
+            "metric": {"backend": "prometheus", "serverAddress": address, "query": p.query},
+            "target": {"type": p.target_type, value_key: _quantity(p.target)},
+        },
     }
-    if serving.deployment_mode == api.DeploymentMode.Standard.value and scaling.metric in UTILIZATION_METRICS:
-        predictor["scaleMetricType"] = "Utilization"
+
+
+def _predictor(serving: api.Serving, storage_uri: str, settings: Settings) -> dict[str, Any]:
+    scaling = serving.autoscaling
+    predictor: dict[str, Any] = {"minReplicas": scaling.min_replicas, "maxReplicas": scaling.max_replicas}
+    if scaling.metrics:
+        prometheus_url = serving.rollout.analysis.prometheus_url or settings.prometheus_url
+        predictor["autoScaling"] = {"metrics": [_scaling_metric(m, prometheus_url) for m in scaling.metrics]}
+    else:
+        predictor.update(scaleMetric=scaling.metric, scaleTarget=scaling.target)
+        if serving.deployment_mode == api.DeploymentMode.Standard.value and scaling.metric in UTILIZATION_METRICS:
+            predictor["scaleMetricType"] = "Utilization"
+    predictor["model"] = _model_block(serving, storage_uri)
     return predictor
+
+
+def _annotations(serving: api.Serving) -> dict[str, str]:
+    annotations = {DEPLOYMENT_MODE_ANNOTATION: serving.deployment_mode}
+    if any(m.prometheus is not None for m in serving.autoscaling.metrics):
+        annotations[AUTOSCALER_CLASS_ANNOTATION] = "keda"
+    return annotations
 
 
 def labels(model: api.CompressedModel, settings: Settings) -> dict[str, str]:
@@ -95,28 +143,32 @@ def build_inference_service(
     """The whole InferenceService for ``traffic``.
 
     ``owned``: ModelPress created it (the CR owns it and garbage collection removes it);
-    False when it rolls out into an InferenceService someone else created.
+    False when it rolls out into an InferenceService someone else created. Raises
+    :class:`ServingConfigError` when a prometheus scaling metric has no server to query.
     """
     serving = model.spec.serving or api.Serving()
     metadata: dict[str, Any] = {
         "name": isvc_name(model),
         "namespace": model.metadata.namespace or "default",
         "labels": labels(model, settings),
-        "annotations": {DEPLOYMENT_MODE_ANNOTATION: serving.deployment_mode},
+        "annotations": _annotations(serving),
     }
     if owned and (owners := owner_reference(model)):
         metadata["ownerReferences"] = owners
     canary = traffic.canary_uri is not None
     if serving.deployment_mode == api.DeploymentMode.Knative.value:
-        predictor = _predictor(serving, traffic.canary_uri if canary else traffic.stable_uri)
+        predictor = _predictor(serving, traffic.canary_uri if canary else traffic.stable_uri, settings)
         if canary:
             predictor["canaryTrafficPercent"] = traffic.canary_percent
         spec: dict[str, Any] = {"predictor": predictor}
     else:
-        spec = {"predictor": _predictor(serving, traffic.stable_uri)}
+        spec = {"predictor": _predictor(serving, traffic.stable_uri, settings)}
         if canary:
             spec["canary"] = [
-                {"predictor": _predictor(serving, traffic.canary_uri), "trafficPercent": traffic.canary_percent}
+                {
+                    "predictor": _predictor(serving, traffic.canary_uri, settings),
+                    "trafficPercent": traffic.canary_percent,
+                }
             ]
     return {"apiVersion": ISVC_API_VERSION, "kind": ISVC_KIND, "metadata": metadata, "spec": spec}
 

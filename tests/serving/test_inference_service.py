@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from modelpress import api
-from modelpress.operator.inference_service import build_inference_service, serving_uri
+from modelpress.operator.inference_service import ServingConfigError, build_inference_service, serving_uri
 from modelpress.operator.rollout import Traffic
 from modelpress.operator.settings import Settings
 
@@ -79,7 +79,30 @@ SERVINGS = {
         "inferenceService": "digits-prod",
     },
     "standard-rps": {"deploymentMode": "Standard", "autoscaling": {"metric": "rps", "target": 100}},
-}
+    "standard-hpa-metrics": {
+        "deploymentMode": "Standard",
+        "autoscaling": {
+            "metrics": [
+                {"resource": {"name": "cpu", "averageUtilization": 60}},
+                {"resource": {"name": "memory", "averageValue": "1.5Gi"}},
+            ]
+        },
+    },
+    "standard-keda": {
+        "deploymentMode": "Standard",
+        "autoscaling": {
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "metrics": [
+                {"prometheus": {"query": "sum(rate(modelpress_inference_requests_total[1m]))", "target": 50}},
+                {"prometheus": {"query": "max(queue)", "target": 2.5, "targetType": "Value",
+                                "serverAddress": "http://keda-prom:9090"}},
+                {"resource": {"name": "cpu", "averageUtilization": 80}},
+            ],
+        },
+        "rollout": {"analysis": {"prometheusUrl": "http://prom.monitoring:9090"}},
+    },
+}  # fmt: skip
 TRAFFIC = {"stable": Traffic(STABLE), "canary": Traffic(STABLE, CANARY, 25)}
 
 
@@ -158,3 +181,63 @@ def test_render_prints_the_inference_service_for_the_expected_artifact(isvc_vali
     assert not list(isvc_validator.iter_errors(isvc))
     no_serving = make_model({"enabled": False})
     assert not [o for o in render_objects(no_serving, Settings()) if o["kind"] == "InferenceService"]
+
+
+# ---------------------------------------------------------------- autoScaling.metrics (HPA / KEDA)
+
+
+def test_resource_metrics_map_to_kserve_autoscaling_and_replace_scale_metric():
+    isvc = build_inference_service(
+        make_model(SERVINGS["standard-hpa-metrics"]), Traffic(STABLE, CANARY, 20), Settings()
+    )
+    for predictor in (isvc["spec"]["predictor"], isvc["spec"]["canary"][0]["predictor"]):
+        assert predictor["autoScaling"] == {
+            "metrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}},
+                {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "1.5Gi"}}},
+            ]
+        }  # fmt: skip
+        assert not {"scaleMetric", "scaleTarget", "scaleMetricType"} & predictor.keys()
+        assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 3)
+    # Resource metrics alone are KServe's default HPA: no KEDA annotation.
+    assert "serving.kserve.io/autoscalerClass" not in isvc["metadata"]["annotations"]
+
+
+def test_prometheus_metrics_are_keda_external_metrics():
+    isvc = build_inference_service(make_model(SERVINGS["standard-keda"]), Traffic(STABLE), Settings())
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+    rps, queue, cpu = isvc["spec"]["predictor"]["autoScaling"]["metrics"]
+    assert rps == {
+        "type": "External",
+        "external": {
+            "metric": {
+                "backend": "prometheus",
+                # serverAddress unset: the rollout analysis' Prometheus.
+                "serverAddress": "http://prom.monitoring:9090",
+                "query": "sum(rate(modelpress_inference_requests_total[1m]))",
+            },
+            "target": {"type": "AverageValue", "averageValue": "50"},
+        },
+    }
+    assert queue["external"]["metric"]["serverAddress"] == "http://keda-prom:9090"
+    assert queue["external"]["target"] == {"type": "Value", "value": "2.5"}
+    assert cpu["type"] == "Resource"
+    assert "scaleMetric" not in isvc["spec"]["predictor"]
+
+
+def test_prometheus_server_address_falls_back_to_the_operator_setting_then_fails_clearly():
+    serving = {"deploymentMode": "Standard", "autoscaling": {"metrics": [{"prometheus": {"query": "up", "target": 1}}]}}
+    isvc = build_inference_service(make_model(serving), Traffic(STABLE), Settings(prometheus_url="http://op-prom:9090"))
+    [metric] = isvc["spec"]["predictor"]["autoScaling"]["metrics"]
+    assert metric["external"]["metric"]["serverAddress"] == "http://op-prom:9090"
+    with pytest.raises(ServingConfigError, match=r"prometheus\.serverAddress.*--prometheus-url"):
+        build_inference_service(make_model(serving), Traffic(STABLE), Settings())
+
+
+def test_the_keda_example_builds_a_valid_keda_inference_service(isvc_validator):
+    model = api.CompressedModel.model_validate(yaml.safe_load((REPO / "examples" / "serving-keda.yaml").read_text()))
+    isvc = build_inference_service(model, Traffic(STABLE, CANARY, 20), Settings())
+    assert not [e.message for e in isvc_validator.iter_errors(isvc)]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+    [canary] = isvc["spec"]["canary"]
+    assert canary["predictor"]["autoScaling"] == isvc["spec"]["predictor"]["autoScaling"]
