@@ -3,7 +3,10 @@ point at it, and a real S3 API (moto's server) on loopback.
 
 The model is the digits MLP from ``modelpress.jobs.examples.digits`` at a narrow width
 (trains in a couple of seconds on one core); it is written exactly as users would
-provide it: a torch.export archive, an ONNX file and npz datasets.
+provide it: a torch.export archive, an ONNX file and npz datasets. Object storage is
+real too: S3 (moto's server) and GCS (gcp-storage-emulator) APIs on loopback, arranged
+and inspected with their own clients (boto3, google-cloud-storage), not with fsspec,
+which is what the job uploads with.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +106,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> str:
-    """A real S3 API (moto_server) on a free loopback port for the whole session."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+def loopback_server(argv: list[str], port: int, what: str) -> Iterator[str]:
+    """Run a storage API server process on 127.0.0.1:port until the generator closes."""
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -121,10 +118,36 @@ def moto_endpoint() -> str:
             time.sleep(0.1)
     else:
         server.kill()
-        raise RuntimeError("moto_server did not start")
-    yield endpoint
+        raise RuntimeError(f"{what} did not start")
+    yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real S3 API (moto_server) on a free loopback port for the whole session."""
+    port = free_port()
+    yield from loopback_server(
+        [str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, "moto_server"
+    )
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[str]:
+    """A real GCS JSON API (gcp-storage-emulator, in memory) on a free loopback port."""
+    port = free_port()
+    argv = [
+        str(Path(PYTHON).parent / "gcp-storage-emulator"),
+        "start",
+        "-H",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-q",
+        "-M",
+    ]
+    yield from loopback_server(argv, port, "gcp-storage-emulator")
 
 
 @pytest.fixture
@@ -142,6 +165,66 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("S3_ENDPOINT", raising=False)
     return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def gcs(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch):
+    """Env pointing google-cloud-storage/gcsfs/kserve_storage at the emulator, and a client to arrange objects."""
+    from google.cloud import storage as gcs_storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    return gcs_storage.Client()
+
+
+class S3Store:
+    """Arrange and inspect objects in moto's S3 with boto3."""
+
+    scheme = "s3"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client.create_bucket(Bucket=bucket)
+
+    def put(self, bucket: str, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), bucket, key)
+
+    def keys(self, bucket: str, prefix: str) -> set[str]:
+        return {o["Key"] for o in self.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
+
+    def get(self, bucket: str, key: str) -> bytes:
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+class GcsStore:
+    """Arrange and inspect objects in the GCS emulator with google-cloud-storage."""
+
+    scheme = "gs"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client.create_bucket(bucket)
+
+    def put(self, bucket: str, key: str, path: Path) -> None:
+        self.client.bucket(bucket).blob(key).upload_from_filename(str(path))
+
+    def keys(self, bucket: str, prefix: str) -> set[str]:
+        return {b.name for b in self.client.list_blobs(bucket, prefix=prefix)}
+
+    def get(self, bucket: str, key: str) -> bytes:
+        return self.client.bucket(bucket).blob(key).download_as_bytes()
+
+
+@pytest.fixture(params=["s3", "gs"])
+def object_store(request: pytest.FixtureRequest) -> S3Store | GcsStore:
+    """Each object store the job supports, behind one small interface."""
+    if request.param == "s3":
+        return S3Store(request.getfixturevalue("s3"))
+    return GcsStore(request.getfixturevalue("gcs"))
 
 
 def job_env(**extra: str) -> dict[str, str]:
