@@ -6,6 +6,8 @@ No API calls and no clock here, so the same input always gives the same manifest
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import yaml
@@ -26,6 +28,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 LABEL_MODEL = f"{api.GROUP}/compressedmodel"
 LABEL_HASH = f"{api.GROUP}/recipe-hash"
+# pvc://<claim>/<path> URIs: the Job's pod mounts each claim at PVC_ROOT/<claim> and
+# tells the job where through PVC_ROOT_ENV (read by modelpress.jobs.storage).
+PVC_SCHEME = "pvc://"
+PVC_ROOT = "/mnt/pvc"
+PVC_ROOT_ENV = "MODELPRESS_PVC_ROOT"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Exit codes that mean "same input, same outcome": bad input (1) and rejected (3).
 # Retrying them only burns GPU hours, so the Job fails at once.
 DETERMINISTIC_EXIT_CODES = [1, 3]
@@ -158,6 +166,52 @@ def _security(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
+def pvc_claims(spec: api.CompressedModelSpec) -> dict[str, bool]:
+    """Every claim a pvc:// URI in the spec names -> whether the Job writes to it.
+
+    The same storage URIs the job reads (source, validation data, calibration, a
+    distillation student) and writes (output); only the output's claim is writable.
+    """
+    reads = [spec.source.storage_uri, spec.validation.dataset.storage_uri]
+    if spec.validation.calibration:
+        reads.append(spec.validation.calibration.storage_uri)
+    reads += [
+        s.distill.student.storage_uri for s in spec.compression.steps if s.distill and s.distill.student.storage_uri
+    ]
+    claims: dict[str, bool] = {}
+    for uri in reads:
+        if uri.startswith(PVC_SCHEME):
+            claims.setdefault(_claim(uri), False)
+    if spec.output.storage_uri.startswith(PVC_SCHEME):
+        claims[_claim(spec.output.storage_uri)] = True
+    return dict(sorted(claims.items()))
+
+
+def _claim(uri: str) -> str:
+    return uri.removeprefix(PVC_SCHEME).split("/", 1)[0]
+
+
+def _pvc_volume_name(claim: str) -> str:
+    """A DNS-1123 label for the volume: the claim's own name when it fits, else a hash of it.
+
+    Claim names are DNS subdomains (dots, up to 253 characters); volume names are labels.
+    """
+    name = f"pvc-{claim}"
+    if len(name) <= 63 and _DNS_LABEL.match(name):
+        return name
+    return f"pvc-{hashlib.sha256(claim.encode()).hexdigest()[:16]}"
+
+
+def _pvc_volumes(spec: api.CompressedModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts for the spec's claims (what KServe's storage initializer does for pvc://)."""
+    volumes, mounts = [], []
+    for claim, writable in pvc_claims(spec).items():
+        name = _pvc_volume_name(claim)
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
+        mounts.append({"name": name, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writable})
+    return volumes, mounts
+
+
 def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
     """The batch/v1 Job that compresses one recipe."""
     spec = model.spec
@@ -169,6 +223,7 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
     if job.queue_name:
         meta["labels"][KUEUE_QUEUE_LABEL] = job.queue_name
     pod_security, container_security = _security(settings)
+    pvc_volumes, pvc_mounts = _pvc_volumes(spec)
 
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -177,10 +232,12 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
         "env": [
             {"name": "HOME", "value": SCRATCH_DIR},
             {"name": "MODELPRESS_RECIPE_HASH", "value": rh},
+            {"name": PVC_ROOT_ENV, "value": PVC_ROOT},
         ],
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
             {"name": "scratch", "mountPath": SCRATCH_DIR},
+            *pvc_mounts,
         ],
         "securityContext": container_security,
         "terminationMessagePath": TERMINATION_LOG,
@@ -198,6 +255,7 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
         "volumes": [
             {"name": "spec", "configMap": {"name": name, "items": [{"key": SPEC_KEY, "path": SPEC_KEY}]}},
             {"name": "scratch", "emptyDir": {}},
+            *pvc_volumes,
         ],
     }
     if job.service_account_name:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,52 @@ def test_too_long_name_is_refused(tmp_path: Path, name: str) -> None:
     path.write_text(yaml.safe_dump(doc))
     out = run_render(str(path))
     assert out.returncode == 1 and "metadata.name" in out.stderr
+
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LONG_CLAIM = "calibration-data." + "x" * 60
+
+
+def pvc_model() -> api.CompressedModel:
+    doc = copy.deepcopy(BASE)
+    spec = doc["spec"]
+    spec["source"]["storageUri"] = "pvc://models/digits/model.pt2"
+    spec["validation"]["dataset"]["storageUri"] = "pvc://datasets/digits/val.npz"
+    spec["validation"]["calibration"] = {"storageUri": f"pvc://{LONG_CLAIM}/calib.npz", "format": "npz"}
+    spec["compression"]["steps"] = [
+        {"distill": {"student": {"storageUri": "pvc://datasets/student.pt2"}}},
+        {"quantize": {"mode": "dynamic"}},
+    ]
+    spec["output"]["storageUri"] = "pvc://models/out/"  # the source's claim, written too
+    return api.CompressedModel.model_validate(doc)
+
+
+def test_every_pvc_claim_is_mounted_once_read_only_unless_written() -> None:
+    m = pvc_model()
+    assert job_builder.pvc_claims(m.spec) == {"datasets": False, "models": True, LONG_CLAIM: False}
+    pod = job_builder.build_job(m, Settings())["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert sorted(claims) == sorted(["datasets", "models", LONG_CLAIM])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    for claim, volume in claims.items():
+        writable = claim == "models"
+        assert re.match(DNS_LABEL, volume["name"]) and len(volume["name"]) <= 63
+        assert volume["persistentVolumeClaim"]["readOnly"] is not writable
+        assert mounts[volume["name"]] == {
+            "name": volume["name"],
+            "mountPath": f"/mnt/pvc/{claim}",
+            "readOnly": not writable,
+        }
+    assert claims["models"]["name"] == "pvc-models"  # readable where the claim name is a valid label
+    assert len({v["name"] for v in pod["volumes"]}) == len(pod["volumes"])
+    assert {"name": "MODELPRESS_PVC_ROOT", "value": "/mnt/pvc"} in container["env"]
+    for obj in job_builder.build_compression(m, Settings()):
+        validate(obj)
+
+
+def test_a_spec_without_pvc_uris_mounts_no_claims() -> None:
+    pod = job_builder.build_job(model(), Settings())["spec"]["template"]["spec"]
+    assert job_builder.pvc_claims(model().spec) == {}
+    assert [v["name"] for v in pod["volumes"]] == ["spec", "scratch"]
+    assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == ["/etc/modelpress", "/tmp"]
