@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 
@@ -32,6 +33,10 @@ from modelpress.operator.validation import SpecInvalid, format_problems, parse_m
 log = logging.getLogger(__name__)
 JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
 CONFLICT_ATTEMPTS = 3
+# How often pods of running compression Jobs are checked for stuck states (image pulls...).
+POD_CHECK_SECONDS = float(os.environ.get("MODELPRESS_POD_CHECK_SECONDS", "30"))
+# Phases in which a model's current Job exists and has not finished.
+JOB_PHASES = frozenset({api.Phase.Queued.value, api.Phase.Compressing.value})
 
 
 @dataclass
@@ -44,6 +49,7 @@ class State:
     collected: set[str] = field(default_factory=set)  # uids of Jobs whose outcome is in status
     cap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     metrics_server: Any = None
+    pod_check: asyncio.Task[None] | None = None
     configured: bool = False  # settings given by `modelpress operator` rather than the environment
 
 
@@ -83,7 +89,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, models: kopf.Index, **_: Any) -> None:
     chosen = STATE.settings if STATE.configured else settings_mod.from_env()
     fresh = State(settings=chosen, kube=STATE.kube, configured=STATE.configured)
     STATE.__dict__.update(fresh.__dict__)
@@ -97,10 +103,15 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.reset()
     if STATE.settings.metrics_port:
         STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
+    STATE.pod_check = asyncio.create_task(pod_check_loop(models), name="modelpress-pod-check")
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if STATE.pod_check is not None:
+        STATE.pod_check.cancel()
+        await asyncio.gather(STATE.pod_check, return_exceptions=True)
+        STATE.pod_check = None
     if STATE.kube is not None:
         await STATE.kube.close()
     if STATE.metrics_server is not None:
@@ -122,12 +133,18 @@ async def models(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[t
     return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}
 
 
+class JobState(NamedTuple):
+    """What the handlers need to know of one compression Job."""
+
+    finished: str | None  # 'Complete', 'Failed' or None
+    uid: str
+    suspended: bool  # waiting for Kueue to admit it
+
+
 @kopf.index("batch", "v1", "jobs", labels=JOB_SELECTOR)
-async def compression_jobs(
-    namespace: str, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], tuple[str | None, str]]:
-    """Every compression Job: (finished as 'Complete'/'Failed'/None, uid)."""
-    return {(namespace, name): (st.job_finished(body), str(body.metadata.uid))}
+async def compression_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobState]:
+    """Every compression Job's :class:`JobState`."""
+    return {(namespace, name): JobState(st.job_finished(body), str(body.metadata.uid), st.job_suspended(body))}
 
 
 def _first(index: kopf.Index, key: Any) -> Any:
@@ -181,6 +198,7 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
 
     rh = api.recipe_hash(model.spec)
     jname = job_builder.job_name(name, rh)
+    queue = model.spec.job.queue_name
     spec_ok = [st.condition("SpecValid", True, "Valid", "")]
     if status.get("recipeHash") == rh and status.get("phase") in st.DONE_PHASES:
         # Same recipe, result known: a serving-only (or no-op) change never recompresses.
@@ -194,12 +212,16 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
                 },
             )
         return True
-    if status.get("recipeHash") == rh and status.get("phase") == api.Phase.Compressing.value:
-        if (ns, jname) not in jobs and (ns, jname) not in STATE.started:
+    if status.get("recipeHash") == rh and _job_phase(status, jname):
+        job = _first(jobs, (ns, jname))
+        if job is None and (ns, jname) not in STATE.started:
             await _ensure_job(model, body, jobs, models)  # resumed after a crash between status and Job
         elif _uncollected(jobs, (ns, jname)):
             # Finished but not collected (its Job event was lost to API errors): collect now.
             await collect(await kube().get("batch/v1", "Job", ns, jname), jobs, models, body)
+        elif job is not None and not job.finished and st.progress_phase(job.suspended) != status.get("phase"):
+            # Its Job event may have come before this status reached the index.
+            return await _follow_job(body, jname, job.suspended, queue)
         elif status.get("observedGeneration") != gen:
             await kube().patch_model_status(ns, name, {"observedGeneration": gen})
         return True
@@ -235,13 +257,15 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
             return True
         STATE.started.add((ns, jname))
     try:
+        job = job_builder.build_job(model, STATE.settings)
+        phase, progress = st.progress_status(jname, st.job_suspended(job), queue)
         written = await _write(
             ns,
             name,
             body,
             {
                 "observedGeneration": gen,
-                "phase": api.Phase.Compressing.value,
+                "phase": phase,
                 "recipeHash": rh,
                 "jobName": jname,
                 "artifact": None,
@@ -249,11 +273,8 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
                 "conditions": st.merge_conditions(
                     status.get("conditions"),
                     spec_ok
-                    + [
-                        st.condition("Compressed", False, "JobCreated", f"compression Job {jname} created"),
-                        st.condition("Validated", False, "Pending", "waiting for the compression Job"),
-                        st.condition("Ready", False, "Compressing", f"compressing recipe {rh}"),
-                    ],
+                    + progress
+                    + [st.condition("Validated", False, "Pending", "waiting for the compression Job")],
                     gen,
                     now(),
                 ),
@@ -262,23 +283,31 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
         if not written:
             STATE.started.discard((ns, jname))
             return False
-        await _ensure_job(model, body, jobs, models)
+        await _ensure_job(model, body, jobs, models, job)
         return True
     except Exception:
         STATE.started.discard((ns, jname))
         raise
 
 
+def _job_phase(status: Mapping[str, Any], jname: str) -> bool:
+    """The status says Job ``jname`` exists and has not finished: Compressing, or Queued
+    for Kueue (a model queued by the operator's own cap has no jobName yet)."""
+    phase = status.get("phase")
+    return phase == api.Phase.Compressing.value or (phase in JOB_PHASES and status.get("jobName") == jname)
+
+
 def _uncollected(jobs: kopf.Index, key: tuple[str, str]) -> bool:
-    finished, uid = _first(jobs, key) or (None, "")
-    return bool(finished) and uid not in STATE.collected
+    job = _first(jobs, key)
+    return job is not None and bool(job.finished) and job.uid not in STATE.collected
 
 
 def _over_cap(jobs: kopf.Index, key: tuple[str, str]) -> bool:
     cap = STATE.settings.max_concurrent_jobs
     if cap <= 0:
         return False
-    running = {k for k, store in jobs.items() if not (next(iter(store), None) or (None, ""))[0]} | STATE.started
+    running = {k for k, store in jobs.items() if not (job := next(iter(store), None)) or not job.finished}
+    running |= STATE.started
     return key not in running and len(running) >= cap
 
 
@@ -293,12 +322,16 @@ async def _write(ns: str, name: str, body: Mapping[str, Any], fields: dict[str, 
 
 
 async def _ensure_job(
-    model: api.CompressedModel, body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index
+    model: api.CompressedModel,
+    body: Mapping[str, Any],
+    jobs: kopf.Index,
+    models: kopf.Index,
+    job: Mapping[str, Any] | None = None,
 ) -> None:
-    """ConfigMap + Job; an existing one (restart) is adopted and, if done, collected."""
+    """ConfigMap + Job (``job``, else built now); an existing one (restart) is adopted and, if done, collected."""
     config_map = job_builder.build_config_map(model)
     await kube().create(config_map)
-    job, created = await kube().create(job_builder.build_job(model, STATE.settings))
+    job, created = await kube().create(job or job_builder.build_job(model, STATE.settings))
     if created:
         metrics.JOBS_CREATED.inc()
     elif st.job_finished(job):
@@ -340,11 +373,14 @@ async def _report_invalid(body: Mapping[str, Any], exc: SpecInvalid) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels=JOB_SELECTOR)
 async def job_event(event: Mapping[str, Any], compression_jobs: kopf.Index, models: kopf.Index, **_: Any) -> None:
     job = event["object"]
-    if event.get("type") == "DELETED" or not st.job_finished(job):
+    if event.get("type") == "DELETED":
         return
     metrics.RECONCILES.labels("job").inc()
     try:
-        await collect(job, compression_jobs, models)
+        if st.job_finished(job):
+            await collect(job, compression_jobs, models)
+        else:
+            await _job_progress(job, models)
     except Exception:
         metrics.ERRORS.labels("job").inc()
         raise
@@ -393,6 +429,89 @@ async def collect(
     metrics.observe_model(ns, model_name, fields)
     await kube().post_event(body, etype, reason, message)
     await _release_queue(jobs, models)
+
+
+async def _job_progress(job: Mapping[str, Any], models: kopf.Index) -> None:
+    """An unfinished Job was suspended or admitted (Kueue): its model shows Queued or Compressing."""
+    meta = job["metadata"]
+    labels = meta.get("labels") or {}
+    body = _first(models, (meta.get("namespace") or "default", labels.get(job_builder.LABEL_MODEL)))
+    if body is not None and _job_phase(body.get("status") or {}, meta["name"]):
+        await _follow_job(body, meta["name"], st.job_suspended(job), labels.get(job_builder.KUEUE_QUEUE_LABEL))
+
+
+async def _follow_job(body: Mapping[str, Any], jname: str, suspended: bool, queue: str | None) -> bool:
+    """Write the phase an unfinished Job stands for, if the status shows another one.
+
+    False when the model changed meanwhile (its next event decides again).
+    """
+    meta, status = body["metadata"], body.get("status") or {}
+    phase, conds = st.progress_status(jname, suspended, queue)
+    if status.get("phase") == phase:
+        return True
+    fields = {
+        "phase": phase,
+        "conditions": st.merge_conditions(status.get("conditions"), conds, meta.get("generation"), now()),
+    }
+    return await _write(meta.get("namespace") or "default", meta["name"], body, fields)
+
+
+# --------------------------------------------------------------------------- pods
+
+
+async def pod_check_loop(models: kopf.Index) -> None:
+    """Every ``POD_CHECK_SECONDS``, :func:`check_pods`; an error is logged and retried next time.
+
+    A loop over the index rather than a Pod watch: one list per namespace with running
+    Jobs costs less than a watch over every compression pod's status changes.
+    """
+    while True:
+        await asyncio.sleep(POD_CHECK_SECONDS)
+        try:
+            await check_pods(models)
+        except Exception as exc:  # keep checking; the API may be back next time
+            metrics.ERRORS.labels("pods").inc()
+            log.warning("checking compression pods: %s", exc)
+
+
+async def check_pods(models: kopf.Index) -> None:
+    """Report pods of Compressing models that wait on an image pull or their configuration.
+
+    Without this such a pod would wait silently until the Job's activeDeadlineSeconds
+    (hours) and only then show why. The phase stays Compressing: a pull can succeed on
+    the next try and a missing Secret can be created, so the kubelet keeps trying and the
+    deadline still bounds it; the Compressed and Ready conditions and one Warning Event
+    say which image and why meanwhile, and go back to JobRunning once it clears.
+    """
+    by_namespace: dict[str, list[Mapping[str, Any]]] = {}
+    for _, store in list(models.items()):
+        for body in store:
+            status = body.get("status") or {}
+            if status.get("phase") == api.Phase.Compressing.value and status.get("jobName"):
+                by_namespace.setdefault(body["metadata"].get("namespace") or "default", []).append(body)
+    for ns, bodies in by_namespace.items():
+        pods: dict[str, list[dict[str, Any]]] = {}
+        for pod in await kube().list("v1", "Pod", ns, job_builder.LABEL_MODEL):
+            pods.setdefault((pod["metadata"].get("labels") or {}).get("job-name", ""), []).append(pod)
+        for body in bodies:
+            await _report_stuck(body, st.stuck_pod(pods.get(body["status"]["jobName"], [])))
+
+
+async def _report_stuck(body: Mapping[str, Any], stuck: tuple[str, str] | None) -> None:
+    meta, status = body["metadata"], body["status"]
+    compressed = next((c for c in status.get("conditions") or [] if c.get("type") == "Compressed"), {})
+    if stuck is not None:
+        reason, message = stuck
+        conds = [st.condition("Compressed", False, reason, message), st.condition("Ready", False, reason, message)]
+    elif compressed.get("reason") in st.STUCK_POD_REASONS:
+        conds = st.progress_status(status["jobName"], False)[1]  # it cleared
+    else:
+        return
+    if st.same_conditions(status.get("conditions"), conds):
+        return
+    fields = {"conditions": st.merge_conditions(status.get("conditions"), conds, meta.get("generation"), now())}
+    if await _write(meta.get("namespace") or "default", meta["name"], body, fields) and stuck is not None:
+        await kube().post_event(body, "Warning", *stuck)
 
 
 def _duration(job: Mapping[str, Any]) -> float:

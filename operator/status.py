@@ -36,6 +36,18 @@ POD_FAILURE_REASONS = (
     "ContainerCannotRun",
     "Error",
 )
+# Waiting states a kubelet retries but that rarely clear by themselves: worth telling the
+# user long before the Job's activeDeadlineSeconds turns them into a failure.
+STUCK_POD_REASONS = (
+    "InvalidImageName",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
+# Reasons the Compressed condition carries while the Job is unfinished.
+SUSPENDED_REASON = "WaitingForKueue"
+RUNNING_REASON = "JobRunning"
 
 
 def condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
@@ -72,6 +84,64 @@ def job_finished(job: Mapping[str, Any]) -> str | None:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
             return str(cond["type"])
+    return None
+
+
+def job_suspended(job: Mapping[str, Any]) -> bool:
+    """Held back by ``spec.suspend`` (Kueue creates and preempts by suspending) and not yet finished."""
+    return bool((job.get("spec") or {}).get("suspend")) and job_finished(job) is None
+
+
+def progress_phase(suspended: bool) -> str:
+    return api.Phase.Queued.value if suspended else api.Phase.Compressing.value
+
+
+def progress_status(job_name: str, suspended: bool, queue: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """(phase, conditions) of a model whose Job exists but has not finished.
+
+    A suspended Job has no pod and uses no quota yet, so the model shows ``Queued``
+    rather than ``Compressing`` until Kueue admits (unsuspends) it.
+    """
+    phase = progress_phase(suspended)
+    if suspended:
+        where = f" in LocalQueue {queue}" if queue else ""
+        message = f"compression Job {job_name} is suspended until Kueue admits it{where}"
+        return phase, [
+            condition("Compressed", False, SUSPENDED_REASON, message),
+            condition("Ready", False, "Queued", message),
+        ]
+    message = f"compression Job {job_name} is running"
+    return phase, [
+        condition("Compressed", False, RUNNING_REASON, message),
+        condition("Ready", False, "Compressing", message),
+    ]
+
+
+def stuck_pod(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) for an unfinished pod whose container waits in a state from
+    :data:`STUCK_POD_REASONS`, naming the pod, the image and the kubelet's explanation."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        images = {c.get("name"): c.get("image") for c in (pod.get("spec") or {}).get("containers") or []}
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason not in STUCK_POD_REASONS:
+                continue
+            image = images.get(cs.get("name")) or cs.get("image") or "?"
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            pod_name = (pod.get("metadata") or {}).get("name", "?")
+            fix = (
+                "check the image name, that it exists and that the pod may pull it (imagePullSecrets)"
+                if "Image" in reason
+                else "check the Secrets and ConfigMaps the pod refers to"
+            )
+            return str(reason), (
+                f"compression pod {pod_name}, image {image}: {reason}{detail}; {fix}. "
+                "The Job fails at its activeDeadlineSeconds unless this clears"
+            )
     return None
 
 

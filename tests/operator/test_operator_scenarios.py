@@ -218,3 +218,65 @@ def test_collection_lost_to_api_errors_is_retried_on_the_next_event(gated: Clust
         gated.patch_model("digits", {"metadata": {"labels": {"team": "search"}}})  # any event of the model
         st = gated.wait_phase("digits", "Validated", 30)["status"]
     assert st["results"]["speedup"] == 2.5 and len(gated.objects("batch", "jobs")) == 1
+
+
+def _patch(c: Cluster, plural: str, name: str, patch: dict[str, Any], subresource: str = "") -> None:
+    """A write by another controller: Kueue (a Job's spec.suspend) or the kubelet (a pod's status)."""
+    group = "batch" if plural == "jobs" else ""
+    c.sync(c.server.patch, group, plural, c.namespace, name, subresource, patch, "application/merge-patch+json")
+
+
+def test_kueue_suspended_job_shows_queued_until_admitted(tmp_path: Path) -> None:
+    gate = Gate(open_=False)
+    with Cluster(tmp_path, runner=gate) as c:
+        with running_operator(c):
+            c.apply_model(doc(job={"gpu": 0, "queueName": "gpus"}))
+            st = c.wait_phase("digits", "Queued", 30)["status"]
+            (job,) = c.objects("batch", "jobs")
+            assert job["spec"]["suspend"] is True and st["jobName"] == job["metadata"]["name"]
+            compressed = cond(st, "Compressed")
+            assert compressed["reason"] == "WaitingForKueue" and "LocalQueue gpus" in compressed["message"]
+            assert cond(st, "Ready")["reason"] == "Queued"
+            # Later model events keep it Queued and create nothing more.
+            c.patch_model("digits", {"metadata": {"labels": {"team": "search"}}})
+            c.wait_for("an event handled", lambda: status(c).get("observedGeneration") == 1)
+            assert status(c)["phase"] == "Queued" and gate.runs == [] and c.objects("", "pods") == []
+
+            _patch(c, "jobs", job["metadata"]["name"], {"spec": {"suspend": False}})  # Kueue admits it
+            st = c.wait_phase("digits", "Compressing", 30)["status"]
+            assert cond(st, "Compressed")["reason"] == "JobRunning"
+            c.wait_for("the job to run", lambda: gate.runs)
+            gate.event.set()
+            st = c.wait_phase("digits", "Validated", 30)["status"]
+        assert len(c.objects("batch", "jobs")) == 1 and st["results"]["speedup"] == 2.5
+
+
+def test_stuck_image_pull_is_reported_before_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelpress.operator import handlers
+
+    monkeypatch.setattr(handlers, "POD_CHECK_SECONDS", 0.1)
+    gate = Gate(open_=False)
+    with Cluster(tmp_path, runner=gate) as c:
+        with running_operator(c):
+            c.apply_model(doc(job={"gpu": 0, "image": "registry.example/modelpress:nope"}))
+            (pod,) = c.wait_for("the pod", lambda: c.objects("", "pods"))
+            waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.example/..."'}
+            container = {"name": "compress", "ready": False, "restartCount": 0, "state": {"waiting": waiting}}
+            _patch(c, "pods", pod["metadata"]["name"], {"status": {"containerStatuses": [container]}}, "status")
+            reported = c.wait_for(
+                "the stuck pod reported", lambda: cond(status(c), "Compressed")["reason"] == "ImagePullBackOff"
+            )
+            st = status(c)
+            message = cond(st, "Compressed")["message"]
+            assert reported and st["phase"] == "Compressing"
+            assert pod["metadata"]["name"] in message and "registry.example/modelpress:nope" in message
+            assert "Back-off pulling image" in message and cond(st, "Ready")["reason"] == "ImagePullBackOff"
+            events = c.wait_for("a warning", lambda: c.events("digits"))
+            assert [(e["type"], e["reason"]) for e in events] == [("Warning", "ImagePullBackOff")]
+
+            container["state"] = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}  # the pull succeeded
+            _patch(c, "pods", pod["metadata"]["name"], {"status": {"containerStatuses": [container]}}, "status")
+            c.wait_for("cleared", lambda: cond(status(c), "Compressed")["reason"] == "JobRunning")
+            assert len(c.events("digits")) == 1  # one Warning, not one per check
+            gate.event.set()
+            c.wait_phase("digits", "Validated", 30)

@@ -170,3 +170,33 @@ def test_names_a_job_cannot_carry_are_spec_problems_not_crashes(name: str) -> No
     (problem,) = info.value.problems
     assert problem[1].startswith(f"metadata.name {name!r}: ") and "<name>-<hash8> fits 63" in problem[1]
     assert parse_model({"metadata": {"name": "ok-name", "namespace": "ml"}, "spec": SPEC}).metadata.name == "ok-name"
+
+
+def test_suspended_job_is_queued_admitted_job_is_compressing() -> None:
+    suspended = {"spec": {"suspend": True}, "status": {}}
+    assert st.job_suspended(suspended) and not st.job_suspended({"spec": {"suspend": False}})
+    assert not st.job_suspended({"spec": {"suspend": True}, **job("Failed", "DeadlineExceeded")})
+    phase, conds = st.progress_status("m-1234abcd", True, "gpus")
+    assert phase == "Queued" and conds[0]["reason"] == "WaitingForKueue" and "LocalQueue gpus" in conds[0]["message"]
+    phase, conds = st.progress_status("m-1234abcd", False)
+    assert phase == "Compressing" and [c["reason"] for c in conds] == ["JobRunning", "Compressing"]
+
+
+def stuck(reason: str, phase: str = "Pending", message: str = "") -> dict:
+    waiting = {"reason": reason, **({"message": message} if message else {})}
+    return {
+        "metadata": {"name": "m-1234abcd-x1y2z"},
+        "spec": {"containers": [{"name": "compress", "image": "reg.example/mp:1"}]},
+        "status": {"phase": phase, "containerStatuses": [{"name": "compress", "state": {"waiting": waiting}}]},
+    }
+
+
+def test_stuck_pod_names_pod_image_and_fix() -> None:
+    reason, message = st.stuck_pod([stuck("ContainerCreating"), stuck("ErrImagePull", message="not found")])
+    assert reason == "ErrImagePull"
+    assert "m-1234abcd-x1y2z" in message and "reg.example/mp:1" in message and "not found" in message
+    assert "imagePullSecrets" in message
+    reason, message = st.stuck_pod([stuck("CreateContainerConfigError", message='secret "s3" not found')])
+    assert reason == "CreateContainerConfigError" and "Secrets and ConfigMaps" in message
+    assert st.stuck_pod([stuck("ContainerCreating"), stuck("ImagePullBackOff", phase="Failed")]) is None
+    assert st.stuck_pod([pod(reason="OOMKilled")]) is None
