@@ -45,7 +45,7 @@ def load_dataset(
         from modelpress.jobs.text import load_jsonl
 
         try:
-            samples = load_jsonl(path, tokenizer_dir, field=f"{field}.storageUri")
+            samples = load_jsonl(path, tokenizer_dir, field=f"{field}.storageUri", input_names=input_names)
         except JobInputError:
             raise
         except (ValueError, KeyError, UnicodeDecodeError) as e:

@@ -22,16 +22,27 @@ DATASET_FIELD = "validation.dataset.storageUri"
 UNSET_MAX_LENGTH = 10**12
 
 
-def load_jsonl(path: Path, tokenizer_dir: Path, field: str = DATASET_FIELD) -> Samples:
+def load_jsonl(
+    path: Path, tokenizer_dir: Path, field: str = DATASET_FIELD, input_names: list[str] | None = None
+) -> Samples:
     """Read ``path`` and tokenize every row with the tokenizer in ``tokenizer_dir`` (offline).
 
-    ``field`` is the spec field named in error messages (the calibration set passes its own).
+    ``input_names`` are the loaded model's inputs (the pipeline passes them, so data and
+    model can never disagree); without a model at hand they follow the same rule the
+    model loader uses. ``field`` is the spec field named in error messages.
     """
     texts, labels = read_rows(Path(path), field)
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
-    names = input_names_for(tokenizer, tokenizer_dir)
+    names = list(input_names) if input_names is not None else model_input_names(tokenizer_dir, tokenizer)
     encoded = tokenizer(texts, truncation=True, max_length=max_length(tokenizer, tokenizer_dir), padding=False)
+    missing = [name for name in names if name not in encoded]
+    if missing:
+        raise JobInputError(
+            field,
+            f"the model takes {missing} but the tokenizer in {tokenizer_dir} produces {sorted(encoded)}; "
+            "give text data to a model whose inputs its tokenizer makes, or use npz with those arrays",
+        )
     features = [{name: np.asarray(encoded[name][i], dtype=np.int64) for name in names} for i in range(len(texts))]
     pad_values: dict[str, int | float] = {name: 0 for name in names}
     pad_values["input_ids"] = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -102,13 +113,6 @@ def first_line_of_row(lines: list[str], row_index: int) -> int:
             if seen == row_index:
                 return number
     return len(lines)
-
-
-def input_names_for(tokenizer, tokenizer_dir: Path) -> list[str]:
-    """The model's inputs when the model's config is alongside, else the tokenizer's own."""
-    if (tokenizer_dir / "config.json").is_file():
-        return model_input_names(tokenizer_dir, tokenizer)
-    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
 
 
 def max_length(tokenizer, tokenizer_dir: Path) -> int:
