@@ -75,6 +75,17 @@ def query(prometheus_url: str, promql: str, timeout: float = 5.0) -> float | Non
     return None if math.isnan(value) else value
 
 
+def scope(model: str, namespace: str, namespace_label: str = "namespace") -> str:
+    """The matchers that pin one InferenceService: its ``model`` label and, where
+    Prometheus carries it under ``namespace_label``, its namespace (two same-named
+    InferenceServices in different namespaces must not be judged together). Both names
+    are DNS-1123 labels (the API validates them), so they need no PromQL escaping."""
+    matchers = [f'model="{model}"']
+    if namespace_label:
+        matchers.insert(0, f'{namespace_label}="{namespace}"')
+    return ",".join(matchers)
+
+
 @dataclass(frozen=True)
 class Target:
     """What to compare: the canary's digest within a scope of label matchers.
@@ -120,16 +131,20 @@ def analyse(
     stamp = (now or datetime.now(UTC)).isoformat()
     c = _Checks()
     try:
-        canary_requests = query(prometheus_url, requests_query(target), timeout) or 0.0
+        counted = query(prometheus_url, requests_query(target), timeout)
+        canary_requests = counted or 0.0
         c.values["canaryRequests"] = round(canary_requests, 3)
         if canary_requests < spec.min_requests:
-            return AnalysisResult(
-                time=stamp,
-                verdict="Inconclusive",
-                values=c.values,
-                message=f"too little traffic to judge: {canary_requests:.0f} canary requests in {target.window}, "
-                f"minRequests is {spec.min_requests}",
+            message = (
+                f"too little traffic to judge: {canary_requests:.0f} canary requests in {target.window}, "
+                f"minRequests is {spec.min_requests}"
             )
+            if counted is None:  # not even a zero: nothing is scraped under these labels
+                message += (
+                    f"; no series match {REQUESTS_METRIC}{target.selector(True)} (is the runtime scraped, and "
+                    "does Prometheus put the operator's analysis namespace label on its series?)"
+                )
+            return AnalysisResult(time=stamp, verdict="Inconclusive", values=c.values, message=message)
         errors = query(prometheus_url, requests_query(target, errors=True), timeout) or 0.0
         error_rate = errors / canary_requests
         c.values["canaryErrorRate"] = round(error_rate, 6)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
 DEFAULT_JOB_IMAGE = "ghcr.io/modelpress/modelpress-jobs:0.1.0"
+PROMETHEUS_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class Settings:
     job_active_deadline_seconds: int = 6 * 3600
     job_run_as_user: int = 1000
     prometheus_url: str = ""
+    # The Prometheus label that carries a scraped pod's namespace (kubernetes_sd
+    # relabelling usually names it "namespace"); "" scopes canary queries by model only.
+    analysis_namespace_label: str = "namespace"
     metrics_port: int = 8000
     liveness_port: int = 8080
     standalone: bool = True
@@ -69,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--job-ttl-seconds", type=int, help="ttlSecondsAfterFinished of the Jobs (default 86400).")
     parser.add_argument("--prometheus-url", help="Default Prometheus for rollout analysis.")
+    parser.add_argument(
+        "--analysis-namespace-label",
+        help="Prometheus label holding the namespace, so canary queries see only their own namespace "
+        '(default "namespace"; "" = do not scope by namespace).',
+    )
     parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port; 0 = off (default 8000).")
     parser.add_argument("--liveness-port", type=int, help="/healthz port; 0 = off (default 8080).")
     peering = parser.add_mutually_exclusive_group()
@@ -98,6 +108,7 @@ def from_args(args: argparse.Namespace) -> Settings:
             "max_concurrent_jobs",
             "job_ttl_seconds",
             "prometheus_url",
+            "analysis_namespace_label",
             "metrics_port",
             "liveness_port",
         )
@@ -111,7 +122,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         overrides.update(standalone=False, peering_name=args.peering_name)
     elif getattr(args, "standalone", None):
         overrides["standalone"] = True
-    return replace(base, **overrides)  # type: ignore[arg-type]
+    return _checked(replace(base, **overrides))  # type: ignore[arg-type]
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -133,4 +144,15 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 raise ValueError(f"{_env_name(f.name)} must be an integer, got {raw!r}") from exc
         else:
             values[f.name] = raw
-    return Settings(**values)  # type: ignore[arg-type]
+    return _checked(Settings(**values))  # type: ignore[arg-type]
+
+
+def _checked(settings: Settings) -> Settings:
+    """Values that are strings in the environment but must have a shape."""
+    label = settings.analysis_namespace_label
+    if label and not PROMETHEUS_LABEL.fullmatch(label):
+        raise ValueError(
+            "--analysis-namespace-label / MODELPRESS_ANALYSIS_NAMESPACE_LABEL must be a Prometheus label name "
+            f'([a-zA-Z_][a-zA-Z0-9_]*) or "" for none, got {label!r}'
+        )
+    return settings

@@ -89,10 +89,13 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 class Server:
-    """One modelpress-onnx process on loopback."""
+    """One modelpress-onnx process on loopback (``grpc``: also its Open Inference gRPC port)."""
 
-    def __init__(self, model_dir: Path, env: dict[str, str] | None = None, name: str = MODEL_NAME) -> None:
+    def __init__(
+        self, model_dir: Path, env: dict[str, str] | None = None, name: str = MODEL_NAME, grpc: bool = False
+    ) -> None:
         self.port = free_port()
+        self.grpc_port = free_port() if grpc else None
         self.name = name
         self.url = f"http://127.0.0.1:{self.port}"
         # A file, not a pipe: an unread pipe fills up with access logs and blocks the server.
@@ -101,8 +104,8 @@ class Server:
             [
                 sys.executable, "-m", "modelpress.jobs.serving",
                 "--model_dir", str(model_dir), "--model_name", name,
-                "--http_port", str(self.port), "--enable_grpc", "false",
-                "--intra_op_threads", "1", "--enable_latency_logging", "false",
+                "--http_port", str(self.port), "--intra_op_threads", "1", "--enable_latency_logging", "false",
+                *(["--enable_grpc", "true", "--grpc_port", str(self.grpc_port)] if grpc else ["--enable_grpc", "false"]),
             ],
             env={**os.environ, **(env or {})},
             stdout=self.log.open("wb"),
@@ -123,8 +126,8 @@ class Server:
 def start_server() -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def start(model_dir: Path, env: dict[str, str] | None = None) -> Server:
-        server = Server(model_dir, env)
+    def start(model_dir: Path, env: dict[str, str] | None = None, grpc: bool = False) -> Server:
+        server = Server(model_dir, env, grpc=grpc)
         started.append(server)
         return server
 
@@ -134,18 +137,27 @@ def start_server() -> Iterator[Callable[..., Server]]:
 
 
 class Prometheus:
-    """A real Prometheus (Debian package) scraping the given servers every second."""
+    """A real Prometheus (Debian package) scraping the given servers every second.
 
-    def __init__(self, workdir: Path, targets: list[str]) -> None:
+    ``labels``: per target, the labels Prometheus attaches to its series (what
+    kubernetes_sd relabelling gives a pod in a cluster, e.g. ``namespace``).
+    """
+
+    def __init__(self, workdir: Path, targets: list[str], labels: list[dict[str, str]] | None = None) -> None:
         binary = shutil.which("prometheus")
         assert binary, "prometheus is not installed: apt-get install -y prometheus (.ci/run does this)"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = workdir / "prometheus.yml"
+        static = (
+            [{"targets": [t], "labels": lab} for t, lab in zip(targets, labels, strict=True)]
+            if labels
+            else [{"targets": targets}]
+        )
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
-            f"  - job_name: modelpress\n    static_configs: [{{targets: {json.dumps(targets)}}}]\n"
+            f"  - job_name: modelpress\n    static_configs: {json.dumps(static)}\n"
         )
         self.log = workdir / "prometheus.log"
         self.proc = subprocess.Popen(
@@ -179,11 +191,13 @@ class Prometheus:
 
 
 @pytest.fixture
-def start_prometheus(tmp_path) -> Iterator[Callable[[list[Server]], Prometheus]]:
+def start_prometheus(tmp_path) -> Iterator[Callable[..., Prometheus]]:
     started: list[Prometheus] = []
 
-    def start(servers: list[Server]) -> Prometheus:
-        prom = Prometheus(tmp_path, [s.url.removeprefix("http://") for s in servers])
+    def start(servers: list[Server], namespaces: list[str] | None = None) -> Prometheus:
+        """``namespaces``: one per server, attached as its series' ``namespace`` label."""
+        labels = [{"namespace": ns} for ns in namespaces] if namespaces else None
+        prom = Prometheus(tmp_path, [s.url.removeprefix("http://") for s in servers], labels)
         started.append(prom)
         return prom
 

@@ -113,3 +113,33 @@ def test_extra_queries_bounds_errors_and_empty_results(digits_models, start_serv
 def test_unreachable_prometheus_is_inconclusive_never_a_pass(unused_port):
     result = analyse(Analysis(), f"http://127.0.0.1:{unused_port}", Target("abc", SCOPE, WINDOW), timeout=2)
     assert result.verdict == "Inconclusive" and "unreachable" in result.message
+
+
+def test_a_same_named_model_in_another_namespace_does_not_change_the_verdict(
+    digits_models, start_server, start_prometheus, x, load
+):
+    """Staging (namespace "other") runs the same int8 artifact under the same model name
+    and it fails every request. Scoped by namespace, as the operator scopes by default,
+    the canary in "ml" passes; scoped by model name alone, staging's errors would be
+    counted as the canary's."""
+    stable, canary = start_server(digits_models["fp32"]), start_server(digits_models["int8"])
+    staging = start_server(digits_models["int8"], {"MODELPRESS_CHAOS_ERROR_RATE": "1"})
+    prom = start_prometheus([stable, canary, staging], namespaces=["ml", "ml", "other"])
+    assert load(stable, canary, 50, 100, x) == {"stable:200": 50, "canary:200": 50}
+    assert load(staging, None, 0, 60, x) == {"stable:500": 60}
+    prom.wait_until('sum(modelpress_inference_requests_total{namespace="other",code="500"}) >= 60')
+    prom.wait_until('sum(modelpress_inference_requests_total{namespace="ml"}) >= 100')
+    spec, canary_digest = Analysis(min_requests=10, max_latency_ratio=1000), digest(digits_models["int8"])
+
+    scoped = analyse(spec, prom.url, Target(canary_digest, analysis_mod.scope("digits", "ml"), WINDOW))
+    assert scoped.verdict == "Pass", scoped.message
+    assert scoped.values["canaryErrorRate"] == 0.0
+
+    unscoped = analyse(spec, prom.url, Target(canary_digest, analysis_mod.scope("digits", "ml", ""), WINDOW))
+    assert unscoped.verdict == "Fail" and "error rate" in unscoped.message
+    assert unscoped.values["canaryRequests"] > scoped.values["canaryRequests"]
+
+    # A namespace Prometheus has no series for: not a pass, and the message says why.
+    nowhere = analyse(spec, prom.url, Target(canary_digest, analysis_mod.scope("digits", "prod"), WINDOW))
+    assert nowhere.verdict == "Inconclusive" and "no series match" in nowhere.message
+    assert 'namespace="prod"' in nowhere.message
