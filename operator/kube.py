@@ -4,7 +4,7 @@ A small asyncio client over aiohttp, authenticated with the same credentials kop
 logs in with (``kopf.login_with_service_account`` or ``kopf.login_with_kubeconfig``).
 Hand-written rather than the ``kubernetes`` package because that client is
 synchronous (a thread per call) and deserialises every response into typed models;
-the operator needs six calls and plain dicts, fast, for a thousand models at once.
+the operator needs a handful of calls and plain dicts, fast, for a thousand models at once.
 
 Writes retry on 5xx, 429 and connection errors with capped backoff; creates treat
 409 AlreadyExists as success (names are deterministic); a status patch may carry a
@@ -41,6 +41,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Pod"): "pods",
     ("v1", "Event"): "events",
     ("batch/v1", "Job"): "jobs",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservices",
     (api.API_VERSION, api.KIND): api.PLURAL,
 }
 
@@ -182,6 +183,44 @@ class Kube:
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return await self.request("GET", resource_path(api_version, PLURALS[(api_version, kind)], namespace, name))
+
+    async def find(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist (404)."""
+        try:
+            return await self.get(api_version, kind, namespace, name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """RFC 7386 merge patch of the object itself (a null removes a field)."""
+        path = resource_path(api_version, PLURALS[(api_version, kind)], namespace, name)
+        return await self.request(
+            "PATCH", path, patch, content_type="application/merge-patch+json", params={"fieldManager": FIELD_MANAGER}
+        )
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete in the background (owned objects follow by garbage collection).
+
+        With ``uid`` the API server deletes only that exact object (a precondition), so a
+        same-named object created meanwhile by someone else is left alone. False when
+        there was nothing to delete.
+        """
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            await self.request(
+                "DELETE", resource_path(api_version, PLURALS[(api_version, kind)], namespace, name), body
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         path = resource_path(api_version, PLURALS[(api_version, kind)], namespace)

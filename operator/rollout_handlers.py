@@ -13,6 +13,15 @@ spec asks for serving (from the handlers' in-memory index, no extra reads) gets 
 
 Because the InferenceService is always made to match ``status.rollout`` (not a remembered
 step), a restart between 3 and 4 simply re-applies the same traffic on the next tick.
+
+A settled model (promoted or rolled back, nothing new) costs nothing per tick: the raw
+status says so before any parsing, and only a new ``metadata.generation`` (a serving
+change such as autoscaling) makes the loop look at its InferenceService again.
+
+When serving is disabled or removed while ``status.rollout`` is set, :func:`release`
+deletes the InferenceService if ModelPress created it (owner reference), or leaves a
+user's own InferenceService as it is and says so once; either way ``status.rollout`` is
+cleared, so the loop stops looking at the model.
 Talks to the API only through :class:`modelpress.operator.kube.Kube`.
 """
 
@@ -33,14 +42,13 @@ from modelpress.operator import handlers
 from modelpress.operator import inference_service as isvc_mod
 from modelpress.operator import rollout as rollout_mod
 from modelpress.operator import status as st
-from modelpress.operator.kube import ApiError, Conflict, resource_path
+from modelpress.operator.kube import Conflict
 from modelpress.operator.validation import SpecInvalid, parse_model
 
 log = logging.getLogger(__name__)
 
 # How often rollouts are looked at; the analysis itself runs once per spec interval.
 ROLLOUT_TICK_SECONDS = float(os.environ.get("MODELPRESS_ROLLOUT_TICK_SECONDS", "10"))
-ISVC_PLURAL = "inferenceservices"
 # Phases from which serving may proceed (compression finished with an artifact).
 SERVABLE_PHASES = frozenset(
     {
@@ -50,7 +58,14 @@ SERVABLE_PHASES = frozenset(
         api.Phase.RolledBack.value,
     }
 )
-WARNING_REASONS = frozenset({"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive"})
+SERVING_PHASES = SERVABLE_PHASES - {api.Phase.Validated.value}
+SETTLED_PHASES = frozenset({api.Phase.Serving.value, api.Phase.RolledBack.value})
+WARNING_REASONS = frozenset(
+    {"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive", "ServingConfigInvalid"}
+)
+# Predictor fields that say how to scale: a field the desired InferenceService leaves
+# out is removed (null in the merge patch) so KServe does not see two ways to scale.
+SCALING_FIELDS = ("autoScaling", "scaleMetric", "scaleTarget", "scaleMetricType")
 
 
 def wants_rollout(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
@@ -59,6 +74,25 @@ def wants_rollout(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
         st.serving_enabled(spec)
         and status.get("phase") in SERVABLE_PHASES
         and bool((status.get("artifact") or {}).get("storageUri"))
+    )
+
+
+def wants_release(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Serving turned off while a rollout status (and so maybe an InferenceService) exists."""
+    return not st.serving_enabled(spec) and bool(status.get("rollout"))
+
+
+def is_settled(status: Mapping[str, Any]) -> bool:
+    """Promoted or rolled back, nothing in flight, the current artifact already judged
+    (on the raw status: no parsing for the models that need nothing)."""
+    rollout = status.get("rollout") or {}
+    artifact = (status.get("artifact") or {}).get("storageUri")
+    active = rollout.get("step") is not None and bool(rollout.get("canaryStorageUri"))
+    return (
+        bool(rollout)
+        and not active
+        and artifact in (rollout.get("stableStorageUri"), rollout.get("canaryStorageUri"))
+        and status.get("phase") in SETTLED_PHASES
     )
 
 
@@ -82,6 +116,9 @@ async def stop_rollout_loop(**_: Any) -> None:
 
 class _Loop:
     task: asyncio.Task | None = None
+    # uid -> the generation whose InferenceService a settled model was last checked
+    # against; in memory only, so after a restart each settled model is checked once.
+    checked: dict[str, int | None] = {}
 
 
 LOOP = _Loop()
@@ -94,29 +131,24 @@ async def rollout_loop(models: kopf.Index) -> None:
         await asyncio.sleep(ROLLOUT_TICK_SECONDS)
         bodies = [body for _, store in list(models.items()) for body in store]
         for body in bodies:
-            if not wants_rollout(body.get("spec") or {}, body.get("status") or {}):
-                continue
+            spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body["metadata"]
             try:
-                await tick(body)
+                if wants_rollout(spec, status):
+                    if is_settled(status) and LOOP.checked.get(meta.get("uid")) == meta.get("generation"):
+                        continue  # nothing new: no parsing, no API call
+                    await tick(body)
+                elif wants_release(spec, status):
+                    await release(body)
             except Exception as exc:  # keep rolling the other models
-                log.warning("rollout of %s/%s: %s", body["metadata"].get("namespace"), body["metadata"]["name"], exc)
+                log.warning("rollout of %s/%s: %s", meta.get("namespace"), meta["name"], exc)
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
-def _isvc_path(namespace: str, name: str | None = None) -> str:
-    return resource_path(isvc_mod.ISVC_API_VERSION, ISVC_PLURAL, namespace, name)
-
-
 async def _get_isvc(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return await handlers.kube().request("GET", _isvc_path(namespace, name))
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return await handlers.kube().find(isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, namespace, name)
 
 
 def _traffic_fields(isvc: Mapping[str, Any] | None) -> tuple[Any, ...]:
@@ -130,27 +162,41 @@ def _traffic_fields(isvc: Mapping[str, Any] | None) -> tuple[Any, ...]:
     return ((predictor.get("model") or {}).get("storageUri"), predictor.get("canaryTrafficPercent"), canary)
 
 
+def _contains(have: Any, want: Any) -> bool:
+    """Every field of ``want`` is in ``have`` with the same value; fields KServe's webhook
+    defaults on top (and that ModelPress does not set) do not count as a difference."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(_contains(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        same_length = isinstance(have, list) and len(have) == len(want)
+        return same_length and all(_contains(h, w) for h, w in zip(have, want, strict=True))
+    return have == want
+
+
+def _matches(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    return _traffic_fields(existing) == _traffic_fields(desired) and _contains(existing, desired)
+
+
 async def _apply_isvc(desired: dict[str, Any], existing: Mapping[str, Any] | None) -> None:
-    """Create, or merge-patch so the traffic fields match exactly (null removes a canary)."""
+    """Create, or merge-patch so the managed fields match exactly (null removes a canary
+    or a way of scaling the desired InferenceService no longer uses)."""
     meta = desired["metadata"]
     if existing is None:
-        await handlers.kube().request(
-            "POST", _isvc_path(meta["namespace"]), desired, params={"fieldManager": "modelpress-operator"}
-        )
+        await handlers.kube().create(desired)
         return
-    if _traffic_fields(existing) == _traffic_fields(desired):
+    if _matches(existing, desired):
         return
     spec = dict(desired["spec"])
     spec.setdefault("canary", None)
-    spec["predictor"] = dict(spec["predictor"])
-    spec["predictor"].setdefault("canaryTrafficPercent", None)
-    patch = {"metadata": {"labels": meta["labels"], "annotations": meta["annotations"]}, "spec": spec}
-    await handlers.kube().request(
-        "PATCH",
-        _isvc_path(meta["namespace"], meta["name"]),
-        patch,
-        content_type="application/merge-patch+json",
-        params={"fieldManager": "modelpress-operator"},
+    spec["predictor"] = {"canaryTrafficPercent": None, **{f: None for f in SCALING_FIELDS}, **spec["predictor"]}
+    annotations: dict[str, Any] = dict(meta["annotations"])
+    old_annotations = (existing.get("metadata") or {}).get("annotations") or {}
+    keda = isvc_mod.AUTOSCALER_CLASS_ANNOTATION
+    if old_annotations.get(keda) == "keda" and keda not in annotations:
+        annotations[keda] = None  # no prometheus metric any more: back to KServe's default autoscaler
+    patch = {"metadata": {"labels": meta["labels"], "annotations": annotations}, "spec": spec}
+    await handlers.kube().merge_patch(
+        isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, meta["namespace"], meta["name"], patch
     )
 
 
@@ -174,7 +220,11 @@ async def _analyse(
         )  # fmt: skip
     target = analysis_mod.Target(
         canary_digest=status.artifact.sha256,
-        scope=f'model="{isvc_mod.isvc_name(model)}"',
+        scope=analysis_mod.scope(
+            isvc_mod.isvc_name(model),
+            model.metadata.namespace or "default",
+            handlers.STATE.settings.analysis_namespace_label,
+        ),
         window=rollout.interval,
     )
     # urllib blocks: keep the event loop free for other models' events.
@@ -193,10 +243,14 @@ async def tick(body: Mapping[str, Any]) -> None:
     if model.spec.serving is None or not model.spec.serving.enabled or not status.artifact:
         return
     serving, now = model.spec.serving, _now()
-    if _settled(status):
-        return  # promoted or rolled back, nothing new: no API call at all
     name = isvc_mod.isvc_name(model)
     isvc = await _get_isvc(ns, name)
+    if is_settled(body.get("status") or {}):
+        # Nothing to decide; a serving change (autoscaling, resources) may still need
+        # applying to the InferenceService that is there (never re-created here).
+        if isvc is None or await _converge(body, status, model, status.rollout, isvc):
+            LOOP.checked[meta.get("uid")] = meta.get("generation")
+        return
     analysis = None
     if rollout_mod.analysis_due(serving.rollout, status.rollout, now):
         analysis = await _analyse(model, status, now)
@@ -212,23 +266,73 @@ async def tick(body: Mapping[str, Any]) -> None:
     if decision.changed or new_rollout != status.rollout:
         if not await _report(body, status, decision.phase, decision.reason, decision.message, new_rollout):
             return  # decided on a stale body: the next tick decides on the current one
-    traffic = rollout_mod.desired_traffic(new_rollout)
-    if traffic is not None:
+    await _converge(body, status, model, new_rollout, isvc)
+
+
+async def _converge(
+    body: Mapping[str, Any],
+    status: api.CompressedModelStatus,
+    model: api.CompressedModel,
+    rollout: api.RolloutStatus | None,
+    isvc: Mapping[str, Any] | None,
+) -> bool:
+    """Make the InferenceService carry the traffic ``rollout`` stands for; False when the
+    spec cannot be turned into one (reported on the model instead of retried blind)."""
+    traffic = rollout_mod.desired_traffic(rollout)
+    if traffic is None:
+        return True
+    try:
         desired = isvc_mod.build_inference_service(
-            model, traffic, handlers.STATE.settings, owned=_owned_by(isvc, meta.get("uid"))
+            model, traffic, handlers.STATE.settings, owned=_owned_by(isvc, body["metadata"].get("uid"))
         )
-        await _apply_isvc(desired, isvc)
+    except isvc_mod.ServingConfigError as exc:
+        await _report(body, status, status.phase, "ServingConfigInvalid", str(exc), None)
+        return False
+    await _apply_isvc(desired, isvc)
+    return True
 
 
-def _settled(status: api.CompressedModelStatus) -> bool:
-    """The artifact was promoted or rolled back and nothing is in flight."""
-    r, artifact = status.rollout, status.artifact.storage_uri
-    return (
-        r is not None
-        and not rollout_mod.is_active(r)
-        and artifact in (r.stable_storage_uri, r.canary_storage_uri)
-        and status.phase in (api.Phase.Serving.value, api.Phase.RolledBack.value)
-    )
+async def release(body: Mapping[str, Any]) -> None:
+    """Serving was disabled or removed: take back what ModelPress put out.
+
+    An InferenceService this CompressedModel owns is deleted (only that exact object: a
+    uid precondition); someone else's is left as it is, said once in an Event. Either
+    way ``status.rollout`` is cleared (which also ends this model's turns in the loop)
+    and a model that was serving goes back to ``Validated``, Ready as without serving.
+    """
+    meta, status = body["metadata"], body.get("status") or {}
+    ns = meta.get("namespace") or "default"
+    name = (status.get("rollout") or {}).get("inferenceService") or meta["name"]
+    isvc = await _get_isvc(ns, name)
+    if isvc is not None and _owned_by(isvc, meta.get("uid")):
+        await handlers.kube().delete(
+            isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, ns, name, uid=isvc["metadata"].get("uid")
+        )
+        reason, message = "ServingRemoved", f"serving disabled: deleted InferenceService {ns}/{name}"
+    elif isvc is not None:
+        reason = "ServingReleased"
+        message = (
+            f"serving disabled: InferenceService {ns}/{name} was not created by ModelPress, so it is left as it "
+            f"is (serving {isvc_mod.serving_uri(isvc)}); delete it yourself if it should go"
+        )
+    else:
+        reason, message = "ServingRemoved", f"serving disabled: InferenceService {ns}/{name} is already gone"
+    fields: dict[str, Any] = {"rollout": None}
+    if status.get("phase") in SERVING_PHASES:  # not while a new recipe compresses
+        conds = [
+            st.condition("Ready", True, "Validated", "validated; serving is disabled"),
+            st.condition("RolledOut", False, "ServingDisabled", message),
+        ]
+        fields.update(
+            phase=api.Phase.Validated.value,
+            conditions=st.merge_conditions(status.get("conditions"), conds, meta.get("generation"), handlers.now()),
+        )
+    try:
+        await handlers.kube().patch_model_status(ns, meta["name"], fields, resource_version=meta.get("resourceVersion"))
+    except Conflict:
+        return  # decided on a stale body; the next tick sees the current one
+    LOOP.checked.pop(meta.get("uid"), None)
+    await handlers.kube().post_event(body, "Normal", reason, message)
 
 
 async def _report(

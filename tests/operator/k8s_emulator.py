@@ -12,7 +12,8 @@ operator relies on:
 - merge patches (RFC 7386) and JSON patches (RFC 6902, including ``test``);
 - label and ``metadata.name`` field selectors on list and watch;
 - watch resume from a ``resourceVersion`` (410 Gone when too old), ``timeoutSeconds``;
-- cascading deletion through ``ownerReferences``; 409 AlreadyExists on create.
+- cascading deletion through ``ownerReferences``; a uid precondition on delete;
+  409 AlreadyExists on create.
 
 It is fast on purpose: kmock's own request log and DSL matching grow with every request
 (quadratic: 200 models took 69 s), so resource requests bypass them and only a compact
@@ -276,7 +277,8 @@ class ApiServer(kmock.KubernetesEmulator):
             if verb == "update":
                 return _json(self.replace(group, plural, ns, name, sub, data))
             if verb == "delete":
-                return _json(self.delete(group, plural, ns, name))
+                uid = ((data or {}).get("preconditions") or {}).get("uid")
+                return _json(self.delete(group, plural, ns, name, uid))
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
         except ApiError as exc:
             return _status(exc.status, exc.reason, exc.message)
@@ -460,9 +462,16 @@ class ApiServer(kmock.KubernetesEmulator):
             raise ApiError(422, "Invalid", "metadata.resourceVersion: must be specified for an update")
         return self._write(group, plural, ns, name, sub, data, precondition)
 
-    def delete(self, group: str, plural: str, ns: str | None, name: str) -> dict[str, Any]:
+    def delete(self, group: str, plural: str, ns: str | None, name: str, uid: str | None = None) -> dict[str, Any]:
+        """``uid``: DeleteOptions.preconditions.uid, a 409 when the object is another one."""
         key = (group, plural, ns or "", name)
         obj = self._get(group, plural, ns, name)
+        if uid and obj["metadata"]["uid"] != uid:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Precondition failed: UID in precondition: {uid}, UID in object meta: {obj['metadata']['uid']}",
+            )
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
                 obj = {**obj, "metadata": {**obj["metadata"], "deletionTimestamp": now()}}

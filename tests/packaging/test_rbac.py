@@ -46,8 +46,9 @@ NAMESPACE = "ml"
 RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
 # scenario -> (chart values, the model asks for serving). The default install runs the
-# model all the way to a canary (InferenceService created, then patched); the
-# namespaced install has serving off (rbac.kserve=false) and kopf peering on.
+# model all the way to a canary (InferenceService created, then patched) and then turns
+# serving off (InferenceService deleted); the namespaced install has serving off
+# (rbac.kserve=false) and kopf peering on.
 SCENARIOS: dict[str, tuple[dict[str, Any], bool]] = {
     "default-install": ({}, True),
     "namespaced-with-peering": (
@@ -343,6 +344,9 @@ def run_scenario(values, serving, digits, work, crds, render) -> Run:  # noqa: A
                 if serving:
                     cluster.wait_for("the canary in the InferenceService", lambda: canary_in_isvc(cluster), 60)
                     final = cluster.model("digits")
+                    # Then serving is turned off: the InferenceService it created is deleted.
+                    cluster.patch_model("digits", {"spec": {"serving": {"enabled": False}}})
+                    cluster.wait_for("the InferenceService deleted", lambda: not cluster.objects(ISVC[0], ISVC[2]), 60)
                 _, metrics_text = wait_http(f"http://127.0.0.1:{metrics}/metrics", deadline + 180)
                 if values.get("peering", {}).get("enabled"):
                     cluster.wait_for("the operator in the peering", lambda: peering_status(cluster))
@@ -408,7 +412,7 @@ def test_the_happy_path_really_ran(scenario: str, operator_runs: dict[str, Run])
     _values, serving = SCENARIOS[scenario]
     if serving:
         assert status["phase"] == "RollingOut" and status["rollout"]["canaryPercent"] == 50
-        assert {("create", "inferenceservices"), ("patch", "inferenceservices")} <= {
+        assert {("create", "inferenceservices"), ("patch", "inferenceservices"), ("delete", "inferenceservices")} <= {
             (r.verb, r.resource) for r in run.requests
         }
     else:

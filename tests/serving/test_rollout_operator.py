@@ -133,7 +133,8 @@ def run_rollout(world: dict[str, Any], chaos: dict[str, str] | None, until: set[
     models = world["models"]
     stable = world["start_server"](models["fp32"])
     canary = world["start_server"](models["int8"], chaos)
-    prom = world["start_prometheus"]([stable, canary])
+    # Both in the model's namespace, as kubernetes_sd relabelling labels a pod's series.
+    prom = world["start_prometheus"]([stable, canary], namespaces=[NS, NS])
     x = np.load(models["val"])["x"]
     with Cluster(world["tmp"], runner=instant_job(models["int8"]), namespace=NS) as c:
         c.sync(c.server.declare, *ISVC[:1], "v1beta1", ISVC[1], "InferenceService")
@@ -315,3 +316,74 @@ def test_knative_mode_canary_percent_and_immediate_strategy(tmp_path, digits_mod
             c.sync(c.kserve.mark_ready, NS, "digits")
             c.wait_phase("digits", "Serving", timeout=30)
         assert predictor()["model"]["storageUri"] == artifact
+
+
+# ---------------------------------------------------------------- serving changes after the rollout
+
+
+def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any]:
+    return next(cond for cond in status["conditions"] if cond["type"] == type_)
+
+
+def test_serving_change_reaches_a_settled_inference_service_and_disabling_serving_deletes_it(
+    tmp_path, digits_models, quick_ticks, unused_port
+):
+    """An owned InferenceService (strategy immediate, none there before): a later
+    autoscaling change is applied to it although the rollout is settled; turning serving
+    off deletes it and the model is Validated again, Ready as without serving."""
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        doc = model_doc(f"http://127.0.0.1:{unused_port}", strategy="immediate")
+        with operator_env(c), operator(c):
+            applied = c.apply_model(doc)
+            c.wait_phase("digits", "Serving", timeout=60)
+            [isvc] = c.objects(*ISVC)
+            assert isvc["metadata"]["ownerReferences"][0]["uid"] == applied["metadata"]["uid"]
+            assert isvc["spec"]["predictor"]["scaleMetric"] == "concurrency"
+
+            query = 'sum(rate(modelpress_inference_requests_total{model="digits"}[1m]))'
+            metrics = [{"prometheus": {"query": query, "target": 100}}]
+            c.patch_model("digits", {"spec": {"serving": {"autoscaling": {"metrics": metrics}}}})
+            c.wait_for("KEDA autoscaling", lambda: "autoScaling" in c.objects(*ISVC)[0]["spec"]["predictor"])
+            [isvc] = c.objects(*ISVC)
+            predictor = isvc["spec"]["predictor"]
+            assert predictor["autoScaling"]["metrics"][0]["external"]["metric"]["query"] == query
+            assert not {"scaleMetric", "scaleTarget"} & predictor.keys()  # one way to scale, not two
+            assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+            assert predictor["model"]["storageUri"] == c.model("digits")["status"]["artifact"]["storageUri"]
+
+            c.patch_model("digits", {"spec": {"serving": {"enabled": False}}})
+            c.wait_for("the InferenceService deleted", lambda: not c.objects(*ISVC))
+            final = c.wait_phase("digits", "Validated", timeout=30)
+            time.sleep(2)  # two more ticks: nothing further happens
+        status = c.model("digits")["status"]
+        assert status == final["status"] and "rollout" not in status
+        ready = condition(status, "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "Validated")
+        assert condition(status, "RolledOut")["status"] == "False"
+        removed = [e for e in c.events("digits") if e["reason"] == "ServingRemoved"]
+        assert len(removed) == 1 and f"{NS}/digits" in removed[0]["message"]
+
+
+def test_disabling_serving_leaves_a_users_inference_service_alone_and_says_so_once(
+    tmp_path, digits_models, quick_ticks, unused_port
+):
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        with operator_env(c), operator(c):
+            c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}"))
+            c.wait_for("the canary", lambda: canary_split(c)[0])
+            before = c.objects(*ISVC)[0]
+            c.patch_model("digits", {"spec": {"serving": None}})  # serving removed altogether
+            c.wait_for("the event", lambda: any(e["reason"] == "ServingReleased" for e in c.events("digits")))
+            time.sleep(3)  # three more ticks
+        [after] = c.objects(*ISVC)
+        # Not deleted, not patched (KServe's stand-in may still have written its status).
+        assert (after["spec"], after["metadata"]["generation"]) == (before["spec"], before["metadata"]["generation"])
+        released = [e for e in c.events("digits") if e["reason"] == "ServingReleased"]
+        assert len(released) == 1 and "not created by ModelPress" in released[0]["message"]
+        assert not any(e["reason"] == "ServingRemoved" for e in c.events("digits"))
+        status = c.model("digits")["status"]
+        assert status["phase"] == "Validated" and "rollout" not in status
+        assert condition(status, "Ready")["status"] == "True"

@@ -72,7 +72,7 @@ against every request the operator makes in tests/packaging/test_rbac.py.
 {{- if .Values.rbac.kserve }}
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
-  verbs: [create, get, patch]
+  verbs: [create, get, patch, delete]
 {{- end }}
 {{- end -}}
 
