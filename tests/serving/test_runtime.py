@@ -148,3 +148,44 @@ def test_the_charts_serving_runtime_args_parse_with_the_runtime_cli():
     args = [a.replace('{{ "{{.Name}}" }}', "digits") for a in re.findall(r"^\s+- (--.+)$", text, re.MULTILINE)]
     parsed = build_parser().parse_args(args)
     assert (str(parsed.model_dir), parsed.model_name, parsed.http_port) == ("/mnt/models", "digits", 8080)
+    # One container port (KServe's rule), the HTTP one, serving both HTTP protocols.
+    assert re.findall(r"containerPort: (\d+)", text) == [str(parsed.http_port)]
+    assert "name: http1" in text and "protocolVersions: [v1, v2]" in text
+
+
+def test_open_inference_grpc_with_kserves_own_client(digits_models, start_server):
+    """The same ModelServer on its gRPC port: readiness, metadata with the real input and
+    output names, and an inference that matches onnxruntime, through kserve's client."""
+    import asyncio
+
+    import grpc
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    x = np.load(digits_models["val"])["x"][:4]
+    label, probs = reference(digits_models["int8"], x)
+    server = start_server(digits_models["int8"], grpc=True)
+    address = f"127.0.0.1:{server.grpc_port}"
+
+    async def call() -> tuple[bool, bool, object, object]:
+        client = InferenceGRPCClient(address, timeout=30)
+        try:
+            live, ready = await client.is_server_live(), await client.is_model_ready("digits")
+            inp = InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            response = await client.infer(InferRequest("digits", [inp]))
+        finally:
+            await client.close()
+        # The client has no metadata call; kserve's generated stub on the same port has.
+        async with grpc.aio.insecure_channel(address) as channel:
+            meta = await GRPCInferenceServiceStub(channel).ModelMetadata(pb.ModelMetadataRequest(name="digits"))
+        return live, ready, response, meta
+
+    live, ready, response, meta = asyncio.run(call())
+    assert live and ready
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("input", "FP32", [-1, 64])]
+    assert {t.name: t.datatype for t in meta.outputs} == {"label": "INT64", "probabilities": "FP32"}
+    outputs = {o.name: o.as_numpy() for o in response.outputs}
+    assert outputs["label"].tolist() == label.tolist()
+    np.testing.assert_allclose(outputs["probabilities"].reshape(probs.shape), probs, rtol=1e-6)
