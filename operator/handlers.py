@@ -28,7 +28,7 @@ from modelpress.operator import job_builder, metrics
 from modelpress.operator import settings as settings_mod
 from modelpress.operator import status as st
 from modelpress.operator.kube import ApiError, Conflict, Kube
-from modelpress.operator.validation import SpecInvalid, format_problems, parse_model, parse_spec
+from modelpress.operator.validation import SpecInvalid, format_problems, parse_model
 
 log = logging.getLogger(__name__)
 JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
@@ -400,7 +400,7 @@ async def collect(
     if body is None:
         return  # the model is gone; its Job goes by garbage collection
     try:
-        current = api.recipe_hash(parse_spec(body.get("spec")))
+        current = api.recipe_hash(parse_model(body).spec)
     except SpecInvalid:
         return
     status = body.get("status") or {}

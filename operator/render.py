@@ -6,43 +6,39 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from modelpress import api
+from modelpress import api, validate
 from modelpress.operator import inference_service, job_builder
 from modelpress.operator import settings as settings_mod
-from modelpress.operator.validation import SpecInvalid, field_path, parse_spec
+from modelpress.operator.validation import SpecInvalid
+from modelpress.problems import Problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, help="A CompressedModel YAML/JSON file.")
+    parser.add_argument("spec", help="A CompressedModel YAML/JSON file; - for stdin.")
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     parser.add_argument("-n", "--namespace", default=None, help="Namespace when metadata.namespace is absent.")
     parser.add_argument("--job-image", default=None, help="Default compression image (else the operator default).")
 
 
-def load_model(path: Path, namespace: str | None = None) -> api.CompressedModel:
-    """Read and validate one CompressedModel; problems come back as :class:`SpecInvalid`."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecInvalid([("", f"cannot read {path}: {exc.strerror}")]) from None
-    except yaml.YAMLError as exc:
-        raise SpecInvalid([("", f"{path} is not valid YAML: {exc}")]) from None
-    if not isinstance(doc, dict) or doc.get("kind") != api.KIND:
-        raise SpecInvalid([("", f"{path} must hold one {api.KIND} (apiVersion {api.API_VERSION})")])
-    try:
-        parse_spec(doc.get("spec"))  # one problem per field path of the spec
-    except SpecInvalid as exc:
-        raise SpecInvalid([(f"spec.{p}" if p else "spec", m) for p, m in exc.problems]) from None
-    try:
-        model = api.CompressedModel.model_validate(doc)
-    except ValidationError as exc:
-        raise SpecInvalid([(field_path(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+def load_model(path: str, namespace: str | None = None) -> api.CompressedModel:
+    """Read and check one CompressedModel the way ``modelpress validate`` does; its
+    problems (file, name, field path, fix) come back as :class:`SpecInvalid`."""
+    source = "<stdin>" if path == "-" else path
+    text, error = validate.read_source(path)
+    if error:
+        raise SpecInvalid([Problem("", error, "check the path", source)])
+    documents = validate.load_text(text, source)
+    if len(documents) != 1:
+        raise SpecInvalid(
+            [Problem("", f"holds {len(documents)} documents", f"render one {api.KIND} at a time", source)]
+        )
+    result, model = documents[0]
+    if model is None:
+        raise SpecInvalid(result.problems)
     if namespace and not model.metadata.namespace:
         model.metadata.namespace = namespace
     return model
@@ -65,8 +61,8 @@ def render_command(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.spec, args.namespace)
     except SpecInvalid as exc:
-        for path, msg in exc.problems:
-            print(f"{args.spec}: {path or 'error'}: {msg}", file=sys.stderr)
+        for problem in exc.problems:
+            print(problem.line(), file=sys.stderr)
         return 1
     objects = render_objects(model, settings)
     if args.output == "json":

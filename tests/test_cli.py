@@ -109,3 +109,37 @@ def test_installed_script_reports_without_traceback(tmp_path):
     assert done.returncode == 1
     assert "invalid YAML" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_render_reports_problems_as_validate_does(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    assert main(["validate", str(bad)]) == 1
+    validated = capsys.readouterr().out
+    assert main(["render", str(bad)]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == validated
+    assert out.err.startswith(f"{bad} bad: spec.compression.steps[0].prune.sparsity: got 2")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("kind: CompressedModel\nspec: [\n", "invalid YAML"),
+        (BAD + "---\n" + BAD, "holds 2 documents; render one CompressedModel at a time"),
+        ("", "no CompressedModel found"),
+    ],
+)
+def test_render_refuses_what_it_cannot_render_without_traceback(tmp_path, capsys, text, words):
+    path = tmp_path / "in.yaml"
+    path.write_text(text)
+    assert main(["render", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(str(path)) and words in err and "Traceback" not in err
+
+
+def test_render_reads_stdin(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(EXAMPLES[0].read_text()))
+    assert main(["render", "-", "-o", "json"]) == 0
+    kinds = [o["kind"] for o in json.loads(capsys.readouterr().out)["items"]]
+    assert kinds[:2] == ["ConfigMap", "Job"]

@@ -31,6 +31,11 @@ PATTERN_HINTS: dict[str, str] = {
     r"^[a-zA-Z_][a-zA-Z0-9_]*$": "use letters, digits and '_', not starting with a digit",
 }
 
+# Why a limit is what it is, where the rule alone would puzzle (appended to the fix).
+FIELD_REASONS: dict[str, str] = {
+    "metadata.name": "the compression Job is named <name>-<hash8> and Job names must fit 63 characters",
+}
+
 TYPE_WORDS: dict[str, str] = {
     "int_type": "an integer",
     "int_parsing": "an integer",
@@ -63,8 +68,12 @@ class Problem:
         """``FILE[:doc N] NAME: PATH: WHAT; FIX`` — the format ``modelpress validate`` prints."""
         where = self.source + (f":doc {self.document}" if show_document and self.document else "")
         head = f"{where} {self.name or '<unnamed>'}".strip()
+        return f"{head}: {self.text()}"
+
+    def text(self) -> str:
+        """``PATH: WHAT; FIX`` — the line without its file and name (the operator's condition)."""
         text = f"{self.path}: {self.message}" if self.path else self.message
-        return f"{head}: {text}" + (f"; {self.fix}" if self.fix else "")
+        return text + (f"; {self.fix}" if self.fix else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "message": self.message, "fix": self.fix}
@@ -200,6 +209,12 @@ def _type_name(value: Any) -> str:
 
 def explain(root: type[BaseModel], error: dict[str, Any]) -> Problem:
     """One pydantic error (``ValidationError.errors()`` item) as a Problem."""
+    problem = _explain(root, error)
+    why = FIELD_REASONS.get(problem.path)
+    return Problem(problem.path, problem.message, f"{problem.fix} ({why})" if why else problem.fix)
+
+
+def _explain(root: type[BaseModel], error: dict[str, Any]) -> Problem:
     node = resolve(root, tuple(error["loc"]))
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     last = str(error["loc"][-1]) if error["loc"] else ""

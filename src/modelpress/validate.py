@@ -4,9 +4,10 @@ Checks are those the API server would make at ``kubectl apply`` time, and then s
 YAML syntax (with line and column, duplicate keys included), apiVersion/kind, unknown
 fields, types (strictly: ``"8"`` is not an integer, as in the API server), ranges,
 enums and the cross-field rules of :func:`modelpress.api.semantic_problems`, each
-reported with its own field path. The pure functions :func:`check_documents` and
-:func:`check_object` return :class:`~modelpress.problems.Problem` lists for reuse by
-the operator; nothing here raises on bad input.
+reported with its own field path. The pure functions :func:`check_documents`,
+:func:`check_object` and :func:`parse_object` return :class:`~modelpress.problems.Problem`
+lists for reuse by the operator (SpecValid condition, ``modelpress render``), so every
+entry point words a problem the same way; nothing here raises on bad input.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,27 +106,33 @@ def _name_of(obj: Any) -> str:
 
 def check_object(obj: Any) -> list[Problem]:
     """Every problem of one parsed resource (a dict from YAML or JSON); [] when valid."""
-    if not isinstance(obj, dict):
-        return [
+    return parse_object(obj)[1]
+
+
+def parse_object(obj: Any) -> tuple[api.CompressedModel | None, list[Problem]]:
+    """(the resource as API types, []) when valid, else (None, every problem)."""
+    if not isinstance(obj, Mapping):
+        return None, [
             Problem(
                 "",
                 f"the document is {type(obj).__name__}, not a mapping",
                 "write a CompressedModel mapping (apiVersion, kind, metadata, spec)",
             )
         ]
-    obj = _jsonable(obj)
+    obj = _jsonable(dict(obj))
     identity = []
     if obj.get("apiVersion") != api.API_VERSION:
         identity.append(Problem("apiVersion", f"got {obj.get('apiVersion')!r}", f"use {api.API_VERSION}"))
     if obj.get("kind") != api.KIND:
         identity.append(Problem("kind", f"got {obj.get('kind')!r}", f"use {api.KIND}"))
     if identity:  # not a CompressedModel: its fields would only add noise
-        return identity
+        return None, identity
     try:
         resource = _ResourceFieldsOnly.model_validate_json(json.dumps(obj), strict=True)
     except ValidationError as exc:
-        return from_validation_error(api.CompressedModel, exc)
-    return [Problem(f"spec.{path}", message) for path, message in api.semantic_problems(resource.spec)]
+        return None, from_validation_error(api.CompressedModel, exc)
+    problems = [Problem(f"spec.{path}", message) for path, message in api.semantic_problems(resource.spec)]
+    return (None, problems) if problems else (api.CompressedModel.model_validate(obj), [])
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> Problem:
@@ -143,7 +151,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> Problem:
 
 def check_text(text: str, source: str) -> list[DocumentResult]:
     """Results for every document in a (multi-document) YAML or JSON text."""
-    results: list[DocumentResult] = []
+    return [result for result, _ in load_text(text, source)]
+
+
+def load_text(text: str, source: str) -> list[tuple[DocumentResult, api.CompressedModel | None]]:
+    """Every document of a (multi-document) YAML or JSON text: its result, and the
+    resource as API types when it is valid."""
+    results: list[tuple[DocumentResult, api.CompressedModel | None]] = []
     number = 0
     loader = None
     try:
@@ -155,17 +169,17 @@ def check_text(text: str, source: str) -> list[DocumentResult]:
             obj = loader.get_data()
             if obj is None:  # an empty document, e.g. after a trailing ---
                 continue
-            results.append(DocumentResult(source, number, _name_of(obj), check_object(obj)))
+            model, problems = parse_object(obj)
+            results.append((DocumentResult(source, number, _name_of(obj), problems), model))
     except yaml.YAMLError as exc:
-        results.append(DocumentResult(source, number, "", [_yaml_problem(exc)]))
+        results.append((DocumentResult(source, number, "", [_yaml_problem(exc)]), None))
     finally:
         if loader is not None:
             loader.dispose()
     if not results:
-        results.append(
-            DocumentResult(source, 1, "", [Problem("", "no CompressedModel found", "the file holds no YAML documents")])
-        )
-    for result in results:
+        empty = Problem("", "no CompressedModel found", "the file holds no YAML documents")
+        results.append((DocumentResult(source, 1, "", [empty]), None))
+    for result, _ in results:
         result.problems = [
             Problem(p.path, p.message, p.fix, source, result.document, result.name) for p in result.problems
         ]
@@ -177,7 +191,7 @@ def check_documents(text: str, source: str) -> list[Problem]:
     return [p for result in check_text(text, source) for p in result.problems]
 
 
-def _read(path: str) -> tuple[str, str | None]:
+def read_source(path: str) -> tuple[str, str | None]:
     """(text, error) of a file argument; ``-`` is stdin."""
     if path == "-":
         return sys.stdin.read(), None
@@ -199,7 +213,7 @@ def validate_command(args: argparse.Namespace) -> int:
     results: list[DocumentResult] = []
     for path in args.files:
         source = "<stdin>" if path == "-" else path
-        text, error = _read(path)
+        text, error = read_source(path)
         if error:
             results.append(DocumentResult(source, 1, "", [Problem("", error, "check the path", source, 1)]))
         else:

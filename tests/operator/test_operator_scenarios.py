@@ -15,6 +15,9 @@ import pytest
 from cluster import Cluster, ContainerResult, Gate, running_operator, sample_model
 from k8s_emulator import Fault
 
+from modelpress.operator.validation import format_problems
+from modelpress.validate import check_object
+
 DOC = sample_model()
 
 
@@ -54,7 +57,9 @@ def test_invalid_spec_gets_a_condition_and_no_job(gated: Cluster) -> None:
         st = status(gated)
         spec_valid = cond(st, "SpecValid")
         assert spec_valid["reason"] == "InvalidSpec"
-        assert "spec.validation.metric" in spec_valid["message"] and "accuracy" in spec_valid["message"]
+        # The same words as `modelpress validate`: field path, value and the allowed values.
+        assert spec_valid["message"] == format_problems(check_object(bad))
+        assert spec_valid["message"].startswith("spec.validation.metric: metric 'mse' does not fit task")
         assert st["observedGeneration"] == 1 and st["phase"] == "Failed"
         events = gated.wait_for("a warning", lambda: gated.events("digits"))
         assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpec")]

@@ -6,10 +6,12 @@ import argparse
 
 import pytest
 
+from modelpress import api
 from modelpress.operator import settings as settings_mod
 from modelpress.operator import status as st
-from modelpress.operator.validation import SpecInvalid, parse_spec
+from modelpress.operator.validation import SpecInvalid, format_problems, parse_model
 from modelpress.summary import JobSummary
+from modelpress.validate import check_object
 
 SPEC = {
     "source": {"storageUri": "s3://m/model.onnx", "format": "onnx", "task": "classification"},
@@ -111,22 +113,28 @@ def test_success_without_summary_is_not_validated() -> None:
     assert next(c for c in conds if c["type"] == "Compressed")["reason"] == "NoSummary"
 
 
-def test_parse_spec_reports_each_field() -> None:
+def test_parse_model_reports_each_field_as_validate_does() -> None:
+    spec = {
+        **SPEC,
+        "validation": {**SPEC["validation"], "metric": "mse"},
+        "compression": {"steps": [{"prune": {"sparsity": 0.5, "structure": "neurons"}}]},
+    }
+    body = {"metadata": {"name": "m", "namespace": "ml", "uid": "u1", "managedFields": []}, "spec": spec}
     with pytest.raises(SpecInvalid) as err:
-        parse_spec(
-            {
-                **SPEC,
-                "validation": {**SPEC["validation"], "metric": "mse"},
-                "compression": {"steps": [{"prune": {"sparsity": 0.5, "structure": "neurons"}}]},
-            }
-        )
-    paths = [p for p, _ in err.value.problems]
-    assert "validation.metric" in paths and "compression.steps[0].prune.structure" in paths
+        parse_model(body)
+    paths = [p.path for p in err.value.problems]
+    assert "spec.validation.metric" in paths and "spec.compression.steps[0].prune.structure" in paths
+    # Word for word what `modelpress validate` says about the same resource.
+    resource = {"apiVersion": api.API_VERSION, "kind": api.KIND, **body}
+    assert err.value.problems == check_object(resource)
+    assert format_problems(err.value.problems).startswith(err.value.problems[0].text() + " | ")
+    assert "metric 'mse' does not fit task 'classification'; use one of accuracy" in str(err.value)
     with pytest.raises(SpecInvalid) as err:
-        parse_spec({**SPEC, "output": {}})
-    assert err.value.problems[0][0] == "output.storageUri"
-    with pytest.raises(SpecInvalid):
-        parse_spec(None)
+        parse_model({"metadata": {"name": "m"}, "spec": {**SPEC, "output": {}}})
+    assert [p.path for p in err.value.problems] == ["spec.output.storageUri"]
+    with pytest.raises(SpecInvalid) as err:
+        parse_model({"metadata": {"name": "m"}})
+    assert err.value.problems[0].text() == "spec: required field is missing; add spec"
 
 
 def test_settings_from_env_and_flags() -> None:
@@ -160,15 +168,14 @@ def test_model_metrics_have_bounded_labels_and_reset() -> None:
     assert REGISTRY.get_sample_value("modelpress_models", {"phase": "Rejected"}) == 0
 
 
-@pytest.mark.parametrize("name", ["my.model", "x" * 55])
-def test_names_a_job_cannot_carry_are_spec_problems_not_crashes(name: str) -> None:
-    from modelpress.operator.validation import parse_model
-
+@pytest.mark.parametrize(("name", "fix"), [("my.model", "use a DNS-1123 label"), ("x" * 55, "allowed at most 54")])
+def test_names_a_job_cannot_carry_are_spec_problems_not_crashes(name: str, fix: str) -> None:
     body = {"metadata": {"name": name, "namespace": "ml"}, "spec": SPEC}
     with pytest.raises(SpecInvalid) as info:
         parse_model(body)
     (problem,) = info.value.problems
-    assert problem[1].startswith(f"metadata.name {name!r}: ") and "<name>-<hash8> fits 63" in problem[1]
+    assert problem.path == "metadata.name" and problem.fix.startswith(fix)
+    assert "<name>-<hash8>" in problem.fix and "63 characters" in problem.fix
     assert parse_model({"metadata": {"name": "ok-name", "namespace": "ml"}, "spec": SPEC}).metadata.name == "ok-name"
 
 
