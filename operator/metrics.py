@@ -6,7 +6,6 @@ deleted, so cardinality is bounded by the number of CompressedModels.
 
 from __future__ import annotations
 
-from collections import Counter as Tally
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +28,13 @@ ACCURACY_DROP = Gauge("modelpress_model_accuracy_drop", "Baseline minus compress
 SPEEDUP = Gauge("modelpress_model_speedup", "Baseline / compressed p50 latency.", ["namespace", "name"])
 PER_MODEL = ((SIZE_RATIO, "sizeRatio"), (ACCURACY_DROP, "accuracyDrop"), (SPEEDUP, "speedup"))
 
+PHASES = tuple(p.value for p in api.Phase)
+# Each model's last phase and the count per phase, kept in step so an event costs O(1),
+# not a recount of every model.
 _phases: dict[tuple[str, str], str] = {}
+_counts: dict[str, int] = dict.fromkeys(PHASES, 0)
+for _phase in PHASES:
+    MODELS.labels(_phase).set(0)
 
 
 def serve(port: int) -> Any:
@@ -41,8 +46,7 @@ def serve(port: int) -> Any:
 def observe_model(namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
     """Track one model's phase and result gauges from its current status."""
     status = status or {}
-    _phases[(namespace, name)] = status.get("phase") or api.Phase.Pending.value
-    _publish_phases()
+    _move((namespace, name), status.get("phase") or api.Phase.Pending.value)
     results = status.get("results") or {}
     for gauge, key in PER_MODEL:
         value = results.get(key)
@@ -51,8 +55,7 @@ def observe_model(namespace: str, name: str, status: Mapping[str, Any] | None) -
 
 
 def forget_model(namespace: str, name: str) -> None:
-    _phases.pop((namespace, name), None)
-    _publish_phases()
+    _move((namespace, name), None)
     for gauge, _ in PER_MODEL:
         try:
             gauge.remove(namespace, name)
@@ -66,7 +69,18 @@ def reset() -> None:
         forget_model(namespace, name)
 
 
-def _publish_phases() -> None:
-    tally = Tally(_phases.values())
-    for phase in api.Phase:
-        MODELS.labels(phase.value).set(tally.get(phase.value, 0))
+def _move(key: tuple[str, str], phase: str | None) -> None:
+    """Count ``key`` under ``phase`` instead of its last one (None: forget it).
+
+    A phase this version does not know is remembered (so :func:`reset` finds the model)
+    but not published.
+    """
+    old = _phases.pop(key, None)
+    if phase is not None:
+        _phases[key] = phase
+    if old == phase:
+        return
+    for moved, step in ((old, -1), (phase, 1)):
+        if moved in _counts:
+            _counts[moved] += step
+            MODELS.labels(moved).set(_counts[moved])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 
 from modelpress import api
 from modelpress.operator import settings as settings_mod
@@ -207,3 +209,32 @@ def test_stuck_pod_names_pod_image_and_fix() -> None:
     assert reason == "CreateContainerConfigError" and "Secrets and ConfigMaps" in message
     assert st.stuck_pod([stuck("ContainerCreating"), stuck("ImagePullBackOff", phase="Failed")]) is None
     assert st.stuck_pod([pod(reason="OOMKilled")]) is None
+
+
+MODEL_KEYS = st_.sampled_from([("a", "m1"), ("a", "m2"), ("b", "m1"), ("b", "m3")])
+PHASE_VALUES = st_.sampled_from([p.value for p in api.Phase] + ["Unknown", None])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st_.lists(st_.tuples(MODEL_KEYS, PHASE_VALUES, st_.booleans()), max_size=30))
+def test_models_by_phase_gauge_follows_phase_changes_and_deletions(ops: list) -> None:
+    """Counted per event, the gauge equals a recount of the models' last phases."""
+    from prometheus_client import REGISTRY
+
+    from modelpress.operator import metrics
+
+    metrics.reset()
+    last: dict[tuple[str, str], str] = {}
+    for (ns, name), phase, deleted in ops:
+        if deleted:
+            metrics.forget_model(ns, name)
+            last.pop((ns, name), None)
+        else:
+            metrics.observe_model(ns, name, {"phase": phase})
+            last[(ns, name)] = phase or "Pending"
+    for phase in api.Phase:
+        expected = sum(p == phase.value for p in last.values())
+        assert REGISTRY.get_sample_value("modelpress_models", {"phase": phase.value}) == expected, phase
+    assert REGISTRY.get_sample_value("modelpress_models", {"phase": "Unknown"}) is None
+    metrics.reset()
+    assert all(REGISTRY.get_sample_value("modelpress_models", {"phase": p.value}) == 0 for p in api.Phase)
