@@ -32,6 +32,7 @@ from modelpress.operator.validation import SpecInvalid, format_problems, parse_m
 
 log = logging.getLogger(__name__)
 JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
+JOB_NAME_LABEL = "job-name"  # set on its pods by the Job controller
 CONFLICT_ATTEMPTS = 3
 # How often pods of running compression Jobs are checked for stuck states (image pulls...).
 POD_CHECK_SECONDS = float(os.environ.get("MODELPRESS_POD_CHECK_SECONDS", "30"))
@@ -410,7 +411,7 @@ async def collect(
         return  # an old recipe's Job, or already collected before a restart
 
     try:
-        pods = await kube().list("v1", "Pod", ns, f"job-name={jname}")
+        pods = await kube().list("v1", "Pod", ns, f"{JOB_NAME_LABEL}={jname}")
         fields, conds, (etype, reason, message) = st.outcome_status(body.get("spec") or {}, job, pods)
         gen = body["metadata"].get("generation")
         fields.update(
@@ -492,7 +493,7 @@ async def check_pods(models: kopf.Index) -> None:
     for ns, bodies in by_namespace.items():
         pods: dict[str, list[dict[str, Any]]] = {}
         for pod in await kube().list("v1", "Pod", ns, job_builder.LABEL_MODEL):
-            pods.setdefault((pod["metadata"].get("labels") or {}).get("job-name", ""), []).append(pod)
+            pods.setdefault((pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL, ""), []).append(pod)
         for body in bodies:
             await _report_stuck(body, st.stuck_pod(pods.get(body["status"]["jobName"], [])))
 

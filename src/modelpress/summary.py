@@ -28,6 +28,11 @@ class ExitCode(int, Enum):
     REJECTED = 3  # compression ran, but a threshold was broken (see failedThresholds)
 
 
+# Exit codes that mean "same input, same outcome" (bad input, a broken threshold): the
+# Job's podFailurePolicy fails the Job at once instead of retrying them on GPU time.
+DETERMINISTIC_EXIT_CODES = (ExitCode.FAILED, ExitCode.REJECTED)
+
+
 class Outcome(str, Enum):
     validated = "Validated"
     rejected = "Rejected"

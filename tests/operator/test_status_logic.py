@@ -238,3 +238,18 @@ def test_models_by_phase_gauge_follows_phase_changes_and_deletions(ops: list) ->
     assert REGISTRY.get_sample_value("modelpress_models", {"phase": "Unknown"}) is None
     metrics.reset()
     assert all(REGISTRY.get_sample_value("modelpress_models", {"phase": p.value}) == 0 for p in api.Phase)
+
+
+def test_the_job_fails_at_once_on_exactly_the_deterministic_exit_codes() -> None:
+    """The builder's podFailurePolicy and the job's exit codes share one definition."""
+    from modelpress.operator import job_builder
+    from modelpress.summary import DETERMINISTIC_EXIT_CODES
+
+    model = api.CompressedModel.model_validate(
+        {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "m"}, "spec": SPEC}
+    )
+    rules = job_builder.build_job(model, settings_mod.Settings())["spec"]["podFailurePolicy"]["rules"]
+    (fail_job,) = [r for r in rules if r["action"] == "FailJob"]
+    assert fail_job["onExitCodes"]["values"] == [int(c) for c in DETERMINISTIC_EXIT_CODES]
+    codes = {JobSummary(outcome=o).exit_code for o in ("Failed", "Rejected", "Validated")}
+    assert set(DETERMINISTIC_EXIT_CODES) == codes - {JobSummary(outcome="Validated").exit_code}
