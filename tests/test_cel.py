@@ -92,6 +92,29 @@ CASES = [
         _both(_steps({"quantize": {"mode": "static"}}), _set("spec.validation.calibration", CALIB)),
         True,
     ),
+    ("smoothing without calibration", _steps({"quantize": {"smoothing": 0.75}}), False),
+    (
+        "smoothing with calibration",
+        _both(
+            _steps({"quantize": {"perChannel": True, "smoothing": 0.75}}), _set("spec.validation.calibration", CALIB)
+        ),
+        True,
+    ),
+    (
+        "smoothing on static",
+        _both(_steps({"quantize": {"mode": "static", "smoothing": 0.5}}), _set("spec.validation.calibration", CALIB)),
+        True,
+    ),
+    (
+        "smoothing on fp16",
+        _both(_steps({"quantize": {"mode": "fp16", "smoothing": 0.5}}), _set("spec.validation.calibration", CALIB)),
+        False,
+    ),
+    (
+        "smoothing alpha 1",
+        _both(_steps({"quantize": {"smoothing": 1.0}}), _set("spec.validation.calibration", CALIB)),
+        False,
+    ),
     ("metric mse on classification", _set("spec.validation.metric", "mse"), False),
     ("metric f1 on classification", _set("spec.validation.metric", "f1"), True),
     (

@@ -178,6 +178,27 @@ class Quantize(Spec):
     block_size: Literal[16, 32, 64, 128, 256] = Field(
         default=32, description="int4-weight-only: weights per quantization block."
     )
+    smoothing: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="SmoothQuant alpha: move activation outliers into the weights before int8 "
+        "quantization (exact in float; one Mul per smoothed activation). 0.5-0.85 is typical; higher "
+        "moves more. dynamic/static only; needs validation.calibration.",
+    )
+    cel_rules: ClassVar = [
+        cel(
+            "!has(self.smoothing) || !has(self.mode) || self.mode in ['dynamic', 'static']",
+            "smoothing works with mode dynamic or static (int8) only",
+            ".smoothing",
+        )
+    ]
+
+    @model_validator(mode="after")
+    def _smoothing_mode(self) -> Quantize:
+        if self.smoothing is not None and self.mode not in ("dynamic", "static"):
+            raise ValueError(f"smoothing works with mode dynamic or static (int8) only, not {self.mode}")
+        return self
 
 
 class PruneStructure(str, Enum):
@@ -603,6 +624,12 @@ class CompressedModelSpec(Spec):
             ".validation",
         ),
         cel(
+            "!self.compression.steps.exists(s, has(s.quantize) && has(s.quantize.smoothing)) "
+            "|| has(self.validation.calibration)",
+            "quantize.smoothing needs calibration data: set validation.calibration",
+            ".validation",
+        ),
+        cel(
             " || ".join(
                 f"(self.source.task == '{task}' && self.validation.metric in {list(metrics)})"
                 for task, metrics in METRICS_BY_TASK.items()
@@ -651,6 +678,8 @@ def semantic_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
     fmt = spec.source.format
     if any(s.quantize and s.quantize.mode == "static" for s in steps) and not spec.validation.calibration:
         out.append(("validation.calibration", "static quantization needs calibration data: set validation.calibration"))
+    if any(s.quantize and s.quantize.smoothing is not None for s in steps) and not spec.validation.calibration:
+        out.append(("validation.calibration", "quantize.smoothing needs calibration data: set validation.calibration"))
     allowed = METRICS_BY_TASK[spec.source.task]
     if spec.validation.metric not in allowed:
         out.append(
