@@ -6,17 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
-from cluster import Cluster, Gate, free_port, sample_model
+from cluster import Cluster, Gate, sample_model
+from helpers import free_port, wait_http
 
 
 def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
     metrics_port, liveness_port = free_port(), free_port()
     with Cluster(tmp_path, runner=Gate()) as c:
         env = dict(os.environ, KUBECONFIG=str(c.kubeconfig))
-        log = (tmp_path / "operator.log").open("w")
+        log_path = tmp_path / "operator.log"
+        log = log_path.open("w")
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -42,9 +43,8 @@ def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
                 a.verb == "watch" and a.resource == "compressedmodels" and a.namespace == "" for a in c.server.audit
             )
             assert not any(a.resource == "namespaces" for a in c.server.audit)
-            health = urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=10)
-            assert health.status == 200
-            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+            assert wait_http(f"http://127.0.0.1:{liveness_port}/healthz", proc=proc, log=log_path)[0] == 200
+            _, text = wait_http(f"http://127.0.0.1:{metrics_port}/metrics", proc=proc, log=log_path)
             assert 'modelpress_models{phase="Validated"} 1.0' in text
             assert "modelpress_jobs_created_total 1.0" in text
         finally:

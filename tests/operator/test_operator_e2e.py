@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cluster import Cluster, free_port, running_operator
+from cluster import Cluster, running_operator, sample_model
+from helpers import condition, free_port
 from k8s_emulator import rbac_usage
 from prometheus_client import REGISTRY
 
@@ -20,29 +21,20 @@ from modelpress.operator.settings import from_env
 
 
 def model_doc(digits: Path, out: Path, name: str = "digits", **validation: Any) -> dict[str, Any]:
-    val: dict[str, Any] = {
-        "dataset": {"storageUri": f"file://{digits}/val.npz", "format": "npz"},
-        "metric": "accuracy",
-        "maxAccuracyDrop": {"absolute": 0.05},
-        "batchSize": 16,
-    }
-    val.update(validation)
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": name, "namespace": "ml"},
-        "spec": {
-            "source": {"storageUri": f"file://{digits}/model.onnx", "format": "onnx", "task": "classification"},
-            "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-            "validation": val,
-            "job": {"gpu": 0, "backoffLimit": 0},
-            "output": {"storageUri": f"file://{out}/"},
+    """The sample model on the real digits files with file:// storage."""
+    return sample_model(
+        name,
+        source={"storageUri": f"file://{digits}/model.onnx", "format": "onnx", "task": "classification"},
+        validation={
+            "dataset": {"storageUri": f"file://{digits}/val.npz", "format": "npz"},
+            "metric": "accuracy",
+            "maxAccuracyDrop": {"absolute": 0.05},
+            "batchSize": 16,
+            **validation,
         },
-    }
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+        job={"gpu": 0, "backoffLimit": 0},
+        output={"storageUri": f"file://{out}/"},
+    )
 
 
 def test_happy_path_to_validated_with_real_metrics(cluster: Cluster, digits_onnx: Path, tmp_path: Path) -> None:
@@ -65,7 +57,7 @@ def test_happy_path_to_validated_with_real_metrics(cluster: Cluster, digits_onnx
         artifact_dir = Path(status["artifact"]["storageUri"].removeprefix("file://"))
         assert (artifact_dir / "model" / "1" / "model.onnx").stat().st_size == status["artifact"]["sizeBytes"]
         for type_ in ("SpecValid", "Compressed", "Validated", "Ready"):
-            assert condition(obj, type_)["status"] == "True", type_
+            assert condition(obj["status"], type_)["status"] == "True", type_
         events = cluster.wait_for("an event", lambda: cluster.events("digits"))
         assert [e["reason"] for e in events] == ["Validated"]
 
@@ -81,14 +73,14 @@ def test_happy_path_to_validated_with_real_metrics(cluster: Cluster, digits_onnx
         assert jobs[0]["spec"] == job_builder.build_job(model, from_env())["spec"]
 
         # A serving-only change: new generation observed, no new Job, no new transition.
-        ready_since = condition(obj, "Ready")["lastTransitionTime"]
+        ready_since = condition(obj["status"], "Ready")["lastTransitionTime"]
         cluster.patch_model("digits", {"spec": {"serving": {"enabled": False}}})
         obj = cluster.wait_for(
             "generation 2 observed",
             lambda: (m := cluster.model("digits")) and m["status"].get("observedGeneration") == 2 and m,
         )
         assert obj["metadata"]["generation"] == 2 and obj["status"]["phase"] == "Validated"
-        assert condition(obj, "Ready")["lastTransitionTime"] == ready_since
+        assert condition(obj["status"], "Ready")["lastTransitionTime"] == ready_since
         assert len(cluster.objects("batch", "jobs")) == 1
 
         metrics_text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -109,10 +101,10 @@ def test_rejection_names_the_threshold(cluster: Cluster, digits_onnx: Path, tmp_
         cluster.apply_model(model_doc(digits_onnx, tmp_path / "artifacts", maxSizeMB=0.0001))
         obj = cluster.wait_phase("digits", {"Rejected", "Failed"}, 180)
         assert obj["status"]["phase"] == "Rejected", obj["status"]
-        validated = condition(obj, "Validated")
+        validated = condition(obj["status"], "Validated")
         assert validated["status"] == "False" and validated["reason"] == "ThresholdExceeded"
         assert "maxSizeMB: " in validated["message"]  # as jobs/gate.py names the threshold
-        assert condition(obj, "Compressed")["status"] == "True"
+        assert condition(obj["status"], "Compressed")["status"] == "True"
         assert obj["status"]["results"]["failedThresholds"]
         assert "artifact" not in obj["status"] or not obj["status"]["artifact"]
         job = cluster.objects("batch", "jobs")[0]
@@ -129,7 +121,7 @@ def test_job_failure_reports_the_reason(cluster: Cluster, digits_onnx: Path, tmp
         cluster.apply_model(doc)
         obj = cluster.wait_phase("digits", {"Failed", "Validated", "Rejected"}, 180)
         assert obj["status"]["phase"] == "Failed"
-        compressed = condition(obj, "Compressed")
+        compressed = condition(obj["status"], "Compressed")
         assert compressed["status"] == "False" and compressed["reason"] == "JobFailed"
         assert "missing.onnx" in compressed["message"], compressed
         assert len(cluster.objects("", "pods")) == 1  # no endless retries

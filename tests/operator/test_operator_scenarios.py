@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from cluster import Cluster, ContainerResult, Gate, running_operator, sample_model
+from helpers import condition
 from k8s_emulator import Fault
 
 from modelpress.operator.validation import format_problems
@@ -40,10 +41,6 @@ def status(c: Cluster, name: str = "digits") -> dict[str, Any]:
     return (c.model(name) or {}).get("status") or {}
 
 
-def cond(st: Mapping[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in st["conditions"] if c["type"] == type_)
-
-
 def test_invalid_spec_gets_a_condition_and_no_job(gated: Cluster) -> None:
     bad = doc(validation={**DOC["spec"]["validation"], "metric": "mse"})
     with running_operator(gated):
@@ -55,7 +52,7 @@ def test_invalid_spec_gets_a_condition_and_no_job(gated: Cluster) -> None:
             ),
         )
         st = status(gated)
-        spec_valid = cond(st, "SpecValid")
+        spec_valid = condition(st, "SpecValid")
         assert spec_valid["reason"] == "InvalidSpec"
         # The same words as `modelpress validate`: field path, value and the allowed values.
         assert spec_valid["message"] == format_problems(check_object(bad))
@@ -68,7 +65,7 @@ def test_invalid_spec_gets_a_condition_and_no_job(gated: Cluster) -> None:
         # Fixing the spec starts the Job.
         gated.patch_model("digits", {"spec": {"validation": {"metric": "accuracy"}}})
         gated.wait_phase("digits", "Validated", 30)
-        assert cond(status(gated), "SpecValid")["status"] == "True"
+        assert condition(status(gated), "SpecValid")["status"] == "True"
         assert len(gated.objects("batch", "jobs")) == 1
 
 
@@ -91,7 +88,7 @@ def test_recipe_change_starts_a_new_job_serving_change_does_not(gated: Cluster, 
         assert second["observedGeneration"] == 3 and second["jobName"] != first["jobName"]
         assert gate.runs == [first["jobName"], second["jobName"]]
         # Serving is enabled now: validated, but Ready waits for the rollout.
-        assert cond(second, "Ready")["reason"] == "RolloutPending"
+        assert condition(second, "Ready")["reason"] == "RolloutPending"
 
 
 def test_operator_restart_mid_job_collects_without_duplicates(tmp_path: Path) -> None:
@@ -168,7 +165,7 @@ def test_concurrency_cap_queues_models(tmp_path: Path) -> None:
             c.wait_for("first running", lambda: gate.runs)
             c.apply_model(doc("second"))
             c.wait_for("second queued", lambda: status(c, "second").get("phase") == "Queued")
-            assert cond(status(c, "second"), "Compressed")["reason"] == "Queued"
+            assert condition(status(c, "second"), "Compressed")["reason"] == "Queued"
             assert len(c.objects("batch", "jobs")) == 1
             gate.event.set()
             c.wait_phase("first", "Validated", 30)
@@ -184,8 +181,8 @@ def test_pod_level_failure_reason(tmp_path: Path) -> None:
         with running_operator(c):
             c.apply_model(doc(job={"gpu": 0, "backoffLimit": 1}))
             st = c.wait_phase("digits", "Failed", 30)["status"]
-        assert cond(st, "Compressed")["reason"] == "OOMKilled"
-        assert cond(st, "Ready")["status"] == "False"
+        assert condition(st, "Compressed")["reason"] == "OOMKilled"
+        assert condition(st, "Ready")["status"] == "False"
         assert len(c.objects("", "pods")) == 2  # backoffLimit 1: one retry, then no more
 
 
@@ -239,9 +236,9 @@ def test_kueue_suspended_job_shows_queued_until_admitted(tmp_path: Path) -> None
             st = c.wait_phase("digits", "Queued", 30)["status"]
             (job,) = c.objects("batch", "jobs")
             assert job["spec"]["suspend"] is True and st["jobName"] == job["metadata"]["name"]
-            compressed = cond(st, "Compressed")
+            compressed = condition(st, "Compressed")
             assert compressed["reason"] == "WaitingForKueue" and "LocalQueue gpus" in compressed["message"]
-            assert cond(st, "Ready")["reason"] == "Queued"
+            assert condition(st, "Ready")["reason"] == "Queued"
             # Later model events keep it Queued and create nothing more.
             c.patch_model("digits", {"metadata": {"labels": {"team": "search"}}})
             c.wait_for("an event handled", lambda: status(c).get("observedGeneration") == 1)
@@ -249,7 +246,7 @@ def test_kueue_suspended_job_shows_queued_until_admitted(tmp_path: Path) -> None
 
             _patch(c, "jobs", job["metadata"]["name"], {"spec": {"suspend": False}})  # Kueue admits it
             st = c.wait_phase("digits", "Compressing", 30)["status"]
-            assert cond(st, "Compressed")["reason"] == "JobRunning"
+            assert condition(st, "Compressed")["reason"] == "JobRunning"
             c.wait_for("the job to run", lambda: gate.runs)
             gate.event.set()
             st = c.wait_phase("digits", "Validated", 30)["status"]
@@ -269,19 +266,19 @@ def test_stuck_image_pull_is_reported_before_the_deadline(tmp_path: Path, monkey
             container = {"name": "compress", "ready": False, "restartCount": 0, "state": {"waiting": waiting}}
             _patch(c, "pods", pod["metadata"]["name"], {"status": {"containerStatuses": [container]}}, "status")
             reported = c.wait_for(
-                "the stuck pod reported", lambda: cond(status(c), "Compressed")["reason"] == "ImagePullBackOff"
+                "the stuck pod reported", lambda: condition(status(c), "Compressed")["reason"] == "ImagePullBackOff"
             )
             st = status(c)
-            message = cond(st, "Compressed")["message"]
+            message = condition(st, "Compressed")["message"]
             assert reported and st["phase"] == "Compressing"
             assert pod["metadata"]["name"] in message and "registry.example/modelpress:nope" in message
-            assert "Back-off pulling image" in message and cond(st, "Ready")["reason"] == "ImagePullBackOff"
+            assert "Back-off pulling image" in message and condition(st, "Ready")["reason"] == "ImagePullBackOff"
             events = c.wait_for("a warning", lambda: c.events("digits"))
             assert [(e["type"], e["reason"]) for e in events] == [("Warning", "ImagePullBackOff")]
 
             container["state"] = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}  # the pull succeeded
             _patch(c, "pods", pod["metadata"]["name"], {"status": {"containerStatuses": [container]}}, "status")
-            c.wait_for("cleared", lambda: cond(status(c), "Compressed")["reason"] == "JobRunning")
+            c.wait_for("cleared", lambda: condition(status(c), "Compressed")["reason"] == "JobRunning")
             assert len(c.events("digits")) == 1  # one Warning, not one per check
             gate.event.set()
             c.wait_phase("digits", "Validated", 30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from cluster import sample_model
 from hypothesis import given, settings
 from hypothesis import strategies as st_
 
@@ -15,16 +16,7 @@ from modelpress.operator.validation import SpecInvalid, format_problems, parse_m
 from modelpress.summary import JobSummary
 from modelpress.validate import check_object
 
-SPEC = {
-    "source": {"storageUri": "s3://m/model.onnx", "format": "onnx", "task": "classification"},
-    "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-    "validation": {
-        "dataset": {"storageUri": "s3://m/val.npz", "format": "npz"},
-        "metric": "accuracy",
-        "maxAccuracyDrop": {"relative": 0.01},
-    },
-    "output": {"storageUri": "s3://m/out/"},
-}
+SPEC = sample_model()["spec"]
 
 
 def pod(message: str | None = None, reason: str = "Error", waiting: str | None = None) -> dict:
