@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # keep `import modelpress.jobs.methods` light
     import onnx
     import torch
 
-    from modelpress.api import Spec, Task
+    from modelpress.api import Spec
     from modelpress.jobs.dataset import Samples
 
 Stage = Literal["torch", "onnx"]
@@ -70,11 +70,16 @@ class ModelHandle:
 class MethodData:
     """What a method may read: never the held-out validation split."""
 
-    task: Task | str
+    task: str  # "classification", "regression" or "embedding" (a Task member becomes its value)
     train: Samples  # transfer / fine-tuning data (labels where the dataset has them)
     calibration: Samples  # `validation.calibration.samples` samples for static quantization
     seed: int = 0
     device: str = "cpu"  # "cuda" on GPU nodes
+
+    def __post_init__(self) -> None:
+        # Task is a str enum, so comparisons work either way, but str()/f-strings of a
+        # member print "Task.x": convert once here instead of in every method.
+        self.task = getattr(self.task, "value", self.task)
 
 
 @dataclass

@@ -48,6 +48,10 @@ ELEMENTWISE = {
 }
 BATCH_NORM = aten.batch_norm.default
 EXPORT_SAMPLES = 8
+BATCH_SIZE = 64
+
+# (model output, input feeds, labels or None) -> loss: what ``fit`` minimises.
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]
 
 
 def graph_module(handle: ModelHandle, train: Samples) -> fx.GraphModule:
@@ -108,10 +112,8 @@ def layers(gm: fx.GraphModule, kinds: tuple[str, ...] = ("linear", "conv")) -> l
     return [n for n in gm.graph.nodes if is_layer(n) and n.target in want]
 
 
-def get_param(gm: fx.GraphModule, node: fx.Node | None) -> torch.Tensor | None:
-    """The tensor behind a get_attr node (None for a missing optional argument)."""
-    if node is None:
-        return None
+def get_param(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    """The tensor behind a get_attr node."""
     owner, name = _owner(gm, node.target)
     return getattr(owner, name)
 
@@ -131,9 +133,9 @@ def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
     return (gm.get_submodule(prefix) if prefix else gm), name
 
 
-def weight_slots(gm: fx.GraphModule, kinds: tuple[str, ...] = ("linear", "conv")) -> list[tuple[nn.Module, str]]:
-    """(owner module, attribute) of each layer weight: what torch.nn.utils.prune takes."""
-    return [_owner(gm, n.args[1].target) for n in layers(gm, kinds)]
+def weight_slots(gm: fx.GraphModule) -> list[tuple[nn.Module, str]]:
+    """(owner module, attribute) of each Linear/Conv weight: what torch.nn.utils.prune takes."""
+    return [_owner(gm, n.args[1].target) for n in layers(gm)]
 
 
 # --------------------------------------------------------------------------- structured
@@ -192,7 +194,7 @@ def _passes_units(user: fx.Node, src: fx.Node) -> bool:
 def shrink_pairs(gm: fx.GraphModule, pairs: list[Pair], keep_fraction: float) -> dict[str, list[int]]:
     """Keep the ``keep_fraction`` most important output units of every pair's producer.
 
-    Importance is the L1/L2 norm of each unit's incoming weights (the producer's rows).
+    Importance is the L2 norm of each unit's incoming weights (the producer's rows).
     Slices the producer's weight rows and bias, any batch-norm state in between and
     the consumer's input columns. Returns {producer weight name: [before, after]}.
     """
@@ -236,8 +238,7 @@ def fit(
     epochs: int,
     learning_rate: float,
     seed: int,
-    loss_fn: Callable[[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor] | None = None,
-    batch_size: int = 64,
+    loss_fn: LossFn | None = None,
     device: str = "cpu",
 ) -> None:
     """Seeded Adam training on ``train``; the default loss follows the task.
@@ -249,7 +250,6 @@ def fit(
     """
     if epochs <= 0:
         return
-    task = getattr(task, "value", task)
     if loss_fn is None:
         if train.labels is None:
             raise ValueError(f"fine-tuning a {task} model needs labels (y) in the training data")
@@ -259,7 +259,7 @@ def fit(
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=learning_rate)
     for epoch in range(epochs):
         shuffled, _ = train.split(1.0, seed=seed + epoch)
-        for inputs, labels in shuffled.batches(batch_size):
+        for inputs, labels in shuffled.batches(BATCH_SIZE):
             feeds = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
             target = None if labels is None else torch.from_numpy(np.asarray(labels)).to(device)
             optimizer.zero_grad()
@@ -269,7 +269,26 @@ def fit(
     module.to("cpu")
 
 
-def _label_loss(task: str) -> Callable:
+def frozen(teacher: nn.Module) -> nn.Module:
+    """``teacher`` with gradients off: it only provides targets."""
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def match_outputs(teacher: nn.Module) -> LossFn:
+    """MSE to the teacher's outputs on the same batch: how a model without labels to learn
+    from (an embedding model) is fine-tuned by prune or distilled."""
+
+    def loss(out: torch.Tensor, feeds: dict[str, torch.Tensor], _labels: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(**feeds)
+        return nn.functional.mse_loss(out, target)
+
+    return loss
+
+
+def _label_loss(task: str) -> LossFn:
     if task == "classification":
         return lambda out, _feeds, y: nn.functional.cross_entropy(out, y.long())
     if task == "regression":

@@ -20,7 +20,6 @@ without labels, which the teacher labels and label-only fine-tuning cannot use.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,19 +40,23 @@ class DistillMethod(Method):
     stages = frozenset({"torch"})
 
     def apply(self, model: ModelHandle, config: Distill, data: MethodData) -> StepResult:
-        teacher = tg.graph_module(model, data.train)  # a private copy: the handle is never trained
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teacher = tg.frozen(tg.graph_module(model, data.train))  # a private copy: the handle is never trained
         if config.student.width_multiplier is not None:
             student, widths = _shrunk_student(teacher, config.student.width_multiplier)
         else:
             student, widths = _loaded_student(model, config.student.storage_uri, data), {}
-        _check_compatible(teacher, student, model, data)
-        task = getattr(data.task, "value", data.task)
-        loss = distillation_loss(teacher, task, config.temperature, config.alpha, data.train.labels is not None)
+        _check_compatible(teacher, student, data)
+        loss = distillation_loss(teacher, data.task, config.temperature, config.alpha, data.train.labels is not None)
         teacher.to(data.device)  # it runs on every batch next to the student
         tg.fit(
-            student, data.train, task, config.epochs, config.learning_rate, data.seed, loss_fn=loss, device=data.device
+            student,
+            data.train,
+            data.task,
+            config.epochs,
+            config.learning_rate,
+            data.seed,
+            loss_fn=loss,
+            device=data.device,
         )
         teacher.to("cpu")
         changes = {
@@ -87,7 +90,7 @@ def _loaded_student(model: ModelHandle, uri: str, data: MethodData) -> nn.Module
 
     with tempfile.TemporaryDirectory(prefix="modelpress-student-") as tmp:
         path = fetch(uri, Path(tmp), STUDENT_FIELD)
-        loaded = load_source(path, "pytorch-export", getattr(data.task, "value", data.task))
+        loaded = load_source(path, "pytorch-export", data.task)
         if sorted(loaded.input_names) != sorted(model.input_names):
             raise ValueError(
                 f"{STUDENT_FIELD}: the student takes inputs {loaded.input_names}, "
@@ -100,7 +103,7 @@ def _loaded_student(model: ModelHandle, uri: str, data: MethodData) -> nn.Module
     return student
 
 
-def _check_compatible(teacher: nn.Module, student: nn.Module, model: ModelHandle, data: MethodData) -> None:
+def _check_compatible(teacher: nn.Module, student: nn.Module, data: MethodData) -> None:
     if len(data.train) == 0:
         raise ValueError("distill needs training samples (the validation dataset's transfer split)")
     sample = {
@@ -116,32 +119,31 @@ def _check_compatible(teacher: nn.Module, student: nn.Module, model: ModelHandle
         )
 
 
-def distillation_loss(
-    teacher: nn.Module, task: str, temperature: float, alpha: float, has_labels: bool
-) -> Callable[[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]:
+def distillation_loss(teacher: nn.Module, task: str, temperature: float, alpha: float, has_labels: bool) -> tg.LossFn:
     """The per-batch loss for ``tg.fit``; the teacher runs on the same batch without grads."""
     t2 = temperature * temperature
+    match_teacher = tg.match_outputs(teacher)
 
     def loss(student_out: torch.Tensor, feeds: dict[str, torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+        if task != "classification":  # no logits to soften: match the teacher's outputs
+            soft = match_teacher(student_out, feeds, labels)
+            if task == "regression" and has_labels and labels is not None:
+                hard = nn.functional.mse_loss(student_out, labels.to(student_out.dtype).reshape(student_out.shape))
+                return alpha * soft + (1 - alpha) * hard
+            return soft
         with torch.no_grad():
             teacher_out = teacher(**feeds)
-        if task == "classification":
-            soft = (
-                nn.functional.kl_div(
-                    nn.functional.log_softmax(student_out / temperature, dim=-1),
-                    nn.functional.log_softmax(teacher_out / temperature, dim=-1),
-                    log_target=True,
-                    reduction="batchmean",
-                )
-                * t2
+        soft = (
+            nn.functional.kl_div(
+                nn.functional.log_softmax(student_out / temperature, dim=-1),
+                nn.functional.log_softmax(teacher_out / temperature, dim=-1),
+                log_target=True,
+                reduction="batchmean",
             )
-            if not has_labels or labels is None:
-                return soft
-            return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_out, labels.long())
-        soft = nn.functional.mse_loss(student_out, teacher_out)
-        if task == "regression" and has_labels and labels is not None:
-            hard = nn.functional.mse_loss(student_out, labels.to(student_out.dtype).reshape(student_out.shape))
-            return alpha * soft + (1 - alpha) * hard
-        return soft
+            * t2
+        )
+        if not has_labels or labels is None:
+            return soft
+        return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(student_out, labels.long())
 
     return loss

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import torch
 from onnx import numpy_helper
 from torch import nn
 from torch.nn.utils import prune
@@ -41,7 +40,8 @@ class PruneMethod(Method):
                 )
             return _unstructured_onnx(model, config)
         gm = tg.graph_module(model, data.train)
-        teacher = tg.copy_module(gm) if config.fine_tune_epochs and _task(data) == "embedding" else None
+        # Embedding models have no labels: fine-tune towards the unpruned model's outputs.
+        teacher = tg.frozen(tg.copy_module(gm)) if config.fine_tune_epochs and data.task == "embedding" else None
         before = tg.count_parameters(gm)
         if config.structure == "unstructured":
             changes = _unstructured_torch(gm, config.sparsity)
@@ -58,11 +58,11 @@ class PruneMethod(Method):
         tg.fit(
             gm,
             data.train,
-            _task(data),
+            data.task,
             config.fine_tune_epochs,
             config.learning_rate,
             data.seed,
-            loss_fn=_match_teacher(teacher, data.device) if teacher is not None else None,
+            loss_fn=tg.match_outputs(teacher.to(data.device)) if teacher is not None else None,
             device=data.device,
         )
         changes.update(
@@ -73,29 +73,7 @@ class PruneMethod(Method):
                 "fineTuneEpochs": config.fine_tune_epochs,
             }
         )
-        return StepResult(_torch_result(model, gm), changes)
-
-
-def _task(data: MethodData) -> str:
-    return getattr(data.task, "value", data.task)
-
-
-def _torch_result(model: ModelHandle, gm: nn.Module) -> ModelHandle:
-    return model.with_model(module=gm)
-
-
-def _match_teacher(teacher: nn.Module, device: str):
-    """Embedding models have no labels: fine-tune towards the unpruned model's outputs."""
-    teacher.to(device)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
-    def loss(out: torch.Tensor, feeds: dict[str, torch.Tensor], _labels: torch.Tensor | None) -> torch.Tensor:
-        with torch.no_grad():
-            target = teacher(**feeds)
-        return nn.functional.mse_loss(out, target)
-
-    return loss
+        return StepResult(model.with_model(module=gm), changes)
 
 
 def _unstructured_torch(gm: nn.Module, sparsity: float) -> dict:

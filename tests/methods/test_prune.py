@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelpress.api import Prune
+from modelpress.api import Prune, Task
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.examples.digits import load_digits_split, to_samples, train
 from modelpress.jobs.export import to_onnx
@@ -164,8 +164,10 @@ def test_embedding_fine_tunes_towards_the_unpruned_model_without_labels(torch_mo
 
 
 def test_fine_tuning_a_classifier_without_labels_is_a_clear_error(torch_model, data):
+    """The pipeline passes the spec's Task member; messages show its value, not ``Task.classification``."""
     unlabeled = MethodData(
-        task="classification", train=to_samples(batch_of(data.train), None), calibration=data.calibration
+        task=Task.classification, train=to_samples(batch_of(data.train), None), calibration=data.calibration
     )
-    with pytest.raises(ValueError, match="needs labels"):
+    assert type(unlabeled.task) is str and unlabeled.task == "classification"
+    with pytest.raises(ValueError, match="^fine-tuning a classification model needs labels"):
         prune(torch_model, unlabeled, structure="neurons", sparsity=0.5, fineTuneEpochs=1)
