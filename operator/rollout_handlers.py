@@ -130,6 +130,8 @@ async def rollout_loop(models: kopf.Index) -> None:
     while True:
         await asyncio.sleep(ROLLOUT_TICK_SECONDS)
         bodies = [body for _, store in list(models.items()) for body in store]
+        live = {body["metadata"].get("uid") for body in bodies}
+        LOOP.checked = {uid: gen for uid, gen in LOOP.checked.items() if uid in live}  # deleted models go
         for body in bodies:
             spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body["metadata"]
             try:
@@ -243,13 +245,21 @@ async def tick(body: Mapping[str, Any]) -> None:
     if model.spec.serving is None or not model.spec.serving.enabled or not status.artifact:
         return
     serving, now = model.spec.serving, _now()
+    try:  # a spec no InferenceService can be built from stops here, before any traffic decision
+        isvc_mod.build_inference_service(
+            model, rollout_mod.Traffic(status.artifact.storage_uri), handlers.STATE.settings
+        )
+    except isvc_mod.ServingConfigError as exc:
+        await _report(body, status, status.phase, "ServingConfigInvalid", str(exc), None)
+        return
     name = isvc_mod.isvc_name(model)
     isvc = await _get_isvc(ns, name)
     if is_settled(body.get("status") or {}):
         # Nothing to decide; a serving change (autoscaling, resources) may still need
         # applying to the InferenceService that is there (never re-created here).
-        if isvc is None or await _converge(body, status, model, status.rollout, isvc):
-            LOOP.checked[meta.get("uid")] = meta.get("generation")
+        if isvc is not None:
+            await _converge(body, model, status.rollout, isvc)
+        LOOP.checked[meta.get("uid")] = meta.get("generation")
         return
     analysis = None
     if rollout_mod.analysis_due(serving.rollout, status.rollout, now):
@@ -266,30 +276,22 @@ async def tick(body: Mapping[str, Any]) -> None:
     if decision.changed or new_rollout != status.rollout:
         if not await _report(body, status, decision.phase, decision.reason, decision.message, new_rollout):
             return  # decided on a stale body: the next tick decides on the current one
-    await _converge(body, status, model, new_rollout, isvc)
+    await _converge(body, model, new_rollout, isvc)
 
 
 async def _converge(
     body: Mapping[str, Any],
-    status: api.CompressedModelStatus,
     model: api.CompressedModel,
     rollout: api.RolloutStatus | None,
     isvc: Mapping[str, Any] | None,
-) -> bool:
-    """Make the InferenceService carry the traffic ``rollout`` stands for; False when the
-    spec cannot be turned into one (reported on the model instead of retried blind)."""
+) -> None:
+    """Make the InferenceService carry the traffic ``rollout`` stands for."""
     traffic = rollout_mod.desired_traffic(rollout)
-    if traffic is None:
-        return True
-    try:
+    if traffic is not None:
         desired = isvc_mod.build_inference_service(
             model, traffic, handlers.STATE.settings, owned=_owned_by(isvc, body["metadata"].get("uid"))
         )
-    except isvc_mod.ServingConfigError as exc:
-        await _report(body, status, status.phase, "ServingConfigInvalid", str(exc), None)
-        return False
-    await _apply_isvc(desired, isvc)
-    return True
+        await _apply_isvc(desired, isvc)
 
 
 async def release(body: Mapping[str, Any]) -> None:

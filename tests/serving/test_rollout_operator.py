@@ -375,6 +375,9 @@ def test_disabling_serving_leaves_a_users_inference_service_alone_and_says_so_on
             c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}"))
             c.wait_for("the canary", lambda: canary_split(c)[0])
             before = c.objects(*ISVC)[0]
+            patches = sum(a.verb == "patch" and a.resource == ISVC[1] for a in c.server.audit)
+            time.sleep(2.5)  # ticks that hold the canary (Prometheus unreachable) leave the InferenceService be
+            assert sum(a.verb == "patch" and a.resource == ISVC[1] for a in c.server.audit) == patches
             c.patch_model("digits", {"spec": {"serving": None}})  # serving removed altogether
             c.wait_for("the event", lambda: any(e["reason"] == "ServingReleased" for e in c.events("digits")))
             time.sleep(3)  # three more ticks
@@ -387,3 +390,39 @@ def test_disabling_serving_leaves_a_users_inference_service_alone_and_says_so_on
         status = c.model("digits")["status"]
         assert status["phase"] == "Validated" and "rollout" not in status
         assert condition(status, "Ready")["status"] == "True"
+
+
+def test_keda_metric_without_any_prometheus_is_reported_not_rolled_out(tmp_path, digits_models, quick_ticks):
+    """No serverAddress, no analysis prometheusUrl, no operator setting: nothing to build;
+    the model says which field to set (once), and setting it rolls out with KEDA."""
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        doc = model_doc("http://unused:9090", strategy="immediate")
+        del doc["spec"]["serving"]["rollout"]["analysis"]["prometheusUrl"]
+        metric = {"query": "sum(rate(modelpress_inference_requests_total[1m]))", "target": 50}
+        doc["spec"]["serving"]["autoscaling"] = {"metrics": [{"prometheus": metric}]}
+        with operator_env(c, prometheus_url=""), operator(c):
+            c.apply_model(doc)
+            c.wait_for("the complaint", lambda: any(e["reason"] == "ServingConfigInvalid" for e in c.events("digits")))
+            time.sleep(2)  # two more ticks: no second Event, nothing created
+            status = c.model("digits")["status"]
+            ready = condition(status, "Ready")
+            assert (ready["status"], ready["reason"]) == ("False", "ServingConfigInvalid")
+            assert "prometheus.serverAddress" in ready["message"]
+            assert status["phase"] == "Validated" and "rollout" not in status and not c.objects(*ISVC)
+            assert sum(e["reason"] == "ServingConfigInvalid" for e in c.events("digits")) == 1
+
+            address = "http://prometheus.monitoring:9090"
+            c.patch_model(
+                "digits",
+                {
+                    "spec": {
+                        "serving": {"autoscaling": {"metrics": [{"prometheus": {**metric, "serverAddress": address}}]}}
+                    }
+                },
+            )
+            c.wait_phase("digits", "Serving", timeout=30)
+        [isvc] = c.objects(*ISVC)
+        [external] = isvc["spec"]["predictor"]["autoScaling"]["metrics"]
+        assert external["external"]["metric"]["serverAddress"] == address
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
