@@ -213,16 +213,16 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
                 },
             )
         return True
-    if status.get("recipeHash") == rh and _job_phase(status, jname):
-        job = _first(jobs, (ns, jname))
-        if job is None and (ns, jname) not in STATE.started:
+    if status.get("recipeHash") == rh and _job_in_progress(status, jname):
+        existing: JobState | None = _first(jobs, (ns, jname))
+        if existing is None and (ns, jname) not in STATE.started:
             await _ensure_job(model, body, jobs, models)  # resumed after a crash between status and Job
         elif _uncollected(jobs, (ns, jname)):
             # Finished but not collected (its Job event was lost to API errors): collect now.
             await collect(await kube().get("batch/v1", "Job", ns, jname), jobs, models, body)
-        elif job is not None and not job.finished and st.progress_phase(job.suspended) != status.get("phase"):
+        elif existing and not existing.finished and st.progress_phase(existing.suspended) != status.get("phase"):
             # Its Job event may have come before this status reached the index.
-            return await _follow_job(body, jname, job.suspended, queue)
+            return await _follow_job(body, jname, existing.suspended, queue)
         elif status.get("observedGeneration") != gen:
             await kube().patch_model_status(ns, name, {"observedGeneration": gen})
         return True
@@ -291,7 +291,7 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
         raise
 
 
-def _job_phase(status: Mapping[str, Any], jname: str) -> bool:
+def _job_in_progress(status: Mapping[str, Any], jname: str) -> bool:
     """The status says Job ``jname`` exists and has not finished: Compressing, or Queued
     for Kueue (a model queued by the operator's own cap has no jobName yet)."""
     phase = status.get("phase")
@@ -437,7 +437,7 @@ async def _job_progress(job: Mapping[str, Any], models: kopf.Index) -> None:
     meta = job["metadata"]
     labels = meta.get("labels") or {}
     body = _first(models, (meta.get("namespace") or "default", labels.get(job_builder.LABEL_MODEL)))
-    if body is not None and _job_phase(body.get("status") or {}, meta["name"]):
+    if body is not None and _job_in_progress(body.get("status") or {}, meta["name"]):
         await _follow_job(body, meta["name"], st.job_suspended(job), labels.get(job_builder.KUEUE_QUEUE_LABEL))
 
 
