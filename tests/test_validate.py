@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from modelpress import api
 from modelpress.problems import Problem
-from modelpress.validate import check_documents, check_object, check_text
+from modelpress.validate import check_documents, check_object, check_text, load_text, parse_object
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -155,6 +155,25 @@ def test_problem_line_format():
     p = Problem("spec.x", "got 1", "use 2", "f.yaml", 3, "demo")
     assert p.line() == "f.yaml demo: spec.x: got 1; use 2"
     assert p.line(show_document=True) == "f.yaml:doc 3 demo: spec.x: got 1; use 2"
+    assert p.text() == "spec.x: got 1; use 2" and Problem("", "no spec").text() == "no spec"
+
+
+def test_parse_object_gives_the_resource_or_the_same_problems():
+    model, problems = parse_object(BASE)
+    assert problems == [] and isinstance(model, api.CompressedModel)
+    assert model.metadata.name == BASE["metadata"]["name"] and model.spec.validation.batch_size == 8
+    bad = copy.deepcopy(BASE)
+    bad["spec"]["validation"]["batchSize"] = 0
+    model, problems = parse_object(bad)
+    assert model is None and problems == check_object(bad) and problems[0].path == "spec.validation.batchSize"
+
+
+def test_load_text_pairs_each_document_with_its_resource():
+    bad = BASE_TEXT.replace("batchSize: 8", "batchSize: 0")
+    loaded = load_text(BASE_TEXT + "---\n" + bad, "two.yaml")
+    assert [(r.document, r.valid, m is not None) for r, m in loaded] == [(1, True, True), (2, False, False)]
+    assert [r for r, _ in loaded] == check_text(BASE_TEXT + "---\n" + bad, "two.yaml")
+    assert loaded[1][0].problems[0].source == "two.yaml" and loaded[1][0].problems[0].document == 2
 
 
 # --------------------------------------------------------------------------- properties

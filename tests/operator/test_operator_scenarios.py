@@ -254,14 +254,20 @@ def test_kueue_suspended_job_shows_queued_until_admitted(tmp_path: Path) -> None
 
 
 def test_stuck_image_pull_is_reported_before_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY
+
     from modelpress.operator import handlers
 
     monkeypatch.setattr(handlers, "POD_CHECK_SECONDS", 0.1)
+    errors_before = REGISTRY.get_sample_value("modelpress_reconcile_errors_total", {"handler": "pods"}) or 0
     gate = Gate(open_=False)
     with Cluster(tmp_path, runner=gate) as c:
         with running_operator(c):
             c.apply_model(doc(job={"gpu": 0, "image": "registry.example/modelpress:nope"}))
             (pod,) = c.wait_for("the pod", lambda: c.objects("", "pods"))
+            # A check that fails past the client's retries is counted; the next one goes on.
+            c.server.faults.append(Fault("list", "pods", 500, times=6))
+            c.wait_for("the failed check", lambda: c.server.faults[0].times == 0, 30)
             waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.example/..."'}
             container = {"name": "compress", "ready": False, "restartCount": 0, "state": {"waiting": waiting}}
             _patch(c, "pods", pod["metadata"]["name"], {"status": {"containerStatuses": [container]}}, "status")
@@ -282,3 +288,4 @@ def test_stuck_image_pull_is_reported_before_the_deadline(tmp_path: Path, monkey
             assert len(c.events("digits")) == 1  # one Warning, not one per check
             gate.event.set()
             c.wait_phase("digits", "Validated", 30)
+    assert REGISTRY.get_sample_value("modelpress_reconcile_errors_total", {"handler": "pods"}) == errors_before + 1
