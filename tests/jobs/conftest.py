@@ -1,9 +1,9 @@
 """Fixtures for the job-pipeline tests: a small real digits model on disk, specs that
-point at it, and a real S3 API (moto's server) on loopback.
+point at it, and real object storage APIs on loopback.
 
-The model is the digits MLP from ``modelpress.jobs.examples.digits`` at a narrow width
-(trains in a couple of seconds on one core); it is written exactly as users would
-provide it: a torch.export archive, an ONNX file and npz datasets. Object storage is
+The model is the suites' shared small digits MLP (``helpers.write_digits``: trains in a
+couple of seconds on one core), written exactly as users would provide it: a
+torch.export archive, an ONNX file and npz datasets. Object storage is
 real too: S3 (moto's server) and GCS (gcp-storage-emulator) APIs on loopback, arranged
 and inspected with their own clients (boto3, google-cloud-storage), not with fsspec,
 which is what the job uploads with.
@@ -20,16 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
 import yaml
 
-from modelpress.jobs.examples.digits import INPUT_NAME, OUTPUT_NAME, train_digits_mlp
-from modelpress.jobs.export import to_onnx
-from modelpress.jobs.methods import ModelHandle
+# The suites' shared helpers (importlib import mode adds no paths).
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
-TEST_HIDDEN = (64,)
+from helpers import free_port, write_digits  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 
@@ -43,22 +41,7 @@ def _quick_latency(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.pt2, model.onnx, val.npz, calib.npz of a small trained digits MLP."""
-    out = tmp_path_factory.mktemp("digits")
-    module, train, val = train_digits_mlp(seed=0, hidden=TEST_HIDDEN, epochs=8)
-    x_val = np.stack([f[INPUT_NAME] for f in val.features])
-    x_tr = np.stack([f[INPUT_NAME] for f in train.features])
-    program = torch.export.export(
-        module,
-        (),
-        {INPUT_NAME: torch.from_numpy(x_val[:8])},
-        dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
-    )
-    torch.export.save(program, out / "model.pt2")
-    handle = ModelHandle([INPUT_NAME], [OUTPUT_NAME], module=module, dynamic_axes={INPUT_NAME: {0: "batch"}})
-    (out / "model.onnx").write_bytes(to_onnx(handle, {INPUT_NAME: x_val[:8]}).onnx_model.SerializeToString())
-    np.savez(out / "val.npz", x=x_val, y=val.labels)
-    np.savez(out / "calib.npz", x=x_tr[:100], y=train.labels[:100])
-    return out
+    return write_digits(tmp_path_factory.mktemp("digits"), torch_export=True, calib=True)
 
 
 def make_spec(
@@ -98,12 +81,6 @@ def make_spec(
 def write_spec(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loopback_server(argv: list[str], port: int, what: str) -> Iterator[str]:
