@@ -31,7 +31,7 @@ ISVC_KIND = "InferenceService"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # KServe creates a KEDA ScaledObject instead of an HPA when this says "keda".
 AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = api.GPU_RESOURCE
 CONTAINER_NAME = "kserve-container"
 # KServe's Triton runtime speaks the Open Inference (v2) protocol only.
 PROTOCOL = {api.Runtime.kserve_tritonserver.value: "v2"}

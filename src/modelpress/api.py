@@ -37,6 +37,8 @@ DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MAX_CANARY_STEPS = 10
 MAX_NAME_LENGTH = 54
+# The extended resource NVIDIA's device plugin advertises; the Job and the InferenceService ask for it.
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
