@@ -241,14 +241,15 @@ def test_rejected_with_the_closest_trials_thresholds(tmp_path: Path, digits_dir:
 
 
 def test_quantize_search_ranks_sensitive_nodes(tmp_path: Path, digits_dir: Path) -> None:
-    """With every candidate failing, the search walks the quantize ladder, keeping the
-    most sensitive MatMul/Gemm nodes in float, but never all of them."""
+    """With every candidate failing, the search walks the quantize ladder: smoothing first
+    (calibration data exists), then keeping the most sensitive MatMul/Gemm nodes in float
+    on top of smoothing, but never all of them."""
     doc = make_spec(
         (digits_dir / "model.onnx").as_uri(),
         (digits_dir / "val.npz").as_uri(),
         (tmp_path / "out").as_uri(),
         calibration_uri=(digits_dir / "calib.npz").as_uri(),
-        search={"enabled": True, "maxTrials": 4},
+        search={"enabled": True, "maxTrials": 6},
         maxLatencyMs=1e-6,
     )
     result = job(tmp_path, doc)
@@ -257,12 +258,28 @@ def test_quantize_search_ranks_sensitive_nodes(tmp_path: Path, digits_dir: Path)
     graph = onnx.load(str(digits_dir / "model.onnx")).graph
     quantizable = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")}
     assert len(quantizable) == 2  # the test model: one hidden layer
-    assert [len(r["excludeNodes"]) for r in recipes[:3]] == [0, 1, 0]
-    assert [r["perChannel"] for r in recipes[:3]] == [False, False, True]
+    assert [r["smoothing"] for r in recipes[:5]] == [None, 0.75, 0.5, 0.75, None]
+    assert [len(r["excludeNodes"]) for r in recipes[:5]] == [0, 0, 0, 1, 0]
+    assert [r["perChannel"] for r in recipes[:5]] == [False, True, True, True, True]
+    assert [t["changes"][0]["quantize"].get("smoothedActivations") for t in trials[1:3]] == [2, 2]
     sensitivity = result.report["quantizationSensitivity"]
     assert set(sensitivity) == quantizable and all(e > 0 for e in sensitivity.values())
-    assert recipes[1]["excludeNodes"] == list(sensitivity)[:1]  # the most sensitive stays in float
-    assert trials[3]["metrics"] is None and "keeping 2 in float would quantize nothing" in trials[3]["reason"]
+    assert recipes[3]["excludeNodes"] == list(sensitivity)[:1]  # the most sensitive stays in float
+    assert trials[5]["metrics"] is None and "keeping 2 in float would quantize nothing" in trials[5]["reason"]
+
+
+def test_smoothing_rungs_need_calibration_data() -> None:
+    recipe = steps({"quantize": {"mode": "dynamic"}})
+    plain = candidates(recipe, search=True, max_trials=64)
+    assert all(c.variants[0].config.smoothing is None for c in plain)
+    smoothed = candidates(recipe, search=True, max_trials=64, calibrated=True)
+    assert [c.variants[0].config.smoothing for c in smoothed[:3]] == [None, 0.75, 0.5]
+    assert [c.levels for c in smoothed[:3]] == [(0,), (0,), (0,)]  # as compressed as asked
+    keep_float = [c for c in smoothed if c.variants[0].exclude_top]
+    assert keep_float and all(c.variants[0].config.smoothing == 0.75 for c in keep_float)
+    assert all(c.milder_than(smoothed[1]) for c in keep_float)  # skipped once smoothing passes
+    fp16 = candidates(steps({"quantize": {"mode": "fp16"}}), search=True, max_trials=64, calibrated=True)
+    assert all(c.variants[0].config.smoothing is None for c in fp16)
 
 
 def test_excluded_nodes_survive_the_quantizers_fusions(tmp_path: Path, digits_dir: Path) -> None:
@@ -274,13 +291,14 @@ def test_excluded_nodes_survive_the_quantizers_fusions(tmp_path: Path, digits_di
         (tmp_path / "out").as_uri(),
         calibration_uri=(digits_dir / "calib.npz").as_uri(),
         steps=[{"lowRank": {"energy": 0.9}}, {"quantize": {"mode": "dynamic"}}],
-        search={"enabled": True, "maxTrials": 3},
+        search={"enabled": True, "maxTrials": 6},
         maxLatencyMs=1e-6,
     )
     trials = job(tmp_path, doc).report["trials"]
-    assert len(trials) == 3
+    assert len(trials) == 6
     assert all(t["metrics"] is not None for t in trials), [t["reason"] for t in trials]
-    assert len(trials[2]["recipe"][1]["quantize"]["excludeNodes"]) == 1
+    # rungs: lowRank milder, smoothing 0.75, lowRank mildest, smoothing 0.5, then one node in float
+    assert [len(t["recipe"][1]["quantize"]["excludeNodes"]) for t in trials] == [0, 0, 0, 0, 0, 1]
 
 
 def test_npz_arrays_named_after_model_inputs(tmp_path: Path) -> None:
