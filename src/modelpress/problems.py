@@ -21,9 +21,13 @@ from typing import Any, Literal
 import annotated_types
 from pydantic import BaseModel, ValidationError
 
+from modelpress import api
+
 # Friendly descriptions of the API's regular expressions.
 PATTERN_HINTS: dict[str, str] = {
-    r"^(s3|gs|pvc|https?|file)://.+": "use a storage URI starting with s3://, gs://, pvc://, http(s):// or file://",
+    api.STORAGE_URI_PATTERN: "use a storage URI starting with s3://, gs://, pvc://<claim>/ (the claim's "
+    "DNS-1123 name), http(s):// or file://",
+    api.OUTPUT_URI_PATTERN: "artifacts are written to s3://, gs://, pvc://<claim>/ or file:// (https:// is read-only)",
     r"^([0-9]+(ms|s|m|h))+$": "use a duration such as 30s, 5m or 1h30m",
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$": "use a DNS-1123 label: lowercase letters, digits and '-', "
     "starting and ending with a letter or digit",

@@ -63,7 +63,7 @@ def test_distilled_student_matches_labels_only_training_from_the_same_init(conve
     Measured through this method (digits, 10 epochs, seeds 0-4, mean val accuracy):
 
     ========  ===========  ==========  ==========  =====================
-    width     labels only  T=1 a=0.5   T=2 a=0.5   T=4 a=0.7 (API default)
+    width     labels only  T=1 a=0.5   T=2 a=0.5   T=4 a=0.7 (old default)
     ========  ===========  ==========  ==========  =====================
     0.25      96.93        96.93       96.44       95.85
     0.5       97.52        97.67       97.41       97.44
