@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SENTENCES_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "sentences.txt"
 # Enough real sentences for a stable mean fidelity while keeping the suite fast on 2 cores.
 FIDELITY_SENTENCES = 64
+CALIBRATION_SENTENCES = 32
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +70,21 @@ def minilm_onnx(minilm, fidelity_samples):
     from modelpress.jobs.export import to_onnx
 
     return to_onnx(minilm, collate(fidelity_samples.features[:4], fidelity_samples.pad_values))
+
+
+@pytest.fixture(scope="session")
+def minilm_fused(minilm, minilm_dir, fidelity_samples):
+    """MiniLM through ORT's transformer fusions (what the job exports hf-transformers sources with)."""
+    from modelpress.jobs.dataset import collate
+    from modelpress.jobs.hf import to_fused_onnx
+
+    return to_fused_onnx(minilm, collate(fidelity_samples.features[:4], fidelity_samples.pad_values), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def calibration_samples(tokenize: Callable, sentences: list[str]):
+    """Sentences the fidelity set does not contain, for calibration (as validation.calibration is)."""
+    return tokenize(sentences[FIDELITY_SENTENCES : FIDELITY_SENTENCES + CALIBRATION_SENTENCES])
 
 
 @pytest.fixture(scope="session")
