@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -34,8 +33,6 @@ log = logging.getLogger(__name__)
 JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
 JOB_NAME_LABEL = "job-name"  # set on its pods by the Job controller
 CONFLICT_ATTEMPTS = 3
-# How often pods of running compression Jobs are checked for stuck states (image pulls...).
-POD_CHECK_SECONDS = float(os.environ.get("MODELPRESS_POD_CHECK_SECONDS", "30"))
 # Phases in which a model's current Job exists and has not finished.
 JOB_PHASES = frozenset({api.Phase.Queued.value, api.Phase.Compressing.value})
 
@@ -330,7 +327,7 @@ async def _ensure_job(
     job: Mapping[str, Any] | None = None,
 ) -> None:
     """ConfigMap + Job (``job``, else built now); an existing one (restart) is adopted and, if done, collected."""
-    config_map = job_builder.build_config_map(model)
+    config_map = job_builder.build_config_map(model, STATE.settings)
     await kube().create(config_map)
     job, created = await kube().create(job or job_builder.build_job(model, STATE.settings))
     if created:
@@ -461,13 +458,13 @@ async def _follow_job(body: Mapping[str, Any], jname: str, suspended: bool, queu
 
 
 async def pod_check_loop(models: kopf.Index) -> None:
-    """Every ``POD_CHECK_SECONDS``, :func:`check_pods`; an error is logged and retried next time.
+    """Every ``settings.pod_check_seconds``, :func:`check_pods`; an error is logged and retried next time.
 
     A loop over the index rather than a Pod watch: one list per namespace with running
     Jobs costs less than a watch over every compression pod's status changes.
     """
     while True:
-        await asyncio.sleep(POD_CHECK_SECONDS)
+        await asyncio.sleep(STATE.settings.pod_check_seconds)
         try:
             await check_pods(models)
         except Exception as exc:  # keep checking; the API may be back next time

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from modelpress import api
 from modelpress.operator.settings import Settings
+from modelpress.summary import DEFAULT_TERMINATION_LOG, DETERMINISTIC_EXIT_CODES
 
 # libyaml's dumper when present: the pure-Python one dominated the operator's CPU at scale.
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -22,9 +24,9 @@ SPEC_DIR = "/etc/modelpress"
 SPEC_KEY = "spec.yaml"
 SCRATCH_DIR = "/tmp"
 WORK_DIR = "/tmp/work"
-TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG = DEFAULT_TERMINATION_LOG
 CONTAINER_NAME = "compress"
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = api.GPU_RESOURCE
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 LABEL_MODEL = f"{api.GROUP}/compressedmodel"
 LABEL_HASH = f"{api.GROUP}/recipe-hash"
@@ -34,9 +36,6 @@ PVC_SCHEME = "pvc://"
 PVC_ROOT = "/mnt/pvc"
 PVC_ROOT_ENV = "MODELPRESS_PVC_ROOT"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-# Exit codes that mean "same input, same outcome": bad input (1) and rejected (3).
-# Retrying them only burns GPU hours, so the Job fails at once.
-DETERMINISTIC_EXIT_CODES = [1, 3]
 
 JOB_COMMAND = [
     "python",
@@ -56,8 +55,10 @@ def job_name(name: str, recipe_hash: str) -> str:
     return f"{name}-{recipe_hash[:8]}"
 
 
-def labels(name: str, recipe_hash: str) -> dict[str, str]:
+def labels(name: str, recipe_hash: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """The operator's own labels win over ``extra`` (settings.extra_labels): selectors rely on them."""
     return {
+        **extra,
         "app.kubernetes.io/name": "modelpress",
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/component": "compression-job",
@@ -87,11 +88,11 @@ def owner_reference(model: api.CompressedModel) -> list[dict[str, Any]]:
     ]
 
 
-def _metadata(model: api.CompressedModel, name: str, recipe_hash: str) -> dict[str, Any]:
+def _metadata(model: api.CompressedModel, name: str, recipe_hash: str, settings: Settings) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": name,
         "namespace": model.metadata.namespace or "default",
-        "labels": labels(model.metadata.name, recipe_hash),
+        "labels": labels(model.metadata.name, recipe_hash, settings.extra_labels),
     }
     owners = owner_reference(model)
     if owners:
@@ -110,13 +111,13 @@ def spec_document(model: api.CompressedModel) -> str:
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=True)
 
 
-def build_config_map(model: api.CompressedModel) -> dict[str, Any]:
+def build_config_map(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
     """The spec travels in a ConfigMap (never env, never a Secret: it holds no secrets)."""
     rh = api.recipe_hash(model.spec)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(model, job_name(model.metadata.name, rh), rh),
+        "metadata": _metadata(model, job_name(model.metadata.name, rh), rh, settings),
         "data": {SPEC_KEY: spec_document(model)},
     }
 
@@ -219,7 +220,7 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
     rh = api.recipe_hash(spec)
     name = job_name(model.metadata.name, rh)
     gpu = settings.default_gpu if job.gpu is None else job.gpu
-    meta = _metadata(model, name, rh)
+    meta = _metadata(model, name, rh, settings)
     if job.queue_name:
         meta["labels"][KUEUE_QUEUE_LABEL] = job.queue_name
     pod_security, container_security = _security(settings)
@@ -279,7 +280,8 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
                     "onExitCodes": {
                         "containerName": CONTAINER_NAME,
                         "operator": "In",
-                        "values": list(DETERMINISTIC_EXIT_CODES),
+                        # Same input, same outcome: retrying them only burns GPU hours.
+                        "values": [int(c) for c in DETERMINISTIC_EXIT_CODES],
                     },
                 },
                 # A preempted or evicted pod is not the recipe's fault: retry without counting.
@@ -296,4 +298,4 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
 
 def build_compression(model: api.CompressedModel, settings: Settings) -> list[dict[str, Any]]:
     """ConfigMap first: the Job's pod mounts it."""
-    return [build_config_map(model), build_job(model, settings)]
+    return [build_config_map(model, settings), build_job(model, settings)]

@@ -64,7 +64,11 @@ def render_command(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem.line(), file=sys.stderr)
         return 1
-    objects = render_objects(model, settings)
+    try:
+        objects = render_objects(model, settings)
+    except inference_service.ServingConfigError as exc:  # e.g. a KEDA metric with no Prometheus anywhere
+        print(f"modelpress render: {exc}", file=sys.stderr)
+        return 1
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
     else:

@@ -322,7 +322,7 @@ async def release(body: Mapping[str, Any]) -> None:
     fields: dict[str, Any] = {"rollout": None}
     if status.get("phase") in SERVING_PHASES:  # not while a new recipe compresses
         conds = [
-            st.condition("Ready", True, "Validated", "validated; serving is disabled"),
+            st.condition("Ready", True, "Validated", st.SERVING_DISABLED_MESSAGE),
             st.condition("RolledOut", False, "ServingDisabled", message),
         ]
         fields.update(

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field, fields, replace
 
 DEFAULT_JOB_IMAGE = "ghcr.io/modelpress/modelpress-jobs:0.1.0"
 PROMETHEUS_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Kubernetes label syntax (apimachinery's IsQualifiedName / IsValidLabelValue): an optional
+# DNS-subdomain prefix (<= 253) and "/", a name <= 63; values <= 63, possibly empty.
+_LABEL_KEY = re.compile(r"(?:([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)/)?([A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)")
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,9 @@ class Settings:
     liveness_port: int = 8080
     standalone: bool = True
     peering_name: str = "modelpress"
-    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    extra_labels: Mapping[str, str] = field(default_factory=dict)  # on every object the operator creates
+    # How often pods of running compression Jobs are checked for stuck states (image pulls...).
+    pod_check_seconds: float = 30.0
 
     @property
     def cluster_wide(self) -> bool:
@@ -79,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Prometheus label holding the namespace, so canary queries see only their own namespace "
         '(default "namespace"; "" = do not scope by namespace).',
     )
+    parser.add_argument(
+        "--extra-label",
+        dest="extra_labels",
+        action="append",
+        metavar="KEY=VALUE",
+        help="Label added to created objects (repeatable). Env: MODELPRESS_EXTRA_LABELS.",
+    )
     parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port; 0 = off (default 8000).")
     parser.add_argument("--liveness-port", type=int, help="/healthz port; 0 = off (default 8080).")
     peering = parser.add_mutually_exclusive_group()
@@ -116,6 +129,8 @@ def from_args(args: argparse.Namespace) -> Settings:
     }
     if getattr(args, "namespaces", None):
         overrides["namespaces"] = tuple(args.namespaces)
+    if getattr(args, "extra_labels", None):
+        overrides["extra_labels"] = _labels(",".join(args.extra_labels), "--extra-label")
     if getattr(args, "all_namespaces", False):
         overrides["namespaces"] = ()
     if getattr(args, "peering_name", None):
@@ -131,20 +146,42 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     values: dict[str, object] = {}
     for f in fields(Settings):
         raw = env.get(_env_name(f.name))
-        if raw is None or f.name == "extra_labels":
+        if raw is None:
             continue
         if f.name == "namespaces":
             values[f.name] = tuple(n.strip() for n in raw.split(",") if n.strip())
         elif f.name == "standalone":
             values[f.name] = raw.lower() in ("1", "true", "yes")
+        elif f.name == "extra_labels":
+            values[f.name] = _labels(raw, _env_name(f.name))
         elif f.type in ("int", int):
             try:
                 values[f.name] = int(raw)
             except ValueError as exc:
                 raise ValueError(f"{_env_name(f.name)} must be an integer, got {raw!r}") from exc
+        elif f.type in ("float", float):
+            try:
+                values[f.name] = float(raw)
+            except ValueError as exc:
+                raise ValueError(f"{_env_name(f.name)} must be a number, got {raw!r}") from exc
         else:
             values[f.name] = raw
     return _checked(Settings(**values))  # type: ignore[arg-type]
+
+
+def _labels(raw: str, where: str) -> dict[str, str]:
+    """``k=v,k2=v2`` as Kubernetes labels, checked here so a typo fails at startup rather
+    than as a 422 on the first Job the operator creates."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        match = _LABEL_KEY.fullmatch(key)
+        prefix = match.group(1) if match else None
+        if not sep or not match or (prefix and len(prefix) > 253) or not _LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"{where} must be comma-separated key=value Kubernetes labels, got {raw!r}")
+        labels[key] = value
+    return labels
 
 
 def _checked(settings: Settings) -> Settings:

@@ -25,6 +25,8 @@ DONE_PHASES = frozenset(
         api.Phase.RolledBack.value,
     }
 )
+# Ready's message for a validated model nobody asked to serve (here and when serving is turned off).
+SERVING_DISABLED_MESSAGE = "validated; serving is disabled"
 # Pod states that explain a failure better than the Job's own condition.
 POD_FAILURE_REASONS = (
     "OOMKilled",
@@ -216,7 +218,7 @@ def outcome_status(
         if serving_enabled(spec):
             conds.append(condition("Ready", False, "RolloutPending", "validated; waiting for the rollout"))
         else:
-            conds.append(condition("Ready", True, "Validated", "validated; serving is disabled"))
+            conds.append(condition("Ready", True, "Validated", SERVING_DISABLED_MESSAGE))
         return fields, conds, ("Normal", "Validated", message)
 
     if summary and summary.outcome == Outcome.rejected.value:

@@ -18,6 +18,7 @@ from modelpress.operator import job_builder
 from modelpress.operator.settings import Settings
 
 K8S_VERSION = "1.33.0"
+REPO = Path(__file__).resolve().parents[2]
 
 BASE = {
     "apiVersion": api.API_VERSION,
@@ -120,7 +121,7 @@ def test_restricted_pod_security() -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert (
         volumes[mounts["/etc/modelpress"]]["configMap"]["name"]
-        == job_builder.build_config_map(model())["metadata"]["name"]
+        == job_builder.build_config_map(model(), Settings())["metadata"]["name"]
     )
 
 
@@ -137,7 +138,7 @@ def test_cpu_job_has_no_gpu_and_service_account_gets_token() -> None:
 
 def test_config_map_carries_the_spec_the_job_reads() -> None:
     m = model()
-    cm = job_builder.build_config_map(m)
+    cm = job_builder.build_config_map(m, Settings())
     doc = yaml.safe_load(cm["data"]["spec.yaml"])
     assert api.CompressedModel.model_validate(doc).spec == m.spec
     assert cm["metadata"]["ownerReferences"][0]["uid"] == BASE["metadata"]["uid"]
@@ -187,6 +188,17 @@ def test_render_names_the_bad_field(tmp_path: Path) -> None:
     assert "spec.validation.metric" in out.stderr and "Traceback" not in out.stderr
     missing = run_render(str(tmp_path / "nope.yaml"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def test_render_without_a_prometheus_for_keda_says_where_to_set_one(tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "examples" / "serving-keda.yaml").read_text())
+    del doc["spec"]["serving"]["rollout"]["analysis"]["prometheusUrl"]
+    path = tmp_path / "keda.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = run_render(str(path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("modelpress render: spec.serving.autoscaling.metrics[].prometheus.serverAddress")
+    assert "--prometheus-url" in out.stderr
 
 
 @pytest.mark.parametrize("name", ["a" * 55])

@@ -73,3 +73,17 @@ def test_operator_command_rejects_bad_settings(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "MODELPRESS_DEFAULT_GPU" in out.stderr
+
+
+def test_operator_command_rejects_bad_extra_labels() -> None:
+    env = dict(os.environ, MODELPRESS_EXTRA_LABELS="team=search ml")
+    out = subprocess.run(
+        [sys.executable, "-m", "modelpress.cli", "operator", "-n", "ml"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "MODELPRESS_EXTRA_LABELS must be comma-separated key=value Kubernetes labels" in out.stderr
+    assert "'team=search ml'" in out.stderr

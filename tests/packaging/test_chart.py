@@ -40,6 +40,7 @@ NON_DEFAULT = {
         "prometheusUrl": "http://prometheus.monitoring:9090",
         "metricsPort": 9100,
         "livenessPort": 9101,
+        "extraLabels": {"team": "search", "example.com/cost-centre": "ml-42"},
         "extraEnv": [{"name": "TZ", "value": "UTC"}],
     },
     "serviceAccount": {"create": True, "name": "mp-operator", "annotations": {"team": "ml-platform"}},
@@ -147,7 +148,8 @@ def test_default_values_match_the_operator_defaults(render) -> None:
     assert rendered.job_image == settings_mod.DEFAULT_JOB_IMAGE
     assert rendered.cluster_wide and rendered.standalone
     for field in ("default_gpu", "max_concurrent_jobs", "job_ttl_seconds", "job_backoff_limit",
-                  "job_active_deadline_seconds", "metrics_port", "liveness_port", "peering_name"):  # fmt: skip
+                  "job_active_deadline_seconds", "metrics_port", "liveness_port", "peering_name",
+                  "extra_labels"):  # fmt: skip
         assert getattr(rendered, field) == getattr(defaults, field), field
     # The job image runs as uid 10001 (Dockerfile); the chart makes Jobs match it.
     assert rendered.job_run_as_user == 10001
@@ -167,15 +169,20 @@ def test_values_reach_the_operator_settings(render) -> None:
     assert rendered.prometheus_url == op["prometheusUrl"]
     assert (rendered.metrics_port, rendered.liveness_port) == (op["metricsPort"], op["livenessPort"])
     assert rendered.standalone is False and rendered.peering_name == "mp-peers"
+    assert rendered.extra_labels == op["extraLabels"]
 
 
 def test_every_operator_setting_is_reachable_from_values(render) -> None:
-    """A new Settings field must get a chart value; extra_labels has no env twin (from_env skips it)."""
+    """A new Settings field must get a chart value, except test-speed intervals.
+
+    pod_check_seconds is such an interval (like MODELPRESS_ROLLOUT_TICK_SECONDS, which is
+    not even a setting): tests shorten it, a cluster has no reason to.
+    """
     names = set()
     for values in SCENARIOS.values():
         names |= {k for k in deployment_env(render(values)) if k.startswith("MODELPRESS_")}
     wanted = {"MODELPRESS_" + f.upper() for f in settings_mod.Settings.__dataclass_fields__} - {
-        "MODELPRESS_EXTRA_LABELS"
+        "MODELPRESS_POD_CHECK_SECONDS"
     }
     assert wanted <= names, f"settings with no chart value: {sorted(wanted - names)}"
 
@@ -254,6 +261,8 @@ def test_standalone_never_runs_two_operators(render) -> None:
         ({"replicaCount": 2}, "replicaCount"),
         ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
         ({"operator": {"metricsPort": 70000}}, "metricsPort"),
+        ({"operator": {"extraLabels": {"team": "search ml"}}}, "extraLabels"),
+        ({"operator": {"extraLabels": {"-team": "search"}}}, "propertyName '-team'"),
         ({"jobimage": {"repository": "x"}}, "jobimage"),
         ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}, "metrics.service.enabled"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name"),
