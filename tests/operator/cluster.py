@@ -16,7 +16,6 @@ import contextlib
 import copy
 import logging
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -33,11 +32,9 @@ from k8s_emulator import ApiServer, now
 from kopf.testing import KopfRunner
 
 from modelpress import api
+from modelpress.summary import DEFAULT_TERMINATION_LOG as TERMINATION_LOG
+from modelpress.summary import TERMINATION_MESSAGE_LIMIT as MESSAGE_LIMIT
 
-TERMINATION_LOG = "/dev/termination-log"
-SPEC_DIR = "/etc/modelpress"
-SCRATCH = "/tmp"
-MESSAGE_LIMIT = 4096
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
@@ -477,12 +474,6 @@ def running_operator(cluster: Cluster, **settings: str) -> Iterator[KopfRunner]:
     if runner.exception is not None:
         raise runner.exception
     assert runner.exit_code == 0, runner.output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sample_model(name: str = "digits", namespace: str = "ml", **spec: Any) -> dict[str, Any]:

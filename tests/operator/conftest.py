@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# k8s_emulator, cluster and the suite's helpers (importlib import mode adds no paths).
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
-
-from cluster import Cluster  # noqa: E402
-from helpers import write_digits  # noqa: E402
+from cluster import Cluster
+from helpers import write_digits
 
 
 @pytest.fixture()

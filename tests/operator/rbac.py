@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cluster import Cluster, ContainerResult, running_operator
+from cluster import Cluster, ContainerResult, running_operator, sample_model
 from k8s_emulator import rbac_usage
 
 from modelpress.summary import JobSummary
@@ -21,22 +21,10 @@ NAMESPACE = "ml"
 
 
 def _doc(name: str, metric: str = "accuracy") -> dict[str, Any]:
-    return {
-        "apiVersion": "modelpress.io/v1alpha1",
-        "kind": "CompressedModel",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "source": {"storageUri": "s3://m/model.onnx", "format": "onnx", "task": "classification"},
-            "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-            "validation": {
-                "dataset": {"storageUri": "s3://m/val.npz", "format": "npz"},
-                "metric": metric,
-                "maxAccuracyDrop": {"absolute": 0.01},
-            },
-            "job": {"gpu": 0, "backoffLimit": 0},
-            "output": {"storageUri": "s3://m/out/"},
-        },
-    }
+    """A valid model (a bad ``metric`` makes it invalid); no retries, so "broken" fails at once."""
+    doc = sample_model(name, NAMESPACE, job={"gpu": 0, "backoffLimit": 0})
+    doc["spec"]["validation"]["metric"] = metric
+    return doc
 
 
 async def _runner(job: Mapping[str, Any], root: Path) -> ContainerResult:

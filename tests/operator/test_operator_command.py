@@ -54,36 +54,32 @@ def test_operator_process_cluster_wide_with_probes(tmp_path: Path) -> None:
         assert code == 0, (tmp_path / "operator.log").read_text()[-3000:]
 
 
-def test_operator_command_rejects_bad_settings(tmp_path: Path) -> None:
-    env = dict(os.environ, MODELPRESS_DEFAULT_GPU="lots")
-    helped = subprocess.run(
-        [sys.executable, "-m", "modelpress.cli", "operator", "--help"],
-        env=env,
+def operator_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``modelpress operator ARGS`` with ``env`` over this environment, as a process."""
+    return subprocess.run(
+        [sys.executable, "-m", "modelpress.cli", "operator", *args],
+        env=dict(os.environ, **env),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_operator_command_rejects_bad_settings() -> None:
+    helped = operator_command("--help", MODELPRESS_DEFAULT_GPU="lots")
     assert helped.returncode == 0 and "--max-concurrent-jobs" in helped.stdout
-    out = subprocess.run(
-        [sys.executable, "-m", "modelpress.cli", "operator", "-n", "ml"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = operator_command("-n", "ml", MODELPRESS_DEFAULT_GPU="lots")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "MODELPRESS_DEFAULT_GPU" in out.stderr
 
 
 def test_operator_command_rejects_bad_extra_labels() -> None:
-    env = dict(os.environ, MODELPRESS_EXTRA_LABELS="team=search ml")
-    out = subprocess.run(
-        [sys.executable, "-m", "modelpress.cli", "operator", "-n", "ml"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    from_env = operator_command("-n", "ml", MODELPRESS_EXTRA_LABELS="team=search ml")
+    assert from_env.returncode == 2 and "Traceback" not in from_env.stderr
+    assert (
+        "MODELPRESS_EXTRA_LABELS must be comma-separated key=value Kubernetes labels, got 'team=search ml'"
+        in from_env.stderr
     )
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "MODELPRESS_EXTRA_LABELS must be comma-separated key=value Kubernetes labels" in out.stderr
-    assert "'team=search ml'" in out.stderr
+    flagged = operator_command("-n", "ml", "--extra-label", "team")
+    assert flagged.returncode == 2 and "Traceback" not in flagged.stderr
+    assert "--extra-label must be comma-separated key=value Kubernetes labels, got 'team'" in flagged.stderr

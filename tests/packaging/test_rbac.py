@@ -19,28 +19,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import k8s_emulator
 import numpy as np
 import pytest
+from cluster import Cluster
+from helpers import free_port, wait_http
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "operator"))  # the stand-ins (importlib import mode)
-
-import k8s_emulator  # noqa: E402
-from cluster import Cluster  # noqa: E402
-
-from modelpress import api  # noqa: E402
-from modelpress.operator import job_builder  # noqa: E402
-from modelpress.operator import settings as settings_mod  # noqa: E402
+from modelpress import api
+from modelpress.operator import job_builder
+from modelpress.operator import settings as settings_mod
 
 NAMESPACE = "ml"
 RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
@@ -84,12 +78,6 @@ class NamingApiServer(k8s_emulator.ApiServer):
             # between), so names[i] belongs to audit[i].
             NamingApiServer.names.append(parsed[4])
         return await super().__call__(raw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -247,17 +235,6 @@ def deployment_env(objects: list[dict[str, Any]]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"]}
 
 
-def wait_http(url: str, deadline: float) -> tuple[int, str]:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return resp.status, resp.read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def operator_runs(
     digits_linear: Path, tmp_path_factory: pytest.TempPathFactory, crds: list[dict[str, Any]], render
@@ -338,8 +315,7 @@ def run_scenario(values, serving, digits, work, crds, render) -> Run:  # noqa: A
             with log_path.open("w") as log:
                 proc = subprocess.Popen(command, env=proc_env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                deadline = time.monotonic() + 60
-                healthz, _ = wait_http(f"http://127.0.0.1:{liveness}/healthz", deadline)
+                healthz, _ = wait_http(f"http://127.0.0.1:{liveness}/healthz", proc=proc, log=log_path)
                 final = cluster.wait_phase("digits", "RollingOut" if serving else "Validated", 180)
                 if serving:
                     cluster.wait_for("the canary in the InferenceService", lambda: canary_in_isvc(cluster), 60)
@@ -347,7 +323,7 @@ def run_scenario(values, serving, digits, work, crds, render) -> Run:  # noqa: A
                     # Then serving is turned off: the InferenceService it created is deleted.
                     cluster.patch_model("digits", {"spec": {"serving": {"enabled": False}}})
                     cluster.wait_for("the InferenceService deleted", lambda: not cluster.objects(ISVC[0], ISVC[2]), 60)
-                _, metrics_text = wait_http(f"http://127.0.0.1:{metrics}/metrics", deadline + 180)
+                _, metrics_text = wait_http(f"http://127.0.0.1:{metrics}/metrics", proc=proc, log=log_path)
                 if values.get("peering", {}).get("enabled"):
                     cluster.wait_for("the operator in the peering", lambda: peering_status(cluster))
             finally:

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,31 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port, wait_http
 
 MODEL_NAME = "digits"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen | None = None, log: Path | None = None, timeout: float = 60.0) -> None:
-    """Poll until the URL answers 200 (or fail with the process's log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            out = log.read_text(errors="replace") if log else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up:\n{out[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not up after {timeout} s")
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +89,7 @@ class Server:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            wait_http(f"{self.url}/v2/models/{name}/ready", self.proc, self.log)
+            wait_http(f"{self.url}/v2/models/{name}/ready", proc=self.proc, log=self.log)
         except Exception:
             self.stop()
             raise
@@ -169,7 +146,7 @@ class Prometheus:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            wait_http(f"{self.url}/-/ready", self.proc, self.log)
+            wait_http(f"{self.url}/-/ready", proc=self.proc, log=self.log)
             self.wait_until(f"count(up == 1) == {len(targets)}")
         except Exception:
             self.stop()

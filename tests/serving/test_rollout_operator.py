@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -18,15 +17,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cluster import Cluster, ContainerResult, operator_env
+from helpers import condition
+from kopf.testing import KopfRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the stand-in (importlib mode)
-
-from cluster import Cluster, ContainerResult, operator_env  # noqa: E402
-from kopf.testing import KopfRunner  # noqa: E402
-
-from modelpress import api  # noqa: E402
-from modelpress.jobs.serving import find_model_file  # noqa: E402
-from modelpress.summary import JobSummary  # noqa: E402
+from modelpress import api
+from modelpress.jobs.serving import find_model_file
+from modelpress.summary import JobSummary
 
 NS = "ml"
 STABLE_URI = "s3://models/digits-fp32/"
@@ -319,10 +316,6 @@ def test_knative_mode_canary_percent_and_immediate_strategy(tmp_path, digits_mod
 
 
 # ---------------------------------------------------------------- serving changes after the rollout
-
-
-def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any]:
-    return next(cond for cond in status["conditions"] if cond["type"] == type_)
 
 
 def test_serving_change_reaches_a_settled_inference_service_and_disabling_serving_deletes_it(
