@@ -1,7 +1,8 @@
 """Helpers shared by test folders: one copy of what several suites need.
 
-Importable as ``helpers`` where ``tests/`` is on ``sys.path`` (the import mode is
-importlib, so pytest does not put it there by itself). Heavy imports (torch) stay
+Importable as ``helpers``: pyproject's pytest ``pythonpath`` puts ``tests/`` (and
+``tests/operator``, for the cluster stand-in) on ``sys.path``, which the importlib
+import mode would not do by itself. Heavy imports (torch) stay
 inside the functions that need them, so operator-only tests import this cheaply.
 """
 
