@@ -22,11 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-# The suites' shared helpers (importlib import mode adds no paths).
-sys.path.insert(0, str(Path(__file__).parents[1]))
-
-from helpers import free_port, write_digits  # noqa: E402
+from helpers import free_port, write_digits
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable

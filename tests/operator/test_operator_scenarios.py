@@ -256,9 +256,7 @@ def test_kueue_suspended_job_shows_queued_until_admitted(tmp_path: Path) -> None
 def test_stuck_image_pull_is_reported_before_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from prometheus_client import REGISTRY
 
-    from modelpress.operator import handlers
-
-    monkeypatch.setattr(handlers, "POD_CHECK_SECONDS", 0.1)
+    monkeypatch.setenv("MODELPRESS_POD_CHECK_SECONDS", "0.1")
     errors_before = REGISTRY.get_sample_value("modelpress_reconcile_errors_total", {"handler": "pods"}) or 0
     gate = Gate(open_=False)
     with Cluster(tmp_path, runner=gate) as c:

@@ -4,18 +4,14 @@ stand-in: a missing one is None, a delete hits only the exact object it was read
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import kopf
 import pytest
+from cluster import Cluster
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the stand-in (importlib mode)
-
-from cluster import Cluster  # noqa: E402
-
-from modelpress.operator.inference_service import ISVC_API_VERSION, ISVC_KIND  # noqa: E402
-from modelpress.operator.kube import Conflict, Kube  # noqa: E402
+from modelpress.operator.inference_service import ISVC_API_VERSION, ISVC_KIND
+from modelpress.operator.kube import Conflict, Kube
 
 NS = "ml"
 
