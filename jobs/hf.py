@@ -26,6 +26,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from torch import nn
 
 from modelpress.jobs.errors import JobInputError
 from modelpress.jobs.methods import ModelHandle
+
+if TYPE_CHECKING:
+    import onnx
 
 # sentence-transformers' own name; also, torch's ONNX exporter names the aten.embedding
 # value "embedding", so an output of that name would collide with it.
@@ -245,7 +249,9 @@ def to_fused_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], model_dir:
     ``nn.Module``s, so the TorchScript exporter handles them (it cannot re-export
     ``torch.export.load`` programs, which is why ``to_onnx`` does not use it). The result
     carries full shape information so ORT's quantizer can type every tensor of the
-    com.microsoft ops. Architectures the optimizer does not know are returned unfused.
+    com.microsoft ops, and SkipLayerNormalization as Sum + LayerNormalization
+    (:func:`skip_layer_norm_as_sum`). Architectures the optimizer does not know are
+    returned unfused.
     """
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
@@ -286,9 +292,51 @@ def to_fused_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], model_dir:
             model = optimizer.model
             if not any(o.domain == "com.microsoft" for o in model.opset_import):  # the fused ops' domain
                 model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    model = skip_layer_norm_as_sum(model)
     # ORT writes sym_shape_infer_temp.onnx (+ weights) into the cwd when inference is
     # incomplete, then raises: keep that litter in a scratch directory.
     with tempfile.TemporaryDirectory(prefix="modelpress-shapes-") as tmp, contextlib.chdir(tmp):
         model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     onnx.checker.check_model(model)
     return handle.with_model(onnx_model=model)
+
+
+def skip_layer_norm_as_sum(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite each com.microsoft ``SkipLayerNormalization`` as ``Sum(x, skip[, bias])`` + ``LayerNormalization``.
+
+    Same math, much faster on CPU: onnxruntime 1.32's SkipLayerNormalization CPU kernel
+    takes ~2.2 ms on a [32, 30, 384] batch (one thread) where Sum + LayerNormalization take
+    ~0.4 ms; on MiniLM that is ~11% of the int8 model's time at batch 32. ``Sum`` rather
+    than ``Add``: ORT's own session-time optimizer fuses Add + LayerNormalization back into
+    SkipLayerNormalization, and it does not match Sum. Nodes that use the optional extra
+    outputs (mean, inverse std, the sum) are kept as they are.
+    """
+    import onnx
+
+    nodes = []
+    for node in model.graph.node:
+        extra_outputs = any(name for name in node.output[1:])
+        if node.op_type != "SkipLayerNormalization" or node.domain != "com.microsoft" or extra_outputs:
+            nodes.append(node)
+            continue
+        x, skip, gamma = node.input[0], node.input[1], node.input[2]
+        beta = node.input[3] if len(node.input) > 3 else ""
+        bias = node.input[4] if len(node.input) > 4 else ""
+        epsilon = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-12)
+        total = f"{node.output[0]}_sum"
+        nodes.append(
+            onnx.helper.make_node("Sum", [x, skip, *([bias] if bias else [])], [total], name=f"{node.name}_sum")
+        )
+        nodes.append(
+            onnx.helper.make_node(
+                "LayerNormalization",
+                [total, gamma, *([beta] if beta else [])],
+                [node.output[0]],
+                name=node.name,
+                axis=-1,
+                epsilon=epsilon,
+            )
+        )
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model

@@ -15,7 +15,7 @@ from modelpress.jobs.methods._onnx_graph import gemm_to_matmul
 from modelpress.jobs.methods._smooth import smooth
 from modelpress.jobs.methods.quantize import PREPROCESSED, pre_process
 
-from .conftest import batch_of, fingerprint, predict
+from .conftest import accuracy, batch_of, fingerprint, predict
 
 OUTLIER_CHANNEL, OUTLIER_GAIN = 5, 60.0
 
@@ -98,3 +98,11 @@ def test_pre_processing_runs_once_per_graph(onnx_model):
     once = pre_process(onnx_model.onnx_model)
     assert PREPROCESSED in {p.key for p in once.metadata_props}
     assert pre_process(once).SerializeToString() == once.SerializeToString()
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_smoothed_digits_model_keeps_accuracy(onnx_model, data, val, mode):
+    result = quantize(onnx_model, data, mode=mode, perChannel=True, smoothing=0.5)
+    assert result.changes["smoothedActivations"] >= 2
+    onnx.checker.check_model(result.model.onnx_model)
+    assert accuracy(onnx_model, val) - accuracy(result.model, val) <= 0.02

@@ -46,4 +46,5 @@ def test_hf_source_is_exported_fused_and_smoothed(tmp_path, minilm_dir, sentence
     (trial,) = result.report["trials"]
     assert trial["changes"][0]["quantize"]["smoothedActivations"] == 24
     model = onnx.load(str(tmp_path / "out" / summary.recipe_hash / MODEL_RELPATH))
-    assert {"QAttention", "SkipLayerNormalization"} <= {n.op_type for n in model.graph.node}  # the fused export
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QAttention", "QEmbedLayerNormalization", "Sum"} <= ops  # the fused export, quantized
