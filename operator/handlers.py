@@ -104,12 +104,17 @@ async def startup(settings: kopf.OperatorSettings, models: kopf.Index, **_: Any)
     STATE.pod_check = asyncio.create_task(pod_check_loop(models), name="modelpress-pod-check")
 
 
+async def stop_loop(task: asyncio.Task | None) -> None:
+    """Cancel a background loop and wait until it has ended (so no call outlives the client)."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    if STATE.pod_check is not None:
-        STATE.pod_check.cancel()
-        await asyncio.gather(STATE.pod_check, return_exceptions=True)
-        STATE.pod_check = None
+    await stop_loop(STATE.pod_check)
+    STATE.pod_check = None
     if STATE.kube is not None:
         await STATE.kube.close()
     if STATE.metrics_server is not None:

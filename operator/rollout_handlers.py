@@ -108,10 +108,8 @@ async def start_rollout_loop(models: kopf.Index, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_rollout_loop(**_: Any) -> None:
-    if LOOP.task is not None:
-        LOOP.task.cancel()
-        await asyncio.gather(LOOP.task, return_exceptions=True)
-        LOOP.task = None
+    await handlers.stop_loop(LOOP.task)
+    LOOP.task = None
 
 
 class _Loop:
