@@ -268,6 +268,31 @@ def test_quantize_search_ranks_sensitive_nodes(tmp_path: Path, digits_dir: Path)
     assert trials[5]["metrics"] is None and "keeping 2 in float would quantize nothing" in trials[5]["reason"]
 
 
+def test_search_pre_processes_the_graph_once(tmp_path: Path, digits_dir: Path, monkeypatch) -> None:
+    """Every quantize variant and every sensitivity-ranking trial reuses one pre-processed graph."""
+    import onnxruntime.quantization as ortq
+
+    calls: list[str] = []
+    real = ortq.quant_pre_process
+
+    def counted(*args, **kwargs):
+        calls.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quant_pre_process", counted)
+    doc = make_spec(
+        (digits_dir / "model.onnx").as_uri(),
+        (digits_dir / "val.npz").as_uri(),
+        (tmp_path / "out").as_uri(),
+        calibration_uri=(digits_dir / "calib.npz").as_uri(),
+        search={"enabled": True, "maxTrials": 5},
+        maxLatencyMs=1e-6,
+    )
+    trials = job(tmp_path, doc).report["trials"]
+    assert len(trials) == 5 and sum(bool(t["recipe"][0]["quantize"]["excludeNodes"]) for t in trials) == 1
+    assert len(calls) == 1, calls
+
+
 def test_smoothing_rungs_need_calibration_data() -> None:
     recipe = steps({"quantize": {"mode": "dynamic"}})
     plain = candidates(recipe, search=True, max_trials=64)
