@@ -74,6 +74,18 @@ def is_active(status: RolloutStatus | None) -> bool:
     return status is not None and status.step is not None and bool(status.canary_storage_uri)
 
 
+def settled(status: RolloutStatus | None, artifact_uri: str) -> Decision | None:
+    """Nothing in flight and ``artifact_uri`` judged already (promoted, or rolled back and
+    not retried): what to say about it, with no change; None otherwise."""
+    if status is None or is_active(status):
+        return None
+    if status.stable_storage_uri == artifact_uri:
+        return Decision(status, "Serving", "Serving", f"serving {artifact_uri}", False)
+    if status.canary_storage_uri == artifact_uri:  # rolled back earlier; do not retry it
+        return Decision(status, "RolledBack", "RolledBack", f"{artifact_uri} was rolled back", False)
+    return None
+
+
 def _event(status: RolloutStatus, now: datetime, event: str, percent: int | None, message: str) -> list[RolloutEvent]:
     entry = RolloutEvent(time=now.isoformat(), event=event, percent=percent, message=message[:512])
     return [*status.history, entry][-MAX_HISTORY:]
@@ -139,10 +151,8 @@ def plan(
         return Decision(new, "RollingOut", "Restarted", f"new artifact: canary restarts at {steps[0]}%", True)
 
     if not is_active(status):
-        if status.stable_storage_uri == artifact_uri:
-            return Decision(status, "Serving", "Serving", f"serving {artifact_uri}", False)
-        if status.canary_storage_uri == artifact_uri:  # rolled back earlier; do not retry it
-            return Decision(status, "RolledBack", "RolledBack", f"{artifact_uri} was rolled back", False)
+        if said := settled(status, artifact_uri):
+            return said
         if rollout.baseline == "source":
             if not source_uri:
                 raise BaselineMissing("baseline source needs the source model's storageUri")

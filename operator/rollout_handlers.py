@@ -60,9 +60,9 @@ SERVABLE_PHASES = frozenset(
 )
 SERVING_PHASES = SERVABLE_PHASES - {api.Phase.Validated.value}
 SETTLED_PHASES = frozenset({api.Phase.Serving.value, api.Phase.RolledBack.value})
-WARNING_REASONS = frozenset(
-    {"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive", "ServingConfigInvalid"}
-)
+# The complaint about a spec no InferenceService can be built from (see tick).
+CONFIG_INVALID = "ServingConfigInvalid"
+WARNING_REASONS = frozenset({"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive", CONFIG_INVALID})
 # Predictor fields that say how to scale: a field the desired InferenceService leaves
 # out is removed (null in the merge patch) so KServe does not see two ways to scale.
 SCALING_FIELDS = ("autoScaling", "scaleMetric", "scaleTarget", "scaleMetricType")
@@ -248,8 +248,11 @@ async def tick(body: Mapping[str, Any]) -> None:
             model, rollout_mod.Traffic(status.artifact.storage_uri), handlers.STATE.settings
         )
     except isvc_mod.ServingConfigError as exc:
-        await _report(body, status, status.phase, "ServingConfigInvalid", str(exc), None)
+        await _report(body, status, status.phase, CONFIG_INVALID, str(exc), None)
         return
+    # It builds now: conditions still carrying that complaint are rewritten below even
+    # when the rollout itself has nothing new to say.
+    fixed = _rolled_out_reason(body.get("status") or {}) == CONFIG_INVALID
     name = isvc_mod.isvc_name(model)
     isvc = await _get_isvc(ns, name)
     if is_settled(body.get("status") or {}):
@@ -257,6 +260,9 @@ async def tick(body: Mapping[str, Any]) -> None:
         # applying to the InferenceService that is there (never re-created here).
         if isvc is not None:
             await _converge(body, model, status.rollout, isvc)
+        said = rollout_mod.settled(status.rollout, status.artifact.storage_uri)
+        if fixed and said and not await _report(body, status, said.phase, said.reason, said.message, None):
+            return  # stale body: the next tick says it again
         LOOP.checked[meta.get("uid")] = meta.get("generation")
         return
     analysis = None
@@ -271,10 +277,14 @@ async def tick(body: Mapping[str, Any]) -> None:
         await _report(body, status, status.phase, "BaselineMissing", str(exc), None)
         return
     new_rollout = decision.status.model_copy(update={"inference_service": name})
-    if decision.changed or new_rollout != status.rollout:
+    if decision.changed or new_rollout != status.rollout or fixed:
         if not await _report(body, status, decision.phase, decision.reason, decision.message, new_rollout):
             return  # decided on a stale body: the next tick decides on the current one
     await _converge(body, model, new_rollout, isvc)
+
+
+def _rolled_out_reason(status: Mapping[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "RolledOut"), None)
 
 
 async def _converge(

@@ -419,3 +419,36 @@ def test_keda_metric_without_any_prometheus_is_reported_not_rolled_out(tmp_path,
         [external] = isvc["spec"]["predictor"]["autoScaling"]["metrics"]
         assert external["external"]["metric"]["serverAddress"] == address
         assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+
+
+def test_a_fixed_serving_config_clears_the_complaint_on_a_settled_model(tmp_path, digits_models, quick_ticks):
+    """Serving, then a KEDA metric with no Prometheus anywhere (the complaint, the old
+    InferenceService kept), then the fix: the InferenceService gets KEDA and the
+    conditions say Serving again instead of keeping the complaint for good."""
+    with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
+        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        doc = model_doc("http://unused:9090", strategy="immediate")
+        del doc["spec"]["serving"]["rollout"]["analysis"]["prometheusUrl"]
+        with operator_env(c, prometheus_url=""), operator(c):
+            c.apply_model(doc)
+            c.wait_phase("digits", "Serving", timeout=60)
+            metric = {"query": "sum(rate(modelpress_inference_requests_total[1m]))", "target": 50}
+            c.patch_model("digits", {"spec": {"serving": {"autoscaling": {"metrics": [{"prometheus": metric}]}}}})
+            c.wait_for("the complaint", lambda: any(e["reason"] == "ServingConfigInvalid" for e in c.events("digits")))
+            assert condition(c.model("digits")["status"], "RolledOut")["reason"] == "ServingConfigInvalid"
+            assert "autoScaling" not in c.objects(*ISVC)[0]["spec"]["predictor"]
+
+            fixed = {**metric, "serverAddress": "http://prometheus.monitoring:9090"}
+            c.patch_model("digits", {"spec": {"serving": {"autoscaling": {"metrics": [{"prometheus": fixed}]}}}})
+            c.wait_for(
+                "the complaint cleared",
+                lambda: condition(c.model("digits")["status"], "RolledOut")["reason"] != "ServingConfigInvalid",
+            )
+        status = c.model("digits")["status"]
+        assert status["phase"] == "Serving"
+        for type_ in ("Ready", "RolledOut"):
+            cond = condition(status, type_)
+            assert (cond["status"], cond["reason"]) == ("True", "Serving"), cond
+            assert cond["message"] == f"serving {status['artifact']['storageUri']}"
+        [isvc] = c.objects(*ISVC)
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
