@@ -76,8 +76,8 @@ def _quantity(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _scaling_metric(metric: api.ScalingMetric, prometheus_url: str | None) -> dict[str, Any]:
-    """One ``autoScaling.metrics[]`` entry (KServe's MetricsSpec)."""
+def _scaling_metric(index: int, metric: api.ScalingMetric, prometheus_url: str | None) -> dict[str, Any]:
+    """One ``autoScaling.metrics[]`` entry (KServe's MetricsSpec); ``index`` names it in errors."""
     if metric.resource is not None:
         r = metric.resource
         if r.average_utilization is not None:
@@ -89,7 +89,7 @@ def _scaling_metric(metric: api.ScalingMetric, prometheus_url: str | None) -> di
     address = p.server_address or prometheus_url
     if not address:
         raise ServingConfigError(
-            "spec.serving.autoscaling.metrics[].prometheus.serverAddress: no Prometheus for KEDA to query; set it, "
+            f"spec.serving.autoscaling.metrics[{index}].prometheus.serverAddress: no Prometheus for KEDA to query; set it, "
             "or serving.rollout.analysis.prometheusUrl, or the operator's --prometheus-url"
         )
     value_key = "value" if p.target_type == api.ScalingTargetType.Value.value else "averageValue"
@@ -107,7 +107,9 @@ def _predictor(serving: api.Serving, storage_uri: str, settings: Settings) -> di
     predictor: dict[str, Any] = {"minReplicas": scaling.min_replicas, "maxReplicas": scaling.max_replicas}
     if scaling.metrics:
         prometheus_url = serving.rollout.analysis.prometheus_url or settings.prometheus_url
-        predictor["autoScaling"] = {"metrics": [_scaling_metric(m, prometheus_url) for m in scaling.metrics]}
+        predictor["autoScaling"] = {
+            "metrics": [_scaling_metric(i, m, prometheus_url) for i, m in enumerate(scaling.metrics)]
+        }
     else:
         predictor.update(scaleMetric=scaling.metric, scaleTarget=scaling.target)
         if serving.deployment_mode == api.DeploymentMode.Standard.value and scaling.metric in UTILIZATION_METRICS:

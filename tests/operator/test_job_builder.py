@@ -197,7 +197,7 @@ def test_render_without_a_prometheus_for_keda_says_where_to_set_one(tmp_path: Pa
     path.write_text(yaml.safe_dump(doc))
     out = run_render(str(path))
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.startswith("modelpress render: spec.serving.autoscaling.metrics[].prometheus.serverAddress")
+    assert out.stderr.startswith("modelpress render: spec.serving.autoscaling.metrics[0].prometheus.serverAddress")
     assert "--prometheus-url" in out.stderr
 
 

@@ -226,11 +226,19 @@ def test_prometheus_metrics_are_keda_external_metrics():
 
 
 def test_prometheus_server_address_falls_back_to_the_operator_setting_then_fails_clearly():
-    serving = {"deploymentMode": "Standard", "autoscaling": {"metrics": [{"prometheus": {"query": "up", "target": 1}}]}}
+    prometheus = {"prometheus": {"query": "up", "target": 1}}
+    serving = {"deploymentMode": "Standard", "autoscaling": {"metrics": [prometheus]}}
     isvc = build_inference_service(make_model(serving), Traffic(STABLE), Settings(prometheus_url="http://op-prom:9090"))
     [metric] = isvc["spec"]["predictor"]["autoScaling"]["metrics"]
     assert metric["external"]["metric"]["serverAddress"] == "http://op-prom:9090"
     with pytest.raises(ServingConfigError, match=r"prometheus\.serverAddress.*--prometheus-url"):
+        build_inference_service(make_model(serving), Traffic(STABLE), Settings())
+    # The error names the entry that has no Prometheus, not just the list.
+    cpu = {"resource": {"name": "cpu", "averageUtilization": 80}}
+    serving["autoscaling"]["metrics"] = [cpu, prometheus]
+    with pytest.raises(
+        ServingConfigError, match=r"^spec\.serving\.autoscaling\.metrics\[1\]\.prometheus\.serverAddress:"
+    ):
         build_inference_service(make_model(serving), Traffic(STABLE), Settings())
 
 
