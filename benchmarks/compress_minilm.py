@@ -3,7 +3,8 @@
 Everything is built with the project's own code (``load_hf_model``, ``load_jsonl``,
 ``to_onnx``, the registered ``quantize`` method, the pipeline's accuracy-aware search)
 and timed side by side in ONE process: one single-threaded onnxruntime session per model,
-warm-up, then rounds that visit every model in turn so background load hits all alike.
+warm-up, then rounds in which every batch runs on every model back to back, so
+background load hits all alike.
 Sentences are real English (benchmarks/data/sentences.txt), tokenized one by one and
 padded only to the longest sentence of each batch, as a client would send them.
 
@@ -282,7 +283,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def time_rows(rows: list[Row], samples, args) -> None:
-    """Per-batch wall times; every round visits every model so drift and noise hit all rows."""
+    """Per-batch wall times, interleaved batch by batch: each batch runs on every model back to
+    back (starting with a different model each time), so load on the shared machine, which
+    changes within seconds, hits all rows alike instead of whichever row ran during a burst."""
     for batch_size, rounds in ((1, args.rounds_b1), (32, args.rounds_b32)):
         batches = [b for b, _ in samples.batches(batch_size)]
         for row in rows:
@@ -291,8 +294,9 @@ def time_rows(rows: list[Row], samples, args) -> None:
             row.times[batch_size] = []
         for round_ in range(rounds):
             log(f"timing batch {batch_size}: round {round_ + 1}/{rounds}")
-            for row in rows:
-                for batch in batches:
+            for i, batch in enumerate(batches):
+                start = (round_ * len(batches) + i) % len(rows)
+                for row in rows[start:] + rows[:start]:
                     started = time.perf_counter()
                     row.run(batch)
                     row.times[batch_size].append(time.perf_counter() - started)
