@@ -21,10 +21,12 @@ turns into QAttention; see benchmarks/compress_minilm.py for what it buys.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -236,6 +238,19 @@ def pooling_mode(pooling_dir: Path) -> str:
 
 # Architectures whose TorchScript-exported graph ORT's transformer optimizer knows how to fuse.
 FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
+
+
+def fused_exporter(model_dir: Path) -> Callable[[ModelHandle, dict[str, np.ndarray]], ModelHandle] | None:
+    """:func:`to_fused_onnx` for this directory when ORT's optimizer fuses its architecture.
+
+    None otherwise: the caller keeps the torch.export-based ``jobs/export.to_onnx``, which
+    handles more architectures than the TorchScript exporter the fusions need.
+    """
+    from transformers import AutoConfig
+
+    if AutoConfig.from_pretrained(model_dir, local_files_only=True).model_type not in FUSABLE_MODEL_TYPES:
+        return None
+    return functools.partial(to_fused_onnx, model_dir=model_dir)
 
 
 def to_fused_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], model_dir: Path, opset: int = 17) -> ModelHandle:

@@ -17,15 +17,15 @@ Search composes methods through the registry without knowing their insides; the
 only graph knowledge it uses is which ONNX ops quantization touches (MatMul/Gemm),
 to rank nodes by measured sensitivity for ``excludeNodes``.
 
-hf-transformers sources whose first step works on ONNX are exported with ORT's
-transformer fusions (``jobs/hf.to_fused_onnx``: one Attention kernel per layer, which
-dynamic int8 turns into QAttention); a module changed by torch-stage steps first is
-exported by ``jobs/export.to_onnx`` (the fusions assume the original architecture).
+hf-transformers sources of an architecture ORT fuses (BERT family), whose first step
+works on ONNX, are exported with ORT's transformer fusions (``jobs/hf.to_fused_onnx``:
+one Attention kernel per layer, which dynamic int8 turns into QAttention); a module
+changed by torch-stage steps first is exported by ``jobs/export.to_onnx`` (the fusions
+assume the original architecture), as are other architectures.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import shutil
@@ -623,12 +623,12 @@ def check_labels(spec: CompressedModelSpec, outputs: np.ndarray, val: Samples) -
 
 
 def _source_exporter(spec: CompressedModelSpec, src_path: Path) -> Exporter | None:
-    """The fused transformer export for hf-transformers sources (see the module docstring)."""
+    """The fused transformer export for hf-transformers sources ORT knows how to fuse."""
     if spec.source.format != "hf-transformers":
         return None
-    from modelpress.jobs.hf import to_fused_onnx
+    from modelpress.jobs.hf import fused_exporter
 
-    return functools.partial(to_fused_onnx, model_dir=src_path)
+    return fused_exporter(src_path)
 
 
 def _device() -> str:
