@@ -206,12 +206,17 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
     if status.get("recipeHash") == rh and status.get("phase") in st.DONE_PHASES:
         # Same recipe, result known: a serving-only (or no-op) change never recompresses.
         if status.get("observedGeneration") != gen:
+            conds = spec_ok
+            if status.get("phase") == api.Phase.Validated.value and not st.serving_enabled(body.get("spec") or {}):
+                # Serving turned off before any rollout: Ready no longer waits for one
+                # (a model that was serving is released by the rollout loop).
+                conds = [*spec_ok, st.condition("Ready", True, "Validated", st.SERVING_DISABLED_MESSAGE)]
             await kube().patch_model_status(
                 ns,
                 name,
                 {
                     "observedGeneration": gen,
-                    "conditions": st.merge_conditions(status.get("conditions"), spec_ok, gen, now()),
+                    "conditions": st.merge_conditions(status.get("conditions"), conds, gen, now()),
                 },
             )
         return True

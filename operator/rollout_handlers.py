@@ -58,7 +58,6 @@ SERVABLE_PHASES = frozenset(
         api.Phase.RolledBack.value,
     }
 )
-SERVING_PHASES = SERVABLE_PHASES - {api.Phase.Validated.value}
 SETTLED_PHASES = frozenset({api.Phase.Serving.value, api.Phase.RolledBack.value})
 # The complaint about a spec no InferenceService can be built from (see tick).
 CONFIG_INVALID = "ServingConfigInvalid"
@@ -308,7 +307,8 @@ async def release(body: Mapping[str, Any]) -> None:
     An InferenceService this CompressedModel owns is deleted (only that exact object: a
     uid precondition); someone else's is left as it is, said once in an Event. Either
     way ``status.rollout`` is cleared (which also ends this model's turns in the loop)
-    and a model that was serving goes back to ``Validated``, Ready as without serving.
+    and a model that was serving (or validated, waiting for its rollout) is ``Validated``,
+    Ready as without serving.
     """
     meta, status = body["metadata"], body.get("status") or {}
     ns = meta.get("namespace") or "default"
@@ -328,7 +328,8 @@ async def release(body: Mapping[str, Any]) -> None:
     else:
         reason, message = "ServingRemoved", f"serving disabled: InferenceService {ns}/{name} is already gone"
     fields: dict[str, Any] = {"rollout": None}
-    if status.get("phase") in SERVING_PHASES:  # not while a new recipe compresses
+    # Not while a new recipe compresses; Validated too, whose Ready may still wait for the rollout.
+    if status.get("phase") in SERVABLE_PHASES:
         conds = [
             st.condition("Ready", True, "Validated", st.SERVING_DISABLED_MESSAGE),
             st.condition("RolledOut", False, "ServingDisabled", message),

@@ -89,6 +89,12 @@ def test_recipe_change_starts_a_new_job_serving_change_does_not(gated: Cluster, 
         assert gate.runs == [first["jobName"], second["jobName"]]
         # Serving is enabled now: validated, but Ready waits for the rollout.
         assert condition(second, "Ready")["reason"] == "RolloutPending"
+        # Turned off again before any rollout: Ready waits for nothing any more.
+        gated.patch_model("digits", {"spec": {"serving": {"enabled": False}}})
+        third = gated.wait_for("generation 4", lambda: (s := status(gated)).get("observedGeneration") == 4 and s)
+        ready = condition(third, "Ready")
+        assert (ready["status"], ready["reason"], third["phase"]) == ("True", "Validated", "Validated")
+        assert len(gated.objects("batch", "jobs")) == 2
 
 
 def test_operator_restart_mid_job_collects_without_duplicates(tmp_path: Path) -> None:
