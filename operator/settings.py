@@ -186,6 +186,10 @@ def _labels(raw: str, where: str) -> dict[str, str]:
 
 def _checked(settings: Settings) -> Settings:
     """Values that are strings in the environment but must have a shape."""
+    if not settings.pod_check_seconds > 0:  # 0 or less would list pods in a tight loop
+        raise ValueError(
+            f"MODELPRESS_POD_CHECK_SECONDS must be a number of seconds above 0, got {settings.pod_check_seconds!r}"
+        )
     label = settings.analysis_namespace_label
     if label and not PROMETHEUS_LABEL.fullmatch(label):
         raise ValueError(

@@ -78,3 +78,6 @@ def test_pod_check_interval_is_a_setting() -> None:
     assert settings_mod.from_env({"MODELPRESS_POD_CHECK_SECONDS": "0.5"}).pod_check_seconds == 0.5
     with pytest.raises(ValueError, match="^MODELPRESS_POD_CHECK_SECONDS must be a number, got 'often'$"):
         settings_mod.from_env({"MODELPRESS_POD_CHECK_SECONDS": "often"})
+    for busy in ("0", "-5", "nan"):  # each would list pods in a tight loop
+        with pytest.raises(ValueError, match="^MODELPRESS_POD_CHECK_SECONDS must be a number of seconds above 0"):
+            settings_mod.from_env({"MODELPRESS_POD_CHECK_SECONDS": busy})
