@@ -17,6 +17,9 @@ PROMETHEUS_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Kubernetes label syntax (apimachinery's IsQualifiedName / IsValidLabelValue): an optional
 # DNS-subdomain prefix (<= 253) and "/", a name <= 63; values <= 63, possibly empty.
 _LABEL_KEY = re.compile(r"(?:([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)/)?([A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)")
+# Pod labels the Job controller sets (and keeps, when a template already has them): an
+# extra label under one of these keys would hide the compression pods from the operator.
+JOB_CONTROLLER_LABELS = frozenset({"job-name", "controller-uid"})
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
@@ -180,6 +183,11 @@ def _labels(raw: str, where: str) -> dict[str, str]:
         prefix = match.group(1) if match else None
         if not sep or not match or (prefix and len(prefix) > 253) or not _LABEL_VALUE.fullmatch(value):
             raise ValueError(f"{where} must be comma-separated key=value Kubernetes labels, got {raw!r}")
+        if key in JOB_CONTROLLER_LABELS or prefix == "batch.kubernetes.io":
+            raise ValueError(
+                f"{where}: {key} is set by the Job controller on the compression pods (the operator finds them "
+                "by it); choose another key"
+            )
         labels[key] = value
     return labels
 

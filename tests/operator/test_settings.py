@@ -54,6 +54,14 @@ def test_bad_extra_labels_are_refused_naming_where(bad: str) -> None:
         parse_flags(f"--extra-label={bad}")
 
 
+@pytest.mark.parametrize("key", ["job-name", "controller-uid", "batch.kubernetes.io/job-name"])
+def test_labels_the_job_controller_sets_are_refused(key: str) -> None:
+    with pytest.raises(ValueError, match=f"^MODELPRESS_EXTRA_LABELS: {key} is set by the Job controller"):
+        settings_mod.from_env({"MODELPRESS_EXTRA_LABELS": f"team=search,{key}=x"})
+    with pytest.raises(ValueError, match=f"^--extra-label: {key} is set by the Job controller"):
+        parse_flags(f"--extra-label={key}=x")
+
+
 def test_longest_valid_label_is_accepted() -> None:
     key, value = "p" * 253 + "/" + "k" * 63, "v" * 63
     assert settings_mod.from_env({"MODELPRESS_EXTRA_LABELS": f"{key}={value}"}).extra_labels == {key: value}

@@ -263,6 +263,11 @@ def test_standalone_never_runs_two_operators(render) -> None:
         ({"operator": {"metricsPort": 70000}}, "metricsPort"),
         ({"operator": {"extraLabels": {"team": "search ml"}}}, "extraLabels"),
         ({"operator": {"extraLabels": {"-team": "search"}}}, "propertyName '-team'"),
+        ({"operator": {"extraLabels": {"job-name": "x"}}}, "propertyName 'job-name'"),
+        (
+            {"operator": {"extraLabels": {"batch.kubernetes.io/job-name": "x"}}},
+            "propertyName 'batch.kubernetes.io/job-name'",
+        ),
         ({"jobimage": {"repository": "x"}}, "jobimage"),
         ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}, "metrics.service.enabled"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name"),
