@@ -444,11 +444,19 @@ def test_a_fixed_serving_config_clears_the_complaint_on_a_settled_model(tmp_path
                 "the complaint cleared",
                 lambda: condition(c.model("digits")["status"], "RolledOut")["reason"] != "ServingConfigInvalid",
             )
-        status = c.model("digits")["status"]
-        assert status["phase"] == "Serving"
-        for type_ in ("Ready", "RolledOut"):
-            cond = condition(status, type_)
-            assert (cond["status"], cond["reason"]) == ("True", "Serving"), cond
-            assert cond["message"] == f"serving {status['artifact']['storageUri']}"
+            status = c.model("digits")["status"]
+            assert status["phase"] == "Serving"
+            for type_ in ("Ready", "RolledOut"):
+                cond = condition(status, type_)
+                assert (cond["status"], cond["reason"]) == ("True", "Serving"), cond
+                assert cond["message"] == f"serving {status['artifact']['storageUri']}"
+            [isvc] = c.objects(*ISVC)
+            assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+
+            # No metrics any more: back to KServe's default autoscaler on metric/target.
+            c.patch_model("digits", {"spec": {"serving": {"autoscaling": {"metrics": []}}}})
+            c.wait_for("scaleMetric back", lambda: "scaleMetric" in c.objects(*ISVC)[0]["spec"]["predictor"])
         [isvc] = c.objects(*ISVC)
-        assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+        assert "serving.kserve.io/autoscalerClass" not in isvc["metadata"]["annotations"]
+        assert "autoScaling" not in isvc["spec"]["predictor"]
+        assert isvc["spec"]["predictor"]["scaleMetric"] == "concurrency"
