@@ -155,6 +155,9 @@ def _security(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
         "runAsUser": settings.job_run_as_user,
         "runAsGroup": settings.job_run_as_user,
         "fsGroup": settings.job_run_as_user,
+        # A pvc:// output claim is writable: without this the kubelet re-chowns every file
+        # on it (a model store can hold millions) each time a compression pod starts.
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": seccomp,
     }
     container = {
