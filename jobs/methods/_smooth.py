@@ -11,8 +11,9 @@ The rewrite is exact in float. For each distinct activation tensor X feeding qua
 consumers (MatMul and com.microsoft Attention with a constant 2-D weight), ONE
 ``Mul(X, 1/s)`` is inserted and shared by all of them; ``s`` is computed over their
 weights' rows together, and each consumer's weight rows are scaled by ``s``. Other
-consumers of X (e.g. residual adds) keep reading X unchanged. The Mul costs ~1/K of
-the MatMul it feeds.
+consumers of X (e.g. residual adds) keep reading X unchanged. The Muls are cheap next
+to the MatMuls they feed (on all-MiniLM-L6-v2: 24 Muls, ~3.5% of the int8 model's time
+at batch 32). Only channels harder than the median are scaled (see :func:`scales`).
 
 Written here because ONNX Runtime's own SmoothQuant exists only for *static*
 quantization and goes through Intel Neural Compressor (``quantize_static`` with

@@ -97,12 +97,13 @@ def pre_process(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     from onnxruntime.quantization import quant_pre_process
 
+    if any(p.key == PREPROCESSED for p in model.metadata_props):
+        return copy.deepcopy(model)  # already done: pre-processing again would give the same graph
+
     # When its symbolic shape inference is incomplete, ORT dumps sym_shape_infer_temp.onnx
     # (+ a uuid .data file the size of the weights) into the *current directory* before
     # raising; run it inside a scratch directory so a failed pre-process leaves nothing
     # behind. The job is single-threaded, so changing directory here is safe.
-    if any(p.key == PREPROCESSED for p in model.metadata_props):
-        return copy.deepcopy(model)  # idempotent: the same graph again
     with tempfile.TemporaryDirectory(prefix="modelpress-preprocess-") as tmp, contextlib.chdir(tmp):
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "preprocessed.onnx"
         onnx.save(model, src)
