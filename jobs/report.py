@@ -100,9 +100,10 @@ def _sensitivity_table(sensitivity: dict[str, float]) -> str:
         return ""
     rows = "".join(f"<tr><td><code>{html.escape(n)}</code></td><td>{_num(e)}</td></tr>" for n, e in sensitivity.items())
     return (
-        "<h2>Quantization sensitivity</h2><p>Relative output error with only this node quantized; "
+        "<h2>Quantization sensitivity</h2><p>Error with only this node quantized (1 - mean cosine for "
+        "embedding models ranked by cosine, relative output MSE otherwise); "
         "the search keeps the most sensitive ones in float.</p>"
-        f"<table><tr><th>node</th><th>relative MSE</th></tr>{rows}</table>"
+        f"<table><tr><th>node</th><th>error</th></tr>{rows}</table>"
     )
 
 

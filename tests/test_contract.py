@@ -51,6 +51,14 @@ def test_recipe_hash_changes_with_the_recipe(change):
     assert recipe_hash(spec(**change)) != recipe_hash(spec())
 
 
+def test_recipe_hash_counts_an_optional_field_only_when_set():
+    calib = {"validation.calibration": {"storageUri": "s3://data/calib.npz", "format": "npz"}}
+    plain = recipe_hash(spec(**calib))
+    smoothed = recipe_hash(spec(**calib, **{"compression.steps": [{"quantize": {"smoothing": 0.75}}]}))
+    assert plain != smoothed
+    assert plain == recipe_hash(spec(**calib, **{"compression.steps": [{"quantize": {"smoothing": None}}]}))
+
+
 def test_summary_exit_codes_are_distinct_and_documented():
     codes = {o: JobSummary(outcome=o).exit_code for o in Outcome}
     assert codes[Outcome.validated] == ExitCode.VALIDATED == 0

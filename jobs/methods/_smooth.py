@@ -120,12 +120,16 @@ def smooth(
         smoothed, inverse = f"{activation}_smoothed", f"{activation}_smooth_inverse_scale"
         model.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))
         muls[smoothed] = onnx.helper.make_node("Mul", [activation, inverse], [smoothed], name=f"{activation}/SmoothMul")
+        made: set[str] = set()
         for consumer, weight in zip(consumers, weights, strict=True):
-            # A new initializer per consumer: a weight shared with an unsmoothed node stays intact.
+            # A new initializer per weight: a weight shared with an unsmoothed node stays intact;
+            # two consumers of this activation sharing one weight share its scaled copy too.
             scaled = f"{consumer.input[1]}{SMOOTHED_WEIGHT}{len(muls)}"
-            model.graph.initializer.append(
-                numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), scaled)
-            )
+            if scaled not in made:
+                made.add(scaled)
+                model.graph.initializer.append(
+                    numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), scaled)
+                )
             consumer.input[0], consumer.input[1] = smoothed, scaled
     count = len(muls)
     _insert_before_consumers(model, muls)

@@ -72,6 +72,9 @@ class QuantizeMethod(Method):
             # ORT's calibrators print progress to stdout; the job's stdout is for its own log.
             with contextlib.redirect_stdout(io.StringIO()):
                 quantized = _QUANTIZERS[config.mode](source, config, data, work)
+        # The pre-processed mark is for this job's trials; an artifact fed back in as a
+        # source must be pre-processed like any other graph.
+        _drop_props(quantized, PREPROCESSED)
         onnx.checker.check_model(quantized)
         changes = {
             "mode": config.mode,
@@ -85,6 +88,12 @@ class QuantizeMethod(Method):
             model.with_model(onnx_model=quantized),
             changes,
         )
+
+
+def _drop_props(model: onnx.ModelProto, key: str) -> None:
+    kept = [p for p in model.metadata_props if p.key != key]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
 
 
 def pre_process(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -838,11 +838,15 @@ def recipe_hash(spec: CompressedModelSpec) -> str:
 
     Defaults are filled in before hashing, so writing a default explicitly or leaving it
     out gives the same hash; ``job``, ``output`` and ``serving`` are left out, so moving
-    the Job to another node pool or changing the rollout never recompresses.
+    the Job to another node pool or changing the rollout never recompresses. Unset
+    optional fields (None) are left out too, so adding an optional field to the API does
+    not recompress every existing model.
     """
     import hashlib
     import json
 
-    material = spec.model_dump(by_alias=True, mode="json", include={"source", "compression", "validation"})
+    material = spec.model_dump(
+        by_alias=True, mode="json", include={"source", "compression", "validation"}, exclude_none=True
+    )
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -106,3 +106,5 @@ def test_smoothed_digits_model_keeps_accuracy(onnx_model, data, val, mode):
     assert result.changes["smoothedActivations"] >= 2
     onnx.checker.check_model(result.model.onnx_model)
     assert accuracy(onnx_model, val) - accuracy(result.model, val) <= 0.02
+    # the artifact does not carry the job-internal pre-processed mark
+    assert PREPROCESSED not in {p.key for p in result.model.onnx_model.metadata_props}
