@@ -5,16 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import onnx
 import pytest
+from helpers import free_port
 
 from modelpress.jobs import storage
 from modelpress.jobs.entrypoint import run_job
 from modelpress.jobs.errors import JobInputError
 
-from .conftest import make_spec, write_spec
+from .conftest import loopback_server, make_spec, write_spec
 
 
 def test_file_uri_gives_the_named_file(digits_dir: Path, tmp_path: Path) -> None:
@@ -157,3 +159,25 @@ def test_whole_job_with_pvc_source_dataset_and_output(pvc_root: Path, digits_dir
     assert (out / "report.json").is_file() and (out / "report.html").is_file()
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load_from_string(body).graph.node)
     assert sorted(p.name for p in (pvc_root / "inputs" / "digits").iterdir()) == ["calib.npz", "model.onnx", "val.npz"]
+
+
+def test_whole_job_with_model_and_data_over_http(digits_dir: Path, tmp_path: Path) -> None:
+    """https:// and http:// sources go through KServe's downloader like every other scheme
+    (a plain HTTP file server on loopback here; TLS is the same code path in kserve_storage)."""
+    port = free_port()
+    server = loopback_server(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(digits_dir)],
+        port,
+        "http.server",
+    )
+    base = next(server)
+    try:
+        doc = make_spec(f"{base}/model.onnx", f"{base}/val.npz", (tmp_path / "out").as_uri())
+        result = run_job(write_spec(tmp_path / "cm.yaml", doc), tmp_path / "work")
+    finally:
+        next(server, None)  # runs the generator's teardown: the server process stops
+    summary = json.loads(result.to_termination_message())
+    assert result.exit_code == 0, summary
+    assert summary["outcome"] == "Validated"
+    body = (tmp_path / "out" / summary["recipeHash"] / "model" / "1" / "model.onnx").read_bytes()
+    assert hashlib.sha256(body).hexdigest() == summary["artifact"]["sha256"]
