@@ -40,13 +40,17 @@ POD_FAILURE_REASONS = (
 )
 # Waiting states a kubelet retries but that rarely clear by themselves: worth telling the
 # user long before the Job's activeDeadlineSeconds turns them into a failure.
-STUCK_POD_REASONS = (
+STUCK_CONTAINER_REASONS = (
     "InvalidImageName",
     "ErrImagePull",
     "ImagePullBackOff",
     "CreateContainerConfigError",
     "CreateContainerError",
 )
+# The scheduler's reason (pod condition PodScheduled=False) when no node fits the pod.
+UNSCHEDULABLE_REASON = "Unschedulable"
+# Every reason :func:`stuck_pod` reports; the Compressed condition goes back to JobRunning when it clears.
+STUCK_POD_REASONS = (*STUCK_CONTAINER_REASONS, UNSCHEDULABLE_REASON)
 # Reasons the Compressed condition carries while the Job is unfinished.
 SUSPENDED_REASON = "WaitingForKueue"
 RUNNING_REASON = "JobRunning"
@@ -120,30 +124,59 @@ def progress_status(job_name: str, suspended: bool, queue: str | None = None) ->
 
 
 def stuck_pod(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
-    """(reason, message) for an unfinished pod whose container waits in a state from
-    :data:`STUCK_POD_REASONS`, naming the pod, the image and the kubelet's explanation."""
+    """(reason, message) for the first unfinished pod that no node fits or whose container
+    waits in a state from :data:`STUCK_CONTAINER_REASONS`, naming the pod, the image and
+    the scheduler's or kubelet's explanation, and what to fix."""
     for pod in pods:
         status = pod.get("status") or {}
         if status.get("phase") in ("Succeeded", "Failed"):
             continue
-        images = {c.get("name"): c.get("image") for c in (pod.get("spec") or {}).get("containers") or []}
-        for cs in status.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            reason = waiting.get("reason")
-            if reason not in STUCK_POD_REASONS:
-                continue
-            image = images.get(cs.get("name")) or cs.get("image") or "?"
-            detail = f": {waiting['message']}" if waiting.get("message") else ""
-            pod_name = (pod.get("metadata") or {}).get("name", "?")
-            fix = (
-                "check the image name, that it exists and that the pod may pull it (imagePullSecrets)"
-                if "Image" in reason
-                else "check the Secrets and ConfigMaps the pod refers to"
+        pod_name = (pod.get("metadata") or {}).get("name", "?")
+        found = _unschedulable(pod_name, status) or _waiting_container(pod_name, pod.get("spec") or {}, status)
+        if found is not None:
+            return found
+    return None
+
+
+def _unschedulable(pod_name: str, status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The scheduler found no node for the pod (PodScheduled=False, reason Unschedulable).
+
+    Reported without waiting: the phase stays Compressing because the cluster autoscaler
+    may still add a node that fits, and the report clears once the pod is scheduled.
+    """
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            if cond.get("reason") != UNSCHEDULABLE_REASON:
+                return None
+            detail = f": {cond['message']}" if cond.get("message") else ""
+            return UNSCHEDULABLE_REASON, (
+                f"compression pod {pod_name} cannot be scheduled{detail}; check the GPU quota and the node pool "
+                "for what spec.job.gpu and spec.job.resources ask, and that spec.job.nodeSelector and "
+                "spec.job.tolerations match a node. The cluster autoscaler may still add a node; "
+                "the Job fails at its activeDeadlineSeconds unless this clears"
             )
-            return str(reason), (
-                f"compression pod {pod_name}, image {image}: {reason}{detail}; {fix}. "
-                "The Job fails at its activeDeadlineSeconds unless this clears"
-            )
+    return None
+
+
+def _waiting_container(pod_name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A container the kubelet cannot start: its image cannot be pulled or its configuration is missing."""
+    images = {c.get("name"): c.get("image") for c in spec.get("containers") or []}
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason not in STUCK_CONTAINER_REASONS:
+            continue
+        image = images.get(cs.get("name")) or cs.get("image") or "?"
+        detail = f": {waiting['message']}" if waiting.get("message") else ""
+        fix = (
+            "check the image name, that it exists and that the pod may pull it (imagePullSecrets)"
+            if "Image" in reason
+            else "check the Secrets and ConfigMaps the pod refers to"
+        )
+        return str(reason), (
+            f"compression pod {pod_name}, image {image}: {reason}{detail}; {fix}. "
+            "The Job fails at its activeDeadlineSeconds unless this clears"
+        )
     return None
 
 

@@ -203,6 +203,23 @@ def test_stuck_pod_names_pod_image_and_fix() -> None:
     assert st.stuck_pod([pod(reason="OOMKilled")]) is None
 
 
+def unschedulable(reason: str = "Unschedulable", message: str = "") -> dict:
+    cond = {"type": "PodScheduled", "status": "False", "reason": reason, **({"message": message} if message else {})}
+    return {"metadata": {"name": "m-1234abcd-q9w8e"}, "status": {"phase": "Pending", "conditions": [cond]}}
+
+
+def test_unschedulable_pod_names_pod_scheduler_message_and_fix() -> None:
+    scheduler = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    reason, message = st.stuck_pod([stuck("ContainerCreating"), unschedulable(message=scheduler)])
+    assert reason == "Unschedulable" and reason in st.STUCK_POD_REASONS
+    assert "m-1234abcd-q9w8e" in message and scheduler in message
+    assert all(hint in message for hint in ("GPU quota", "node pool", "spec.job.resources", "spec.job.tolerations"))
+    # Other PodScheduled reasons (scheduling gates) and a scheduled pod are no stuck pod.
+    assert st.stuck_pod([unschedulable(reason="SchedulingGated")]) is None
+    scheduled = {"metadata": {"name": "p"}, "status": {"conditions": [{"type": "PodScheduled", "status": "True"}]}}
+    assert st.stuck_pod([scheduled]) is None
+
+
 MODEL_KEYS = st_.sampled_from([("a", "m1"), ("a", "m2"), ("b", "m1"), ("b", "m3")])
 PHASE_VALUES = st_.sampled_from([p.value for p in api.Phase] + ["Unknown", None])
 
