@@ -43,7 +43,8 @@ class State:
 
     settings: settings_mod.Settings
     kube: Kube | None = None
-    started: set[tuple[str, str]] = field(default_factory=set)  # Jobs created by this process, unfinished
+    # Jobs created by this process, unfinished: whether each was created suspended (for Kueue).
+    started: dict[tuple[str, str], bool] = field(default_factory=dict)
     collected: set[str] = field(default_factory=set)  # uids of Jobs whose outcome is in status
     cap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     metrics_server: Any = None
@@ -235,6 +236,7 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
         return True
 
     async with STATE.cap_lock:
+        job = job_builder.build_job(model, STATE.settings)
         if _over_cap(jobs, (ns, jname)):
             if status.get("phase") != api.Phase.Queued.value or status.get("recipeHash") != rh:
                 return await _write(
@@ -263,9 +265,8 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
                     },
                 )
             return True
-        STATE.started.add((ns, jname))
+        STATE.started[(ns, jname)] = st.job_suspended(job)
     try:
-        job = job_builder.build_job(model, STATE.settings)
         phase, progress = st.progress_status(jname, st.job_suspended(job), queue)
         written = await _write(
             ns,
@@ -289,12 +290,12 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
             },
         )
         if not written:
-            STATE.started.discard((ns, jname))
+            STATE.started.pop((ns, jname), None)
             return False
         await _ensure_job(model, body, jobs, models, job)
         return True
     except Exception:
-        STATE.started.discard((ns, jname))
+        STATE.started.pop((ns, jname), None)
         raise
 
 
@@ -311,11 +312,23 @@ def _uncollected(jobs: kopf.Index, key: tuple[str, str]) -> bool:
 
 
 def _over_cap(jobs: kopf.Index, key: tuple[str, str]) -> bool:
+    """``maxConcurrentJobs`` Jobs run already, so ``key`` must wait for a slot.
+
+    A suspended Job does not count: Kueue holds it (no pod, no quota), and counting it
+    would let Jobs waiting for Kueue keep the cap full, so nothing Kueue could admit
+    would ever be created. A Job this process just created counts as it was created
+    until its first event reaches the index.
+    """
     cap = STATE.settings.max_concurrent_jobs
     if cap <= 0:
         return False
-    running = {k for k, store in jobs.items() if not (job := next(iter(store), None)) or not job.finished}
-    running |= STATE.started
+    running = {
+        k for k, store in jobs.items() if not (job := next(iter(store), None)) or not (job.finished or job.suspended)
+    }
+    for k, created_suspended in STATE.started.items():
+        job = _first(jobs, k)
+        if not (job.suspended if job is not None else created_suspended):
+            running.add(k)
     return key not in running and len(running) >= cap
 
 
@@ -388,7 +401,7 @@ async def job_event(event: Mapping[str, Any], compression_jobs: kopf.Index, mode
         if st.job_finished(job):
             await collect(job, compression_jobs, models)
         else:
-            await _job_progress(job, models)
+            await _job_progress(job, compression_jobs, models)
     except Exception:
         metrics.ERRORS.labels("job").inc()
         raise
@@ -413,7 +426,7 @@ async def collect(
         return
     status = body.get("status") or {}
     STATE.collected.add(uid)  # claimed before any await: a concurrent event must not collect it twice
-    STATE.started.discard((ns, jname))
+    STATE.started.pop((ns, jname), None)
     if current != jhash or (status.get("recipeHash") == jhash and status.get("phase") in st.DONE_PHASES):
         return  # an old recipe's Job, or already collected before a restart
 
@@ -439,13 +452,21 @@ async def collect(
     await _release_queue(jobs, models)
 
 
-async def _job_progress(job: Mapping[str, Any], models: kopf.Index) -> None:
-    """An unfinished Job was suspended or admitted (Kueue): its model shows Queued or Compressing."""
+async def _job_progress(job: Mapping[str, Any], jobs: kopf.Index, models: kopf.Index) -> None:
+    """An unfinished Job was suspended or admitted (Kueue): its model shows Queued or Compressing.
+
+    A running Job that Kueue suspends again (preemption) frees its slot under the cap.
+    """
     meta = job["metadata"]
     labels = meta.get("labels") or {}
     body = _first(models, (meta.get("namespace") or "default", labels.get(job_builder.LABEL_MODEL)))
-    if body is not None and _job_in_progress(body.get("status") or {}, meta["name"]):
-        await _follow_job(body, meta["name"], st.job_suspended(job), labels.get(job_builder.KUEUE_QUEUE_LABEL))
+    status = (body or {}).get("status") or {}
+    if body is None or not _job_in_progress(status, meta["name"]):
+        return
+    suspended = st.job_suspended(job)
+    await _follow_job(body, meta["name"], suspended, labels.get(job_builder.KUEUE_QUEUE_LABEL))
+    if suspended and status.get("phase") == api.Phase.Compressing.value:
+        await _release_queue(jobs, models)
 
 
 async def _follow_job(body: Mapping[str, Any], jname: str, suspended: bool, queue: str | None) -> bool:
@@ -483,13 +504,15 @@ async def pod_check_loop(models: kopf.Index) -> None:
 
 
 async def check_pods(models: kopf.Index) -> None:
-    """Report pods of Compressing models that wait on an image pull or their configuration.
+    """Report pods of Compressing models that no node fits or that wait on an image pull
+    or their configuration.
 
     Without this such a pod would wait silently until the Job's activeDeadlineSeconds
-    (hours) and only then show why. The phase stays Compressing: a pull can succeed on
-    the next try and a missing Secret can be created, so the kubelet keeps trying and the
-    deadline still bounds it; the Compressed and Ready conditions and one Warning Event
-    say which image and why meanwhile, and go back to JobRunning once it clears.
+    (hours) and only then show why. The phase stays Compressing: the cluster autoscaler
+    can add a node, a pull can succeed on the next try and a missing Secret can be
+    created, so the scheduler and kubelet keep trying and the deadline still bounds it;
+    the Compressed and Ready conditions and one Warning Event say which pod and why
+    meanwhile, and go back to JobRunning once it clears.
     """
     by_namespace: dict[str, list[Mapping[str, Any]]] = {}
     for _, store in list(models.items()):

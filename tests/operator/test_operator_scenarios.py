@@ -293,3 +293,76 @@ def test_stuck_image_pull_is_reported_before_the_deadline(tmp_path: Path, monkey
             gate.event.set()
             c.wait_phase("digits", "Validated", 30)
     assert REGISTRY.get_sample_value("modelpress_reconcile_errors_total", {"handler": "pods"}) == errors_before + 1
+
+
+def test_kueue_suspended_job_does_not_fill_the_concurrency_cap(tmp_path: Path) -> None:
+    gate = Gate(open_=False)
+    with Cluster(tmp_path, runner=gate) as c:
+        with running_operator(c, max_concurrent_jobs="1"):
+            c.apply_model(doc("first", job={"gpu": 0, "queueName": "gpus"}))
+            c.wait_phase("first", "Queued", 30)
+            # The suspended Job waits for Kueue and runs nothing: the cap's one slot stays free.
+            c.apply_model(doc("second"))
+            second = c.wait_phase("second", "Compressing", 30)["status"]
+            assert condition(second, "Compressed")["reason"] == "JobRunning"
+            c.wait_for("second running", lambda: gate.runs == [second["jobName"]])
+            assert condition(status(c, "first"), "Compressed")["reason"] == "WaitingForKueue"
+            assert len(c.objects("batch", "jobs")) == 2
+            # A running Job still fills it.
+            c.apply_model(doc("third"))
+            c.wait_for("third queued", lambda: status(c, "third").get("phase") == "Queued")
+            assert condition(status(c, "third"), "Compressed")["reason"] == "Queued"
+            assert len(c.objects("batch", "jobs")) == 2
+            gate.event.set()
+            c.wait_phase("second", "Validated", 30)
+            c.wait_phase("third", "Validated", 30)
+            assert status(c, "first")["phase"] == "Queued"  # still Kueue's to admit
+        assert len(c.objects("batch", "jobs")) == 3
+
+
+def test_job_preempted_by_kueue_frees_its_slot_under_the_cap(tmp_path: Path) -> None:
+    gate = Gate(open_=False)
+    with Cluster(tmp_path, runner=gate) as c:
+        with running_operator(c, max_concurrent_jobs="1"):
+            c.apply_model(doc("first", job={"gpu": 0, "queueName": "gpus"}))
+            first = c.wait_phase("first", "Queued", 30)["status"]
+            _patch(c, "jobs", first["jobName"], {"spec": {"suspend": False}})  # Kueue admits it
+            c.wait_phase("first", "Compressing", 30)
+            c.wait_for("first running", lambda: gate.runs == [first["jobName"]])
+            c.apply_model(doc("second"))
+            c.wait_for("second queued", lambda: status(c, "second").get("phase") == "Queued")
+            assert condition(status(c, "second"), "Compressed")["reason"] == "Queued"
+
+            _patch(c, "jobs", first["jobName"], {"spec": {"suspend": True}})  # Kueue preempts it
+            st = c.wait_phase("first", "Queued", 30)["status"]
+            assert condition(st, "Compressed")["reason"] == "WaitingForKueue"
+            second = c.wait_phase("second", "Compressing", 30)["status"]
+            c.wait_for("second running", lambda: second["jobName"] in gate.runs)
+            gate.event.set()
+            c.wait_phase("second", "Validated", 30)
+
+
+def test_unschedulable_pod_is_reported_until_it_schedules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELPRESS_POD_CHECK_SECONDS", "0.1")
+    gate = Gate(open_=False)
+    with Cluster(tmp_path, runner=gate) as c:
+        with running_operator(c):
+            c.apply_model(doc(job={"gpu": 1}))
+            (pod,) = c.wait_for("the pod", lambda: c.objects("", "pods"))
+            scheduler = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+            unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": scheduler}
+            _patch(c, "pods", pod["metadata"]["name"], {"status": {"conditions": [unschedulable]}}, "status")
+            c.wait_for("reported", lambda: condition(status(c), "Compressed")["reason"] == "Unschedulable")
+            st = status(c)
+            message = condition(st, "Compressed")["message"]
+            assert st["phase"] == "Compressing" and condition(st, "Ready")["reason"] == "Unschedulable"
+            assert pod["metadata"]["name"] in message and scheduler in message and "spec.job.tolerations" in message
+            events = c.wait_for("a warning", lambda: c.events("digits"))
+            assert [(e["type"], e["reason"]) for e in events] == [("Warning", "Unschedulable")]
+
+            scheduled = {"type": "PodScheduled", "status": "True"}  # the autoscaler added a GPU node
+            _patch(c, "pods", pod["metadata"]["name"], {"status": {"conditions": [scheduled]}}, "status")
+            c.wait_for("cleared", lambda: condition(status(c), "Compressed")["reason"] == "JobRunning")
+            assert len(c.events("digits")) == 1  # one Warning, not one per check
+            gate.event.set()
+            c.wait_phase("digits", "Validated", 30)
