@@ -41,6 +41,17 @@ def status(c: Cluster, name: str = "digits") -> dict[str, Any]:
     return (c.model(name) or {}).get("status") or {}
 
 
+def job_of(c: Cluster, name: str = "digits") -> dict[str, Any]:
+    """The model's Job once it exists: the operator records its intent (status names the
+    Job, phase Queued or Compressing) before it creates the Job, so the two race in a test."""
+    job_name = status(c, name)["jobName"]
+    return c.wait_for(
+        f"Job {job_name}",
+        lambda: next((j for j in c.objects("batch", "jobs") if j["metadata"]["name"] == job_name), None),
+        30,
+    )
+
+
 def test_invalid_spec_gets_a_condition_and_no_job(gated: Cluster) -> None:
     bad = doc(validation={**DOC["spec"]["validation"], "metric": "mse"})
     with running_operator(gated):
@@ -240,7 +251,8 @@ def test_kueue_suspended_job_shows_queued_until_admitted(tmp_path: Path) -> None
         with running_operator(c):
             c.apply_model(doc(job={"gpu": 0, "queueName": "gpus"}))
             st = c.wait_phase("digits", "Queued", 30)["status"]
-            (job,) = c.objects("batch", "jobs")
+            job = job_of(c)
+            assert len(c.objects("batch", "jobs")) == 1
             assert job["spec"]["suspend"] is True and st["jobName"] == job["metadata"]["name"]
             compressed = condition(st, "Compressed")
             assert compressed["reason"] == "WaitingForKueue" and "LocalQueue gpus" in compressed["message"]
@@ -301,6 +313,7 @@ def test_kueue_suspended_job_does_not_fill_the_concurrency_cap(tmp_path: Path) -
         with running_operator(c, max_concurrent_jobs="1"):
             c.apply_model(doc("first", job={"gpu": 0, "queueName": "gpus"}))
             c.wait_phase("first", "Queued", 30)
+            job_of(c, "first")
             # The suspended Job waits for Kueue and runs nothing: the cap's one slot stays free.
             c.apply_model(doc("second"))
             second = c.wait_phase("second", "Compressing", 30)["status"]
@@ -326,6 +339,7 @@ def test_job_preempted_by_kueue_frees_its_slot_under_the_cap(tmp_path: Path) -> 
         with running_operator(c, max_concurrent_jobs="1"):
             c.apply_model(doc("first", job={"gpu": 0, "queueName": "gpus"}))
             first = c.wait_phase("first", "Queued", 30)["status"]
+            job_of(c, "first")
             _patch(c, "jobs", first["jobName"], {"spec": {"suspend": False}})  # Kueue admits it
             c.wait_phase("first", "Compressing", 30)
             c.wait_for("first running", lambda: gate.runs == [first["jobName"]])
