@@ -315,10 +315,11 @@ async def release(body: Mapping[str, Any]) -> None:
     name = (status.get("rollout") or {}).get("inferenceService") or meta["name"]
     isvc = await _get_isvc(ns, name)
     if isvc is not None and _owned_by(isvc, meta.get("uid")):
-        await handlers.kube().delete(
+        deleted = await handlers.kube().delete(
             isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, ns, name, uid=isvc["metadata"].get("uid")
         )
-        reason, message = "ServingRemoved", f"serving disabled: deleted InferenceService {ns}/{name}"
+        done = "deleted" if deleted else "is already gone"  # gone between the read and the delete
+        reason, message = "ServingRemoved", f"serving disabled: InferenceService {ns}/{name} {done}"
     elif isvc is not None:
         reason = "ServingReleased"
         message = (

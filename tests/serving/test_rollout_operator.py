@@ -355,7 +355,7 @@ def test_serving_change_reaches_a_settled_inference_service_and_disabling_servin
         assert (ready["status"], ready["reason"]) == ("True", "Validated")
         assert condition(status, "RolledOut")["status"] == "False"
         removed = [e for e in c.events("digits") if e["reason"] == "ServingRemoved"]
-        assert len(removed) == 1 and f"{NS}/digits" in removed[0]["message"]
+        assert len(removed) == 1 and removed[0]["message"].endswith(f"InferenceService {NS}/digits deleted")
 
 
 def test_disabling_serving_leaves_a_users_inference_service_alone_and_says_so_once(
