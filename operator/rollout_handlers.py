@@ -82,17 +82,20 @@ def wants_release(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
 
 
 def is_settled(status: Mapping[str, Any]) -> bool:
-    """Promoted or rolled back, nothing in flight, the current artifact already judged
-    (on the raw status: no parsing for the models that need nothing)."""
-    rollout = status.get("rollout") or {}
-    artifact = (status.get("artifact") or {}).get("storageUri")
-    active = rollout.get("step") is not None and bool(rollout.get("canaryStorageUri"))
-    return (
-        bool(rollout)
-        and not active
-        and artifact in (rollout.get("stableStorageUri"), rollout.get("canaryStorageUri"))
-        and status.get("phase") in SETTLED_PHASES
-    )
+    """Promoted or rolled back, nothing in flight, the current artifact already judged.
+
+    Cheap on purpose (the loop asks it of every model each tick): the phase is checked on
+    the raw status and only ``status.rollout`` is parsed, never the whole model; the
+    judgement itself is :func:`rollout.settled`'s.
+    """
+    if status.get("phase") not in SETTLED_PHASES or not status.get("rollout"):
+        return False
+    try:
+        rollout = api.RolloutStatus.model_validate(status["rollout"])
+    except ValueError:
+        return False  # not settled: tick() parses the whole status and reports the problem
+    artifact = (status.get("artifact") or {}).get("storageUri") or ""
+    return rollout_mod.settled(rollout, artifact) is not None
 
 
 @kopf.on.startup()
