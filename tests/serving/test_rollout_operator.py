@@ -73,6 +73,17 @@ def instant_job(canary_dir: Path):
     return run
 
 
+def declare_isvc(c: Cluster) -> None:
+    """KServe's InferenceService kind exists in the API server stand-in."""
+    c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+
+
+def add_users_isvc(c: Cluster) -> None:
+    """The kind, plus the InferenceService a user made before ModelPress (:func:`existing_isvc`)."""
+    declare_isvc(c)
+    c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+
+
 def existing_isvc() -> dict[str, Any]:
     """What a user created before ModelPress: the fp32 model, no owner."""
     return {
@@ -134,8 +145,7 @@ def run_rollout(world: dict[str, Any], chaos: dict[str, str] | None, until: set[
     prom = world["start_prometheus"]([stable, canary], namespaces=[NS, NS])
     x = np.load(models["val"])["x"]
     with Cluster(world["tmp"], runner=instant_job(models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, *ISVC[:1], "v1beta1", ISVC[1], "InferenceService")
-        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        add_users_isvc(c)
         router = Router(c, {"stable": stable, "canary": canary}, x)
         router.start()
         try:
@@ -202,8 +212,7 @@ def test_unreachable_prometheus_holds_pause_and_operator_restart_repeat_nothing(
     tmp_path, digits_models, quick_ticks, unused_port
 ):
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
-        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        add_users_isvc(c)
         doc = model_doc(f"http://127.0.0.1:{unused_port}", interval="2s")
         with operator_env(c), operator(c):
             c.apply_model(doc)
@@ -233,8 +242,7 @@ def test_unreachable_prometheus_holds_pause_and_operator_restart_repeat_nothing(
 
 def test_new_artifact_mid_rollout_restarts_from_the_first_step(tmp_path, digits_models, quick_ticks, unused_port):
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
-        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        add_users_isvc(c)
         with operator_env(c), operator(c):
             c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}"))
             c.wait_for("the first canary", lambda: canary_split(c)[0])
@@ -255,7 +263,7 @@ def test_missing_inference_service_with_baseline_previous_is_reported(
     tmp_path, digits_models, quick_ticks, unused_port
 ):
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        declare_isvc(c)
         with operator_env(c), operator(c):
             c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}"))
             c.wait_for(
@@ -274,7 +282,7 @@ def test_baseline_source_creates_an_owned_inference_service_then_canaries(
     """No InferenceService yet, ``baseline: source``: ModelPress creates it (owned) serving
     the uncompressed source, then puts the compressed artifact in as the canary."""
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        declare_isvc(c)
         with operator_env(c), operator(c):
             applied = c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}", baseline="source"))
             c.wait_for("the canary against the source", lambda: canary_split(c)[0])
@@ -288,8 +296,7 @@ def test_baseline_source_creates_an_owned_inference_service_then_canaries(
 
 def test_knative_mode_canary_percent_and_immediate_strategy(tmp_path, digits_models, quick_ticks, unused_port):
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
-        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        add_users_isvc(c)
         doc = model_doc(f"http://127.0.0.1:{unused_port}")
         doc["spec"]["serving"]["deploymentMode"] = "Knative"
 
@@ -325,7 +332,7 @@ def test_serving_change_reaches_a_settled_inference_service_and_disabling_servin
     autoscaling change is applied to it although the rollout is settled; turning serving
     off deletes it and the model is Validated again, Ready as without serving."""
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        declare_isvc(c)
         doc = model_doc(f"http://127.0.0.1:{unused_port}", strategy="immediate")
         with operator_env(c), operator(c):
             applied = c.apply_model(doc)
@@ -362,8 +369,7 @@ def test_disabling_serving_leaves_a_users_inference_service_alone_and_says_so_on
     tmp_path, digits_models, quick_ticks, unused_port
 ):
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
-        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
+        add_users_isvc(c)
         with operator_env(c), operator(c):
             c.apply_model(model_doc(f"http://127.0.0.1:{unused_port}"))
             c.wait_for("the canary", lambda: canary_split(c)[0])
@@ -389,7 +395,7 @@ def test_keda_metric_without_any_prometheus_is_reported_not_rolled_out(tmp_path,
     """No serverAddress, no analysis prometheusUrl, no operator setting: nothing to build;
     the model says which field to set (once), and setting it rolls out with KEDA."""
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        declare_isvc(c)
         doc = model_doc("http://unused:9090", strategy="immediate")
         del doc["spec"]["serving"]["rollout"]["analysis"]["prometheusUrl"]
         metric = {"query": "sum(rate(modelpress_inference_requests_total[1m]))", "target": 50}
@@ -426,7 +432,7 @@ def test_a_fixed_serving_config_clears_the_complaint_on_a_settled_model(tmp_path
     InferenceService kept), then the fix: the InferenceService gets KEDA and the
     conditions say Serving again instead of keeping the complaint for good."""
     with Cluster(tmp_path, runner=instant_job(digits_models["int8"]), namespace=NS) as c:
-        c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
+        declare_isvc(c)
         doc = model_doc("http://unused:9090", strategy="immediate")
         del doc["spec"]["serving"]["rollout"]["analysis"]["prometheusUrl"]
         with operator_env(c, prometheus_url=""), operator(c):
