@@ -14,6 +14,7 @@ Content-addressed by recipe hash: the same recipe always lands in the same place
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import onnx
@@ -21,6 +22,9 @@ import onnx
 MODEL_NAME = "model"
 MODEL_RELPATH = "model/1/model.onnx"
 CONFIG_RELPATH = "model/config.pbtxt"
+# Tensor names written into config.pbtxt: the loaders refuse others (models.check_names),
+# so a quote or newline in a hostile model's names can never add blocks to the config.
+TRITON_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,256}")
 
 # ONNX elem type -> Triton data type
 _TRITON_TYPES = {
@@ -62,6 +66,8 @@ def triton_config(model: onnx.ModelProto) -> str:
 
 
 def _tensor(value: onnx.ValueInfoProto) -> str:
+    if not TRITON_NAME.fullmatch(value.name):  # the loaders refuse such names: reaching here is a bug
+        raise ValueError(f"tensor name {value.name[:80]!r} cannot be written into config.pbtxt")
     t = value.type.tensor_type
     dims = [str(d.dim_value) if d.HasField("dim_value") else "-1" for d in t.shape.dim]
     dtype = _TRITON_TYPES.get(t.elem_type, "TYPE_FP32")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelpress.jobs.errors import JobInputError
+from modelpress.jobs.errors import JobInputError, first_line
 from modelpress.jobs.methods import ModelHandle
 
 if TYPE_CHECKING:
@@ -141,7 +141,9 @@ def load_hf_model(path: Path, task: str) -> ModelHandle:
             module = SequenceClassifier(AutoModelForSequenceClassification.from_pretrained(path, **kwargs))
             outputs = [LOGITS_OUTPUT]
     except (OSError, ValueError, KeyError) as err:  # transformers' ways of saying "not a model I know"
-        raise JobInputError(SOURCE_FIELD, f"transformers could not load the model in {path}: {err}") from err
+        raise JobInputError(
+            SOURCE_FIELD, f"transformers could not load the model in {path}: {first_line(err, 200)}"
+        ) from err
     module.eval()
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes[outputs[0]] = {0: "batch"}
@@ -158,7 +160,8 @@ def check_directory(path: Path) -> None:
         )
     if not (path / "config.json").is_file():
         raise JobInputError(SOURCE_FIELD, f"{path} has no config.json: is it a transformers model directory?")
-    if not any(path.glob("*.safetensors")):
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         pickles = [name for name in PICKLE_WEIGHTS if (path / name).exists()]
         found = (
             f" (found {', '.join(pickles)}: pickled weights are refused, they can run code when loaded)"
@@ -170,6 +173,22 @@ def check_directory(path: Path) -> None:
             f"{path} has no *.safetensors weights{found}; convert with "
             "model.save_pretrained(dir, safe_serialization=True)",
         )
+    for file in weights:  # transformers would raise SafetensorError (no ValueError/OSError) mid-load
+        check_safetensors(file)
+
+
+def check_safetensors(file: Path) -> None:
+    """Refuse a safetensors file whose header does not parse or does not fit the file
+    (the library checks both when it opens the file; the tensors are not read here)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise JobInputError(
+            SOURCE_FIELD, f"{file} is not a valid safetensors file ({first_line(err, 160)}); re-save the model"
+        ) from err
 
 
 def model_input_names(path: Path, tokenizer=None) -> list[str]:
@@ -197,7 +216,7 @@ def load_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerBase (kept
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
         raise JobInputError(
-            SOURCE_FIELD, f"no usable tokenizer in {path} (tokenizer.json / vocab files): {err}"
+            SOURCE_FIELD, f"no usable tokenizer in {path} (tokenizer.json / vocab files): {first_line(err, 200)}"
         ) from err
 
 
@@ -209,7 +228,7 @@ def sentence_transformer_head(path: Path) -> tuple[str, bool]:
     try:
         modules = json.loads(modules_file.read_text())
     except json.JSONDecodeError as err:
-        raise JobInputError(SOURCE_FIELD, f"{modules_file} is not valid JSON: {err}") from err
+        raise JobInputError(SOURCE_FIELD, f"{modules_file} is not valid JSON: {first_line(err, 200)}") from err
     pooling, normalize = "mean_tokens", False
     for module in modules:
         kind = str(module.get("type", ""))

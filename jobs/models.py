@@ -1,13 +1,15 @@
 """Loading the source model without ever running code that ships with it.
 
-* onnx: ``onnx.load`` + ``onnx.checker`` (protobuf; no code can ride along).
-* pytorch-export: ``torch.export.load(...).module()``. A .pt2 archive *can* carry
-  pickled payloads that ``torch.export.load`` would unpickle with
-  ``weights_only=False``, so the archive is inspected first (pickled custom/opaque
-  objects are refused) and every ``torch.load`` inside runs with
-  ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``, which overrides the library's own choice.
+* onnx: ``onnx.load`` + ``onnx.checker`` (protobuf; no code can ride along). External
+  tensor data is read only from files inside the model's folder, and never left for
+  onnxruntime to resolve (:func:`_load_external_data`).
+* pytorch-export: ``torch.export.load(...).module()`` on a clean copy of the archive
+  written by :func:`modelpress.jobs.safe_pt2.clean_copy` (torch's loader evaluates
+  strings and unpickles payloads from the file; the copy holds neither), with every
+  ``torch.load`` inside forced to ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` as a second layer.
 * hf-transformers: delegated to :func:`modelpress.jobs.hf.load_hf_model`.
 
+Input and output names must fit the Triton config they end up in (:func:`check_names`).
 Anything that looks like a bare pickle (``torch.save``/``pickle.dump``) is refused
 with a message saying how to export the model instead.
 """
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import os
+import re
+import tempfile
 import types
 import zipfile
 from collections.abc import Iterator
@@ -27,31 +30,35 @@ from typing import Any
 
 import torch
 
+from modelpress.jobs import safe_pt2
 from modelpress.jobs.errors import JobInputError, first_line
 from modelpress.jobs.methods import ModelHandle
+from modelpress.jobs.safe_pt2 import PICKLE_HINT
 
 log = logging.getLogger(__name__)
 
 FIELD = "source.storageUri"
-PICKLE_HINT = (
-    "ModelPress never unpickles models (a pickle can run arbitrary code): export it with "
-    "torch.export.save (.pt2, source.format pytorch-export) or to ONNX (source.format onnx)"
-)
 # The output name of a torch source (a .pt2 carries no output names): what it means by
 # task, the same names as hf-transformers sources ("embedding" itself would collide with
 # the value torch's ONNX exporter gives aten.embedding).
 OUTPUT_NAME_BY_TASK = {"classification": "logits", "regression": "prediction", "embedding": "sentence_embedding"}
 
 
-def load_source(path: Path, fmt: str, task: str, field: str = FIELD) -> ModelHandle:
-    """Load the downloaded source as a :class:`ModelHandle` or raise :class:`JobInputError`."""
+def load_source(path: Path, fmt: str, task: str, field: str = FIELD, uri: str | None = None) -> ModelHandle:
+    """Load the downloaded source as a :class:`ModelHandle` or raise :class:`JobInputError`.
+
+    ``uri``: what the user wrote (the field's storageUri); errors show it instead of the
+    job's scratch path, which means nothing to them.
+    """
     if fmt == "hf-transformers":
         from modelpress.jobs.hf import load_hf_model
 
         try:
             return load_hf_model(path, task)
+        except JobInputError as e:
+            raise JobInputError(e.field, _as_uri(e.message, path, uri)) from e
         except (ValueError, OSError) as e:  # hf.HFLoadError is a ValueError with the fix in it
-            raise JobInputError(field, first_line(e, 200)) from e
+            raise JobInputError(field, _as_uri(first_line(e, 200), path, uri)) from e
     if path.is_dir():
         path = _single_file(path, field)
     _refuse_pickle(path, field)
@@ -63,11 +70,15 @@ def load_source(path: Path, fmt: str, task: str, field: str = FIELD) -> ModelHan
 
 
 def load_onnx(path: Path, field: str = FIELD) -> ModelHandle:
+    """Load an ONNX file with its external data checked and read in (see :func:`_load_external_data`)."""
     import onnx
 
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+        _load_external_data(model, path.parent, path.name, field)
         onnx.checker.check_model(model)
+    except JobInputError:
+        raise
     except Exception as e:
         raise JobInputError(
             field,
@@ -79,32 +90,131 @@ def load_onnx(path: Path, field: str = FIELD) -> ModelHandle:
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
     outputs = [o.name for o in model.graph.output]
+    check_names(inputs, field, "input")
+    check_names(outputs, field, "output")
     log.info("loaded ONNX model %s: inputs %s, outputs %s", path.name, inputs, outputs)
     return ModelHandle(input_names=inputs, output_names=outputs, onnx_model=model)
 
 
+def check_names(names: list[str], field: str, kind: str) -> None:
+    """Refuse tensor names the Triton config could not hold as they are (quotes and newlines
+    would end the quoted string and add blocks of their own)."""
+    from modelpress.jobs.artifact import TRITON_NAME
+
+    for name in names:
+        if not TRITON_NAME.fullmatch(name):
+            raise JobInputError(
+                field,
+                f"the model's {kind} name {name[:80]!r} has characters outside {TRITON_NAME.pattern} "
+                f"(names are written into the served model's config.pbtxt); rename the {kind}",
+            )
+
+
+def _load_external_data(model: Any, model_dir: Path, name: str, field: str) -> None:
+    """Read external tensor data into the model, only from files inside the model's folder.
+
+    onnxruntime, given a model as bytes, resolves a relative location against the
+    process's working directory, and ``onnx.load`` does not read sparse tensors' external
+    data at all: so every tensor (initializers, sparse initializers, node attributes, in
+    subgraphs and functions) is checked here and read in, and what is served holds no
+    external reference. Sparse tensors with external data are refused (onnx cannot read them).
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    base = model_dir.resolve()
+    for tensor, sparse in _all_tensors(model):
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0
+        if not external:
+            continue
+        if sparse:
+            raise JobInputError(
+                field, f"{name}: sparse tensor {tensor.name[:80]!r} keeps its data in an external file (not supported)"
+            )
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        parts = re.split(r"[/\\]", location)
+        target = (base / location).resolve()
+        if not location or Path(location).is_absolute() or ".." in parts or not target.is_relative_to(base):
+            raise JobInputError(
+                field,
+                f"{name}: tensor {tensor.name[:80]!r} reads external data from {location[:120]!r}; "
+                "external data must be a file beside the model (no absolute path, no '..', no link out)",
+            )
+        if not target.is_file():
+            raise JobInputError(
+                field, f"{name}: external data file {location[:120]!r} of tensor {tensor.name[:80]!r} is missing"
+            )
+        load_external_data_for_tensor(tensor, str(base))
+
+
+def _all_tensors(model: Any) -> Iterator[tuple[Any, bool]]:
+    """(tensor, is part of a sparse tensor) for every tensor the model holds, at any depth."""
+    stack = [model.graph, *model.functions]
+    while stack:
+        graph = stack.pop()
+        if hasattr(graph, "initializer"):  # a GraphProto (FunctionProtos have only nodes)
+            yield from ((t, False) for t in graph.initializer)
+            yield from _sparse(graph.sparse_initializer)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t, False
+                yield from ((t, False) for t in attribute.tensors)
+                yield from _sparse([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else [])
+                yield from _sparse(attribute.sparse_tensors)
+                stack.extend([attribute.g] if attribute.HasField("g") else [])
+                stack.extend(attribute.graphs)
+
+
+def _sparse(tensors: Any) -> Iterator[tuple[Any, bool]]:
+    for sparse in tensors:
+        yield sparse.values, True
+        yield sparse.indices, True
+
+
 def load_pt2(path: Path, task: str, field: str = FIELD) -> ModelHandle:
-    _check_pt2_archive(path, field)
-    try:
-        with _weights_only_loads():
-            program = torch.export.load(str(path))
-    except JobInputError:
-        raise
-    except Exception as e:
-        raise JobInputError(
-            field,
-            f"{path.name} is not a torch.export archive ({first_line(e, 200)}); save the model with torch.export.save",
-        ) from e
+    """Load a .pt2 through :func:`safe_pt2.clean_copy`: torch only ever reads the validated copy."""
+    with tempfile.TemporaryDirectory(prefix="modelpress-pt2-") as tmp:
+        clean = safe_pt2.clean_copy(path, Path(tmp) / "model.pt2", field)
+        try:
+            with _weights_only_loads():
+                program = torch.export.load(str(clean))
+        except Exception as e:
+            raise JobInputError(
+                field,
+                f"{path.name} is not a torch.export archive ({first_line(e, 200)}); "
+                "save the model with torch.export.save",
+            ) from e
+    program.example_inputs = _stand_in_inputs(program)
     args_spec, kwargs_spec = program.call_spec.in_spec.children()
     names = list(program.graph_signature.user_inputs)
     positional = names[: args_spec.num_children]
     keywords = list(kwargs_spec.context or [])
+    check_names(positional + keywords, field, "input")
     # Exported with keywords (the usual way): the program already takes ModelHandle's convention.
     module = KeywordInputs(program.module(), positional, keywords) if positional else program.module()
     dynamic = {n: {0: "batch"} for n in positional + keywords}
     output = OUTPUT_NAME_BY_TASK.get(task, "output")
     log.info("loaded torch.export program %s: inputs %s", path.name, positional + keywords)
     return ModelHandle(input_names=positional + keywords, output_names=[output], module=module, dynamic_axes=dynamic)
+
+
+def _stand_in_inputs(program: torch.export.ExportedProgram) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Zeros in the traced input shapes, structured like the program's inputs.
+
+    torch installs a program's shape guards (``guards_code``: the shapes its graph is
+    right for) only when the program has example inputs, and the clean copy drops those
+    (a pickle); only their structure matters for the guards, so this rebuilds them.
+    """
+    placeholders = {n.name: n for n in program.graph.find_nodes(op="placeholder")}
+    values = []
+    for name in program.graph_signature.user_inputs:
+        value = placeholders[name].meta.get("val")
+        if isinstance(value, torch.Tensor):
+            shape = [d if isinstance(d, int) else (d.node.hint or 1) for d in value.shape]
+            value = torch.zeros(shape, dtype=value.dtype)
+        values.append(value)
+    return torch.utils._pytree.tree_unflatten(values, program.call_spec.in_spec)
 
 
 class KeywordInputs(torch.nn.Module):
@@ -144,6 +254,14 @@ class KeywordInputs(torch.nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _as_uri(message: str, path: Path, uri: str | None) -> str:
+    """``message`` with the local download folder written as the user's URI."""
+    shown = uri.rstrip("/") if uri else path.name
+    for local in sorted({str(path.resolve()), str(path)}, key=len, reverse=True):  # longest first
+        message = message.replace(local, shown)
+    return message
+
+
 def _single_file(directory: Path, field: str) -> Path:
     files = [p for p in directory.iterdir() if p.is_file()]
     if len(files) != 1:
@@ -165,29 +283,6 @@ def _refuse_pickle(path: Path, field: str) -> None:
         with zipfile.ZipFile(path) as z:
             if any(n.endswith("data.pkl") for n in z.namelist()):
                 raise JobInputError(field, f"{path.name} was written by torch.save (a pickle); {PICKLE_HINT}")
-
-
-def _check_pt2_archive(path: Path, field: str) -> None:
-    """A .pt2 may hold pickled custom/opaque objects; refuse those before loading."""
-    from torch.export.pt2_archive import constants as pt2
-
-    if not zipfile.is_zipfile(path):
-        raise JobInputError(
-            field,
-            f"{path.name} is not a torch.export archive (.pt2 is a zip file); save the model with torch.export.save",
-        )
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            if not name.endswith("_config.json") or "/data/" not in name:
-                continue
-            config = json.loads(z.read(name)).get("config", {})
-            for fqn, meta in config.items():
-                entry = meta.get("path_name", "")
-                pickled = meta.get("use_pickle") or entry.startswith(
-                    (pt2.CUSTOM_OBJ_FILENAME_PREFIX, pt2.OPAQUE_OBJ_FILENAME_PREFIX)
-                )
-                if pickled:
-                    raise JobInputError(field, f"{path.name} holds a pickled object ({fqn}); {PICKLE_HINT}")
 
 
 @contextlib.contextmanager
