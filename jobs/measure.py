@@ -4,14 +4,24 @@ Each model is served by an onnxruntime session with pinned threads, warmed up, t
 timed batch by batch at ``validation.batchSize`` on the validation samples (unpadded
 text stays unpadded). The score comes from the same session. Because nothing here
 differs between baseline and candidate, the comparison is fair by construction.
+
+The model is untrusted: every run happens under the time limit set by :func:`time_limit`
+(an ONNX ``Loop`` can be told to run 2^62 times), and a model whose outputs or score are
+NaN or infinite is reported as such (:class:`NonFiniteResult`) instead of being scored:
+``nan > budget`` is False, so a NaN score would otherwise pass every threshold.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +42,68 @@ MAX_TIMED_RUNS = 300
 TIME_BUDGET_ENV = "MODELPRESS_LATENCY_BUDGET_S"
 DEFAULT_TIME_BUDGET_S = 2.0
 SCORE_BATCH = 64  # scoring batch (latency is timed separately at batchSize)
+
+
+# ValueError: like a method's "this config does not fit the model", the input's fault; the
+# pipeline reports these in one line without a traceback.
+class TimeLimitExceeded(ValueError):
+    """A model run went past the limit set by :func:`time_limit`."""
+
+
+class NonFiniteResult(ValueError):
+    """The model produced NaN or infinity, so no metric of it means anything."""
+
+
+@dataclass
+class _Deadline:
+    message: str  # what TimeLimitExceeded says
+    ends: float  # time.monotonic()
+    options: ort.RunOptions = field(default_factory=ort.RunOptions)
+    expired: bool = False
+
+    def expire(self) -> None:
+        """Called from the timer thread: stops the run in progress (ORT checks the flag between kernels,
+        and inside Loop/Scan/If subgraphs) and every later run with these options."""
+        self.expired = True
+        self.options.terminate = True
+
+
+_DEADLINE: ContextVar[_Deadline | None] = ContextVar("modelpress_measure_deadline", default=None)
+
+
+@contextmanager
+def time_limit(seconds: float, message: str) -> Iterator[None]:
+    """Every model run in this block (scoring, timing, sensitivity ranking) stops at ``seconds``.
+
+    A run in progress is stopped by ORT's ``RunOptions.terminate``, set from a timer
+    thread; the run then raises :class:`TimeLimitExceeded` with ``message``, as does any
+    run started after the limit (e.g. when building a candidate used it up).
+    """
+    deadline = _Deadline(message, time.monotonic() + seconds)
+    timer = threading.Timer(seconds, deadline.expire)
+    timer.daemon = True
+    token = _DEADLINE.set(deadline)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        _DEADLINE.reset(token)
+
+
+def _run(sess: ort.InferenceSession, names: list[str] | None, feed: dict[str, np.ndarray]) -> list:
+    """``sess.run`` under the current :func:`time_limit`, if any."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return sess.run(names, feed)
+    if deadline.expired or time.monotonic() >= deadline.ends:
+        raise TimeLimitExceeded(deadline.message)
+    try:
+        return sess.run(names, feed, deadline.options)
+    except Exception as e:
+        if deadline.expired:
+            raise TimeLimitExceeded(deadline.message) from e
+        raise
 
 
 def providers() -> list[str]:
@@ -72,8 +144,40 @@ def scored_output(sess: ort.InferenceSession) -> str:
 def run_outputs(sess: ort.InferenceSession, samples: Samples, batch_size: int = SCORE_BATCH) -> np.ndarray:
     """The scored output of the model for every sample, concatenated along the batch axis."""
     name = scored_output(sess)
-    parts = [np.asarray(sess.run([name], _feed(sess, batch))[0]) for batch, _ in samples.batches(batch_size)]
+    parts = [np.asarray(_run(sess, [name], _feed(sess, batch))[0]) for batch, _ in samples.batches(batch_size)]
     return np.concatenate(parts, axis=0)
+
+
+def _checked_outputs(sess: ort.InferenceSession, samples: Samples, batch_size: int) -> tuple[np.ndarray, int]:
+    """(:func:`run_outputs`, how many samples got NaN or infinity in *any* output)."""
+    names = [o.name for o in sess.get_outputs()]
+    scored = names.index(scored_output(sess))
+    parts, bad = [], 0
+    for batch, _ in samples.batches(batch_size):
+        results = _run(sess, None, _feed(sess, batch))
+        parts.append(np.asarray(results[scored]))
+        bad += _nonfinite_samples(results, len(next(iter(batch.values()))))
+    return np.concatenate(parts, axis=0), bad
+
+
+def _nonfinite_samples(results: list, n: int) -> int:
+    """Samples of a batch of ``n`` with a non-finite value in a floating-point output.
+
+    An output without the batch axis (e.g. a scalar) that is not finite counts against
+    every sample; non-tensor outputs (sequences of maps, as skl2onnx writes) are skipped.
+    """
+    bad = np.zeros(n, dtype=bool)
+    for out in results:
+        if not isinstance(out, np.ndarray) or out.dtype.kind not in "fc":
+            continue
+        finite = np.isfinite(out)
+        if finite.all():
+            continue
+        if out.ndim and out.shape[0] == n:
+            bad |= ~finite.reshape(n, -1).all(axis=1)
+        else:
+            bad[:] = True
+    return int(bad.sum())
 
 
 def measure(
@@ -87,11 +191,17 @@ def measure(
     """Score, latency, throughput, size and parameters of ``model`` on ``samples``.
 
     ``reference`` is the baseline's outputs (for cosine, and mse without labels); for
-    the baseline itself pass ``None`` and its own outputs are used.
+    the baseline itself pass ``None`` and its own outputs are used. Raises
+    :class:`NonFiniteResult` when an output or the score is NaN or infinite.
     """
     sess = session(model)
-    outputs = run_outputs(sess, samples, _score_batch(sess))
+    outputs, bad = _checked_outputs(sess, samples, _score_batch(sess))
+    who = "the source model" if reference is None else "the compressed model"
+    if bad:
+        raise NonFiniteResult(f"{who} produced NaN or infinity on {bad} of {len(samples)} samples")
     score = score_outputs(metric, outputs, samples.labels, outputs if reference is None else reference)
+    if not math.isfinite(score):
+        raise NonFiniteResult(f"{who} scores {metric} {score}: its outputs are finite but too large to score")
     p50 = p95 = throughput = None
     if timed:  # candidates are timed by side_by_side() instead
         ((p50, p95, throughput),) = _latency([sess], samples, batch_size)
@@ -127,7 +237,8 @@ def score_outputs(metric: str, outputs: np.ndarray, labels: np.ndarray | None, r
         return float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
     if metric == "mse":
         target = reference if labels is None else labels.reshape(outputs.shape).astype(np.float64)
-        return float(np.mean((outputs.astype(np.float64) - target) ** 2))
+        with np.errstate(over="ignore"):  # an overflow gives inf, which measure() reports
+            return float(np.mean((outputs.astype(np.float64) - target) ** 2))
     if labels is None:
         raise ValueError(f"metric {metric} needs labels (y)")
     logits = outputs.reshape(len(outputs), -1)
@@ -160,7 +271,7 @@ def _latency(
     i = 0
     while i < WARMUP_RUNS or (time.perf_counter() < warm_until and i < MAX_TIMED_RUNS):
         for sess, batches in zip(sessions, feeds, strict=True):
-            sess.run(None, batches[i % len(batches)])
+            _run(sess, None, batches[i % len(batches)])
         i += 1
     times: list[list[float]] = [[] for _ in sessions]
     seen = [0] * len(sessions)
@@ -170,7 +281,7 @@ def _latency(
         for k, (sess, batches) in enumerate(zip(sessions, feeds, strict=True)):
             feed = batches[rounds % len(batches)]
             t0 = time.perf_counter()
-            sess.run(None, feed)  # every output, as a server would
+            _run(sess, None, feed)  # every output, as a server would
             times[k].append(time.perf_counter() - t0)
             seen[k] += len(next(iter(feed.values())))
         rounds += 1

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.api import CompressedModelSpec
-from modelpress.summary import JobSummary
+from modelpress.summary import JobSummary, finite
 
 JSON_NAME = "report.json"
 HTML_NAME = "report.html"
@@ -32,33 +32,35 @@ def build(
     seconds: float,
     sensitivity: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The report document (JSON-serialisable)."""
+    """The report document (strict JSON: NaN and infinities become null)."""
     results = summary.results
-    return {
-        "version": REPORT_VERSION,
-        "recipeHash": rhash,
-        "outcome": summary.outcome,
-        "reason": summary.reason,
-        "metric": str(spec.validation.metric),
-        "objective": str(spec.compression.search.objective),
-        "search": spec.compression.search.enabled,
-        "spec": spec.model_dump(by_alias=True, mode="json", include={"source", "compression", "validation"}),
-        "baseline": None
-        if results is None or results.baseline is None
-        else results.baseline.model_dump(by_alias=True, exclude_none=True),
-        "trials": trials,
-        "chosenTrial": chosen,
-        "artifact": None if summary.artifact is None else summary.artifact.model_dump(by_alias=True),
-        "hardware": None if results is None else results.hardware,
-        # node -> relative output MSE with only that node quantized (search's excludeNodes ranking)
-        "quantizationSensitivity": dict(sorted((sensitivity or {}).items(), key=lambda kv: -kv[1])),
-        "seconds": round(seconds, 2),
-    }
+    return finite(
+        {
+            "version": REPORT_VERSION,
+            "recipeHash": rhash,
+            "outcome": summary.outcome,
+            "reason": summary.reason,
+            "metric": str(spec.validation.metric),
+            "objective": str(spec.compression.search.objective),
+            "search": spec.compression.search.enabled,
+            "spec": spec.model_dump(by_alias=True, mode="json", include={"source", "compression", "validation"}),
+            "baseline": None
+            if results is None or results.baseline is None
+            else results.baseline.model_dump(by_alias=True, exclude_none=True),
+            "trials": trials,
+            "chosenTrial": chosen,
+            "artifact": None if summary.artifact is None else summary.artifact.model_dump(by_alias=True),
+            "hardware": None if results is None else results.hardware,
+            # node -> relative output MSE with only that node quantized (search's excludeNodes ranking)
+            "quantizationSensitivity": dict(sorted((sensitivity or {}).items(), key=lambda kv: -kv[1])),
+            "seconds": round(seconds, 2),
+        }
+    )
 
 
 def write(out_dir: Path, report: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / JSON_NAME).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    (out_dir / JSON_NAME).write_text(json.dumps(report, indent=2, sort_keys=False, allow_nan=False) + "\n")
     (out_dir / HTML_NAME).write_text(render_html(report))
 
 

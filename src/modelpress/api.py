@@ -415,6 +415,37 @@ class JobSpec(Spec):
     backoff_limit: int | None = Field(default=None, ge=0, le=20)
 
 
+class Limits(Spec):
+    """Bounds on what the untrusted model and data may make the job spend; more is refused, naming the limit."""
+
+    max_samples: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="Most samples (npz rows, jsonl lines) validation.dataset or validation.calibration may hold.",
+    )
+    max_dataset_bytes: int = Field(
+        default=2**30,
+        ge=1024,
+        le=256 * 2**30,
+        description="Most bytes one dataset may take once decompressed (the arrays of an npz, a jsonl file); "
+        "the job holds the data in memory.",
+    )
+    max_jsonl_line_bytes: int = Field(
+        default=2**20,
+        ge=1024,
+        le=16 * 2**20,
+        description="Longest jsonl line in bytes: bounds the text handed to the tokenizer at once.",
+    )
+    trial_timeout_seconds: int = Field(
+        default=1800,
+        ge=1,
+        le=86_400,
+        description="Wall-clock limit for measuring the source model, and for each trial (build, "
+        "sensitivity ranking, scoring, timing); a trial over it fails, the baseline over it fails the job.",
+    )
+
+
 class Output(Spec):
     storage_uri: str = Field(
         pattern=OUTPUT_URI_PATTERN,
@@ -627,6 +658,7 @@ class CompressedModelSpec(Spec):
     job: JobSpec = Field(default_factory=JobSpec)
     output: Output
     serving: Serving | None = None
+    limits: Limits = Field(default_factory=Limits)
 
     cel_rules: ClassVar = [
         cel(
@@ -834,7 +866,8 @@ class CompressedModel(BaseModel):
 
 
 def recipe_hash(spec: CompressedModelSpec) -> str:
-    """Content address of what determines the artifact: source + compression + validation.
+    """Content address of what determines the artifact: source + compression + validation
+    (+ limits set to other than their defaults).
 
     Defaults are filled in before hashing, so writing a default explicitly or leaving it
     out gives the same hash; ``job``, ``output`` and ``serving`` are left out, so moving
@@ -848,5 +881,10 @@ def recipe_hash(spec: CompressedModelSpec) -> str:
     material = spec.model_dump(
         by_alias=True, mode="json", include={"source", "compression", "validation"}, exclude_none=True
     )
+    # Limits decide whether an input is accepted, so they are part of the recipe, but only
+    # where they differ from the defaults: adding them did not recompress existing models.
+    limits = spec.limits.model_dump(by_alias=True, mode="json", exclude_defaults=True)
+    if limits:
+        material["limits"] = limits
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -9,7 +9,9 @@ guarantees the limit by dropping detail (never the outcome) when needed.
 from __future__ import annotations
 
 import json
+import math
 from enum import Enum
+from typing import Any
 
 from pydantic import Field
 
@@ -56,17 +58,33 @@ class JobSummary(Spec):
         }[self.outcome]
 
     def to_termination_message(self) -> str:
-        """Compact JSON that always fits the kubelet's 4 KiB limit."""
-        data = self.model_dump(by_alias=True, mode="json", exclude_none=True)
-        text = json.dumps(data, separators=(",", ":"))
+        """Compact, strict JSON that always fits the kubelet's 4 KiB limit."""
+        data = finite(self.model_dump(by_alias=True, mode="json", exclude_none=True))
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
         if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
             return text
         # Drop the bulky parts first; the full report lives next to the artifact.
         results = data.get("results", {})
         for key in ("chosenRecipe", "hardware", "failedThresholds"):
             results.pop(key, None)
-            text = json.dumps(data, separators=(",", ":"))
+            text = json.dumps(data, separators=(",", ":"), allow_nan=False)
             if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
                 return text
         data["reason"] = data.get("reason", "")[:1024]
-        return json.dumps(data, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)[:TERMINATION_MESSAGE_LIMIT]
+
+
+def finite(value: Any) -> Any:
+    """``value`` (JSON-like) with NaN and infinities replaced by None.
+
+    Python's json writes them as the bare words NaN/Infinity, which strict JSON readers
+    (Go's, the operator's clients, jq) refuse. The job never measures them on purpose (a
+    model producing NaN fails its trial); this keeps the documents parseable regardless.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
