@@ -15,16 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def operator_command(args: argparse.Namespace) -> int:
+    try:  # first: a bad setting is a usage error, reported before anything starts
+        settings = settings_mod.from_args(args)
+    except settings_mod.SettingsError as exc:
+        print(f"modelpress operator: {exc}", file=sys.stderr)
+        return 2
     import kopf
 
     import modelpress.operator.rollout_handlers  # noqa: F401  (registers the rollout timer)
     from modelpress.operator import handlers  # registers the handlers with kopf
 
-    try:
-        settings = settings_mod.from_args(args)
-    except ValueError as exc:
-        print(f"modelpress operator: {exc}", file=sys.stderr)
-        return 2
     handlers.configure(settings)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import Any
@@ -28,9 +27,9 @@ def load_model(path: str, namespace: str | None = None) -> api.CompressedModel:
     """Read and check one CompressedModel the way ``modelpress validate`` does; its
     problems (file, name, field path, fix) come back as :class:`SpecInvalid`."""
     source = "<stdin>" if path == "-" else path
-    text, error = validate.read_source(path)
-    if error:
-        raise SpecInvalid([Problem("", error, "check the path", source)])
+    text, problem = validate.read_source(path)
+    if problem:
+        raise SpecInvalid([Problem(problem.path, problem.message, problem.fix, source)])
     documents = validate.load_text(text, source)
     if len(documents) != 1:
         raise SpecInvalid(
@@ -52,12 +51,10 @@ def render_objects(model: api.CompressedModel, settings: settings_mod.Settings) 
 
 def render_command(args: argparse.Namespace) -> int:
     try:
-        settings = settings_mod.from_env()
-    except ValueError as exc:
+        settings = settings_mod.load(flags={"job_image": args.job_image} if args.job_image else {})
+    except settings_mod.SettingsError as exc:
         print(f"modelpress render: {exc}", file=sys.stderr)
         return 1
-    if args.job_image:
-        settings = dataclasses.replace(settings, job_image=args.job_image)
     try:
         model = load_model(args.spec, args.namespace)
     except SpecInvalid as exc:

@@ -1,7 +1,11 @@
 """Operator-wide settings, read once from flags or environment.
 
 Every field has an environment twin (``MODELPRESS_<FIELD>``) so the Helm chart can set
-them without templating command lines; flags win over the environment.
+them without templating command lines; flags win over the environment. pydantic-settings
+finds the variables and pydantic checks every value against the field's bounds, so a typo
+such as ``MODELPRESS_STANDALONE=flase`` or a negative port stops the operator at start with
+one line naming the variable and what it accepts (the field's description), instead of
+silently meaning something else.
 """
 
 from __future__ import annotations
@@ -10,10 +14,18 @@ import argparse
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, Field, ValidationError, create_model
+from pydantic.dataclasses import dataclass
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "MODELPRESS_"
 DEFAULT_JOB_IMAGE = "ghcr.io/modelpress/modelpress-jobs:0.1.0"
 PROMETHEUS_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?")  # a byte quantity, as Kubernetes writes one
+DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")  # namespace and peering names
 # Kubernetes label syntax (apimachinery's IsQualifiedName / IsValidLabelValue): an optional
 # DNS-subdomain prefix (<= 253) and "/", a name <= 63; values <= 63, possibly empty.
 _LABEL_KEY = re.compile(r"(?:([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)/)?([A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)")
@@ -23,29 +35,124 @@ JOB_CONTROLLER_LABELS = frozenset({"job-name", "controller-uid"})
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
+class SettingsError(ValueError):
+    """A setting the operator cannot start with; one line naming the variable or flag."""
+
+
+class _Refused(ValueError):
+    """A value refused for a reason of its own, said as it is (not only "must be ...")."""
+
+
+def _comma_list(raw: object) -> object:
+    """``a, b`` (the environment's form) as a tuple; any other value as it is."""
+    if isinstance(raw, str):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    return raw
+
+
+def _labels(raw: object) -> dict[str, str]:
+    """``k=v,k2=v2`` (the environment's form) or a mapping as Kubernetes labels, checked
+    here so a typo fails at startup rather than as a 422 on the first Job the operator creates."""
+    if isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    elif isinstance(raw, str):
+        pairs = []
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"{item!r} has no '='")
+            pairs.append((key.strip(), value.strip()))
+    else:
+        raise ValueError("not labels")
+    labels: dict[str, str] = {}
+    for key, value in pairs:
+        match = _LABEL_KEY.fullmatch(key) if isinstance(key, str) else None
+        prefix = match.group(1) if match else None
+        if (
+            not match
+            or (prefix and len(prefix) > 253)
+            or not isinstance(value, str)
+            or not _LABEL_VALUE.fullmatch(value)
+        ):
+            raise ValueError(f"{key}={value} is not a Kubernetes label")
+        if key in JOB_CONTROLLER_LABELS or prefix == "batch.kubernetes.io":
+            raise _Refused(
+                f"{key} is set by the Job controller on the compression pods (the operator finds them by it); "
+                "choose another key"
+            )
+        labels[key] = value
+    return labels
+
+
+def _matching(pattern: re.Pattern[str]) -> str:
+    """``pattern`` for pydantic, which searches rather than matches whole strings."""
+    return f"^(?:{pattern.pattern})$"
+
+
+_PORT = "a port from 1 to 65535, or 0 for off"
+_QUANTITY = "a Kubernetes quantity such as 50Gi"
+
+
 @dataclass(frozen=True)
 class Settings:
-    """What an operator replica needs beyond the CompressedModel itself."""
+    """What an operator replica needs beyond the CompressedModel itself.
 
-    namespaces: tuple[str, ...] = ()  # empty = all namespaces (cluster-wide)
-    job_image: str = DEFAULT_JOB_IMAGE
-    default_gpu: int = 1
-    max_concurrent_jobs: int = 0  # 0 = no cap (use Kueue for real GPU queueing)
-    job_ttl_seconds: int = 86400
-    job_backoff_limit: int = 2
-    job_active_deadline_seconds: int = 6 * 3600
-    job_run_as_user: int = 1000
-    prometheus_url: str = ""
+    A pydantic dataclass: every construction (environment, flags, ``dataclasses.replace``)
+    checks the bounds; each field's description says what it accepts, for the error.
+    """
+
+    # empty = all namespaces (cluster-wide)
+    namespaces: Annotated[
+        tuple[Annotated[str, Field(pattern=_matching(DNS_LABEL))], ...],
+        BeforeValidator(_comma_list),
+        Field(description="comma-separated Kubernetes namespace names"),
+    ] = ()
+    job_image: Annotated[str, Field(min_length=1, description="a container image reference")] = DEFAULT_JOB_IMAGE
+    default_gpu: Annotated[int, Field(ge=0, description="a whole number of GPUs, 0 or more")] = 1
+    # 0 = no cap (use Kueue for real GPU queueing)
+    max_concurrent_jobs: Annotated[int, Field(ge=0, description="a whole number, 0 (no cap) or more")] = 0
+    job_ttl_seconds: Annotated[int, Field(ge=0, description="a whole number of seconds, 0 or more")] = 86400
+    job_backoff_limit: Annotated[int, Field(ge=0, description="a whole number of retries, 0 or more")] = 2
+    job_active_deadline_seconds: Annotated[int, Field(ge=1, description="a whole number of seconds above 0")] = 6 * 3600
+    job_run_as_user: Annotated[int, Field(ge=1, le=2**31 - 1, description="a non-root user id, 1 to 2147483647")] = 1000
+    prometheus_url: Annotated[
+        str, Field(pattern=r"^(?:https?://.+)?$", description='an http:// or https:// URL, or "" for none')
+    ] = ""
     # The Prometheus label that carries a scraped pod's namespace (kubernetes_sd
     # relabelling usually names it "namespace"); "" scopes canary queries by model only.
-    analysis_namespace_label: str = "namespace"
-    metrics_port: int = 8000
-    liveness_port: int = 8080
-    standalone: bool = True
-    peering_name: str = "modelpress"
-    extra_labels: Mapping[str, str] = field(default_factory=dict)  # on every object the operator creates
-    # How often pods of running compression Jobs are checked for stuck states (image pulls...).
-    pod_check_seconds: float = 30.0
+    analysis_namespace_label: Annotated[
+        str,
+        Field(
+            pattern=f"^(?:{PROMETHEUS_LABEL.pattern})?$",
+            description=f'a Prometheus label name ({PROMETHEUS_LABEL.pattern}) or "" for none',
+        ),
+    ] = "namespace"
+    metrics_port: Annotated[int, Field(ge=0, le=65535, description=_PORT)] = 8000
+    liveness_port: Annotated[int, Field(ge=0, le=65535, description=_PORT)] = 8080
+    standalone: Annotated[bool, Field(description="true or false")] = True
+    peering_name: Annotated[
+        str,
+        Field(
+            pattern=_matching(DNS_LABEL),
+            description="a Kubernetes name (lowercase letters, digits and '-', at most 63)",
+        ),
+    ] = "modelpress"
+    # on every object the operator creates
+    extra_labels: Annotated[
+        dict[str, str],
+        BeforeValidator(_labels),
+        Field(description="comma-separated key=value Kubernetes labels"),
+    ] = field(default_factory=dict)
+    # How often pods of running compression Jobs are checked for stuck states (image pulls...);
+    # 0 or less would list pods in a tight loop.
+    pod_check_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False, description="a number of seconds above 0")] = (
+        30.0
+    )
+    # The compression pod's scratch emptyDir (downloads, unpacked archives, the artifact):
+    # past it the kubelet evicts the pod instead of letting a hostile archive fill the node.
+    job_scratch_size_limit: Annotated[str, Field(pattern=_matching(QUANTITY), description=_QUANTITY)] = "50Gi"
+    # Memory limit of the compress container when spec.job.resources sets neither a limit nor a request.
+    job_memory_limit: Annotated[str, Field(pattern=_matching(QUANTITY), description=_QUANTITY)] = "32Gi"
 
     @property
     def cluster_wide(self) -> bool:
@@ -53,7 +160,40 @@ class Settings:
 
 
 def _env_name(name: str) -> str:
-    return "MODELPRESS_" + name.upper()
+    return ENV_PREFIX + name.upper()
+
+
+# The flag that sets a field, where it is not --<field-name>.
+_FLAGS = {"namespaces": "--namespace", "extra_labels": "--extra-label", "peering_name": "--peering"}
+
+
+class _Environment(BaseSettings):
+    """Where pydantic-settings finds each setting: ``MODELPRESS_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
+
+
+# Every Settings field as a string: pydantic-settings reads BaseSettings models only, and the
+# raw text is what Settings should check (not JSON-decoded, as pydantic-settings would do
+# for the tuple and dict fields), so its errors can quote what was set.
+_ENVIRONMENT = create_model(
+    "SettingsEnvironment",
+    __base__=_Environment,
+    **{name: (str | None, None) for name in Settings.__dataclass_fields__},  # type: ignore[call-overload]
+)
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping, so ``from_env(environ)``
+    reads what tests and ``modelpress render`` pass as it reads ``os.environ``."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_ENVIRONMENT)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # The library's own override point (its dotenv source uses it); names match in any case.
+        return {name.lower(): value for name, value in self._environ.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,9 +254,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> Settings:
-    """Settings from parsed flags over the environment; :class:`ValueError` names a bad variable."""
-    base = from_env()
-    overrides: dict[str, object] = {
+    """Settings from parsed flags over the environment; :class:`SettingsError` names a bad variable or flag."""
+    flags: dict[str, Any] = {
         name: getattr(args, name)
         for name in (
             "job_image",
@@ -131,77 +270,46 @@ def from_args(args: argparse.Namespace) -> Settings:
         if getattr(args, name, None) is not None
     }
     if getattr(args, "namespaces", None):
-        overrides["namespaces"] = tuple(args.namespaces)
+        flags["namespaces"] = tuple(args.namespaces)
     if getattr(args, "extra_labels", None):
-        overrides["extra_labels"] = _labels(",".join(args.extra_labels), "--extra-label")
+        flags["extra_labels"] = ",".join(args.extra_labels)
     if getattr(args, "all_namespaces", False):
-        overrides["namespaces"] = ()
+        flags["namespaces"] = ()
     if getattr(args, "peering_name", None):
-        overrides.update(standalone=False, peering_name=args.peering_name)
+        flags.update(standalone=False, peering_name=args.peering_name)
     elif getattr(args, "standalone", None):
-        overrides["standalone"] = True
-    return _checked(replace(base, **overrides))  # type: ignore[arg-type]
+        flags["standalone"] = True
+    return load(flags=flags)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``MODELPRESS_*`` variables (used by ``kopf run -m`` and tests)."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    for f in fields(Settings):
-        raw = env.get(_env_name(f.name))
-        if raw is None:
+    return load(environ)
+
+
+def load(environ: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from ``flags`` (field name -> value) over the environment (``os.environ``
+    unless given), over the defaults; :class:`SettingsError` names each bad variable or flag."""
+    found = _EnvironmentSource(os.environ if environ is None else environ)()
+    values = {name: value for name, value in found.items() if value is not None} | dict(flags or {})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, values, set(flags or ()))) from None
+
+
+def _explain(exc: ValidationError, values: Mapping[str, Any], flagged: set[str]) -> str:
+    """One line: each bad setting, by the variable or flag that set it, and what it accepts."""
+    lines: dict[str, str] = {}
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if name in lines:
             continue
-        if f.name == "namespaces":
-            values[f.name] = tuple(n.strip() for n in raw.split(",") if n.strip())
-        elif f.name == "standalone":
-            values[f.name] = raw.lower() in ("1", "true", "yes")
-        elif f.name == "extra_labels":
-            values[f.name] = _labels(raw, _env_name(f.name))
-        elif f.type in ("int", int):
-            try:
-                values[f.name] = int(raw)
-            except ValueError as exc:
-                raise ValueError(f"{_env_name(f.name)} must be an integer, got {raw!r}") from exc
-        elif f.type in ("float", float):
-            try:
-                values[f.name] = float(raw)
-            except ValueError as exc:
-                raise ValueError(f"{_env_name(f.name)} must be a number, got {raw!r}") from exc
+        where = _FLAGS.get(name, "--" + name.replace("_", "-")) if name in flagged else _env_name(name)
+        reason = (error.get("ctx") or {}).get("error")
+        if isinstance(reason, _Refused):
+            lines[name] = f"{where}: {reason}"
         else:
-            values[f.name] = raw
-    return _checked(Settings(**values))  # type: ignore[arg-type]
-
-
-def _labels(raw: str, where: str) -> dict[str, str]:
-    """``k=v,k2=v2`` as Kubernetes labels, checked here so a typo fails at startup rather
-    than as a 422 on the first Job the operator creates."""
-    labels: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        match = _LABEL_KEY.fullmatch(key)
-        prefix = match.group(1) if match else None
-        if not sep or not match or (prefix and len(prefix) > 253) or not _LABEL_VALUE.fullmatch(value):
-            raise ValueError(f"{where} must be comma-separated key=value Kubernetes labels, got {raw!r}")
-        if key in JOB_CONTROLLER_LABELS or prefix == "batch.kubernetes.io":
-            raise ValueError(
-                f"{where}: {key} is set by the Job controller on the compression pods (the operator finds them "
-                "by it); choose another key"
-            )
-        labels[key] = value
-    return labels
-
-
-def _checked(settings: Settings) -> Settings:
-    """Values that are strings in the environment but must have a shape."""
-    if not settings.pod_check_seconds > 0:  # 0 or less would list pods in a tight loop
-        raise ValueError(
-            f"MODELPRESS_POD_CHECK_SECONDS must be a number of seconds above 0, got {settings.pod_check_seconds!r}"
-        )
-    label = settings.analysis_namespace_label
-    if label and not PROMETHEUS_LABEL.fullmatch(label):
-        raise ValueError(
-            "--analysis-namespace-label / MODELPRESS_ANALYSIS_NAMESPACE_LABEL must be a Prometheus label name "
-            f'([a-zA-Z_][a-zA-Z0-9_]*) or "" for none, got {label!r}'
-        )
-    return settings
+            allowed = Settings.__pydantic_fields__[name].description
+            lines[name] = f"{where} must be {allowed}, got {values.get(name)!r}"
+    return "; ".join(lines.values())

@@ -1,7 +1,8 @@
 """``modelpress validate``: check CompressedModel files and list every problem.
 
 Checks are those the API server would make at ``kubectl apply`` time, and then some:
-YAML syntax (with line and column, duplicate keys included), apiVersion/kind, unknown
+YAML syntax (with line and column, duplicate keys included), the size, nesting and alias
+limits of :mod:`modelpress.spec_io`, apiVersion/kind, unknown
 fields, types (strictly: ``"8"`` is not an integer, as in the API server), ranges,
 enums and the cross-field rules of :func:`modelpress.api.semantic_problems`, each
 reported with its own field path. The pure functions :func:`check_documents`,
@@ -15,16 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError, model_validator
 
-from modelpress import api
+from modelpress import api, spec_io
 from modelpress.problems import Problem, from_validation_error
 
 
@@ -43,23 +41,6 @@ class _SpecFieldsOnly(api.CompressedModelSpec):
 
 class _ResourceFieldsOnly(api.CompressedModel):
     spec: _SpecFieldsOnly
-
-
-class _NoDuplicatesLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass
@@ -119,6 +100,10 @@ def parse_object(obj: Any) -> tuple[api.CompressedModel | None, list[Problem]]:
                 "write a CompressedModel mapping (apiVersion, kind, metadata, spec)",
             )
         ]
+    try:  # before anything recursive walks it (YAML was checked while read; JSON from the API server was not)
+        spec_io.check_data(obj)
+    except spec_io.SpecError as exc:
+        return None, [exc.problem]
     obj = _jsonable(dict(obj))
     identity = []
     if obj.get("apiVersion") != api.API_VERSION:
@@ -135,20 +120,6 @@ def parse_object(obj: Any) -> tuple[api.CompressedModel | None, list[Problem]]:
     return (None, problems) if problems else (api.CompressedModel.model_validate(obj), [])
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> Problem:
-    mark = getattr(exc, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    if isinstance(exc, yaml.reader.ReaderError):
-        where, what = f"character {exc.position + 1}", f"{exc.reason} (#x{exc.character:04x})"
-    else:
-        what = getattr(exc, "problem", None) or str(exc)
-        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and start and start.line != getattr(mark, "line", None):
-            what += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
-    fix = "remove one of the duplicates" if "duplicate key" in what else "fix the YAML syntax there"
-    return Problem(where, f"invalid YAML: {what}", fix)
-
-
 def check_text(text: str, source: str) -> list[DocumentResult]:
     """Results for every document in a (multi-document) YAML or JSON text."""
     return [result for result, _ in load_text(text, source)]
@@ -158,24 +129,15 @@ def load_text(text: str, source: str) -> list[tuple[DocumentResult, api.Compress
     """Every document of a (multi-document) YAML or JSON text: its result, and the
     resource as API types when it is valid."""
     results: list[tuple[DocumentResult, api.CompressedModel | None]] = []
-    number = 0
-    loader = None
+    number = 1  # the document being read, also when reading it fails
     try:
-        loader = _NoDuplicatesLoader(text)  # rejects unprintable characters already
-        while True:
-            number += 1  # the document being read, also when reading it fails
-            if not loader.check_data():
-                break
-            obj = loader.get_data()
-            if obj is None:  # an empty document, e.g. after a trailing ---
-                continue
-            model, problems = parse_object(obj)
-            results.append((DocumentResult(source, number, _name_of(obj), problems), model))
-    except yaml.YAMLError as exc:
-        results.append((DocumentResult(source, number, "", [_yaml_problem(exc)]), None))
-    finally:
-        if loader is not None:
-            loader.dispose()
+        for obj in spec_io.documents(text):
+            if obj is not None:  # None: an empty document, e.g. after a trailing ---
+                model, problems = parse_object(obj)
+                results.append((DocumentResult(source, number, _name_of(obj), problems), model))
+            number += 1
+    except spec_io.SpecError as exc:
+        results.append((DocumentResult(source, number, "", [exc.problem]), None))
     if not results:
         empty = Problem("", "no CompressedModel found", "the file holds no YAML documents")
         results.append((DocumentResult(source, 1, "", [empty]), None))
@@ -191,14 +153,13 @@ def check_documents(text: str, source: str) -> list[Problem]:
     return [p for result in check_text(text, source) for p in result.problems]
 
 
-def read_source(path: str) -> tuple[str, str | None]:
-    """(text, error) of a file argument; ``-`` is stdin."""
-    if path == "-":
-        return sys.stdin.read(), None
+def read_source(path: str) -> tuple[str, Problem | None]:
+    """(text, problem) of a file argument; ``-`` is stdin. The problem: unreadable, not
+    UTF-8 or over :data:`modelpress.spec_io.MAX_BYTES`."""
     try:
-        return Path(path).read_text(encoding="utf-8"), None
-    except (OSError, UnicodeDecodeError) as exc:
-        return "", f"cannot read the file: {getattr(exc, 'strerror', None) or exc}"
+        return spec_io.read_text(path), None
+    except spec_io.SpecError as exc:
+        return "", exc.problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,9 +174,11 @@ def validate_command(args: argparse.Namespace) -> int:
     results: list[DocumentResult] = []
     for path in args.files:
         source = "<stdin>" if path == "-" else path
-        text, error = read_source(path)
-        if error:
-            results.append(DocumentResult(source, 1, "", [Problem("", error, "check the path", source, 1)]))
+        text, problem = read_source(path)
+        if problem:
+            results.append(
+                DocumentResult(source, 1, "", [Problem(problem.path, problem.message, problem.fix, source, 1)])
+            )
         else:
             results.extend(check_text(text, source))
     if args.output == "json":

@@ -1,8 +1,9 @@
-"""Operator settings that take shaped strings: extra labels and the pod-check interval."""
+"""Operator settings from flags and MODELPRESS_* variables: each bad value is refused at start, in one line."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 from cluster import sample_model
@@ -84,8 +85,84 @@ def test_every_created_object_carries_the_extra_labels_and_keeps_its_own() -> No
 def test_pod_check_interval_is_a_setting() -> None:
     assert settings_mod.Settings().pod_check_seconds == 30
     assert settings_mod.from_env({"MODELPRESS_POD_CHECK_SECONDS": "0.5"}).pod_check_seconds == 0.5
-    with pytest.raises(ValueError, match="^MODELPRESS_POD_CHECK_SECONDS must be a number, got 'often'$"):
-        settings_mod.from_env({"MODELPRESS_POD_CHECK_SECONDS": "often"})
-    for busy in ("0", "-5", "nan"):  # each would list pods in a tight loop
-        with pytest.raises(ValueError, match="^MODELPRESS_POD_CHECK_SECONDS must be a number of seconds above 0"):
+    for busy in ("often", "0", "-5", "nan", "inf"):  # the numbers would list pods in a tight loop (or never)
+        with pytest.raises(settings_mod.SettingsError) as err:
             settings_mod.from_env({"MODELPRESS_POD_CHECK_SECONDS": busy})
+        assert str(err.value) == f"MODELPRESS_POD_CHECK_SECONDS must be a number of seconds above 0, got {busy!r}"
+
+
+PORT = "a port from 1 to 65535, or 0 for off"
+# (variable, value, what the error says it accepts): each once wrong, silently
+# meaning something else (a typo'd boolean) or failing later (a port the kernel refuses).
+BAD_SETTINGS = [
+    ("MODELPRESS_STANDALONE", "flase", "true or false"),
+    ("MODELPRESS_STANDALONE", "", "true or false"),
+    ("MODELPRESS_METRICS_PORT", "-1", PORT),
+    ("MODELPRESS_METRICS_PORT", "70000", PORT),
+    ("MODELPRESS_LIVENESS_PORT", "-8080", PORT),
+    ("MODELPRESS_LIVENESS_PORT", "65536", PORT),
+    ("MODELPRESS_LIVENESS_PORT", "http", PORT),
+    ("MODELPRESS_JOB_TTL_SECONDS", "-1", "a whole number of seconds, 0 or more"),
+    ("MODELPRESS_JOB_ACTIVE_DEADLINE_SECONDS", "0", "a whole number of seconds above 0"),
+    ("MODELPRESS_JOB_ACTIVE_DEADLINE_SECONDS", "-60", "a whole number of seconds above 0"),
+    ("MODELPRESS_MAX_CONCURRENT_JOBS", "-1", "a whole number, 0 (no cap) or more"),
+    ("MODELPRESS_DEFAULT_GPU", "-1", "a whole number of GPUs, 0 or more"),
+    ("MODELPRESS_DEFAULT_GPU", "1.5", "a whole number of GPUs, 0 or more"),
+    ("MODELPRESS_JOB_BACKOFF_LIMIT", "-2", "a whole number of retries, 0 or more"),
+    ("MODELPRESS_JOB_RUN_AS_USER", "0", "a non-root user id, 1 to 2147483647"),
+    ("MODELPRESS_JOB_RUN_AS_USER", str(2**31), "a non-root user id, 1 to 2147483647"),
+    ("MODELPRESS_NAMESPACES", "ml,Team_B", "comma-separated Kubernetes namespace names"),
+    ("MODELPRESS_PEERING_NAME", "Peers!", "a Kubernetes name (lowercase letters, digits and '-', at most 63)"),
+    ("MODELPRESS_PROMETHEUS_URL", "prometheus:9090", 'an http:// or https:// URL, or "" for none'),
+    ("MODELPRESS_JOB_IMAGE", "", "a container image reference"),
+]
+
+
+@pytest.mark.parametrize("name, value, allowed", BAD_SETTINGS, ids=[f"{n}={v}" for n, v, _ in BAD_SETTINGS])
+def test_a_bad_setting_is_one_line_naming_the_variable_and_what_it_accepts(name: str, value: str, allowed: str) -> None:
+    with pytest.raises(settings_mod.SettingsError) as err:
+        settings_mod.from_env({name: value})
+    assert str(err.value) == f"{name} must be {allowed}, got {value!r}"
+
+
+def test_booleans_and_ports_that_mean_what_they_say_are_accepted() -> None:
+    for word, meaning in (("true", True), ("false", False), ("1", True), ("0", False), ("False", False)):
+        assert settings_mod.from_env({"MODELPRESS_STANDALONE": word}).standalone is meaning
+    bounds = settings_mod.from_env({"MODELPRESS_METRICS_PORT": "0", "MODELPRESS_LIVENESS_PORT": "65535"})
+    assert (bounds.metrics_port, bounds.liveness_port) == (0, 65535)  # 0 turns the endpoint off
+    assert settings_mod.from_env({"MODELPRESS_JOB_TTL_SECONDS": "0"}).job_ttl_seconds == 0
+
+
+def test_every_bad_setting_is_named_on_one_line() -> None:
+    with pytest.raises(settings_mod.SettingsError) as err:
+        settings_mod.from_env({"MODELPRESS_METRICS_PORT": "-1", "MODELPRESS_STANDALONE": "flase"})
+    assert "\n" not in str(err.value)
+    assert "MODELPRESS_METRICS_PORT must be" in str(err.value) and "MODELPRESS_STANDALONE must be" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--metrics-port", "-1"), ("--liveness-port", "70000"), ("--job-ttl-seconds", "-5")]
+)
+def test_bad_flags_are_named_as_flags(flag: str, value: str) -> None:
+    with pytest.raises(settings_mod.SettingsError, match=f"^{flag} must be .*, got {value}$"):
+        parse_flags(flag, value)
+
+
+def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELPRESS_METRICS_PORT", "9000")
+    monkeypatch.setenv("MODELPRESS_STANDALONE", "false")
+    assert parse_flags().metrics_port == 9000 and not parse_flags().standalone
+    flagged = parse_flags("--metrics-port", "9100", "--standalone")
+    assert flagged.metrics_port == 9100 and flagged.standalone
+    # A bad variable that a flag overrides does not stop the operator.
+    monkeypatch.setenv("MODELPRESS_METRICS_PORT", "-1")
+    assert parse_flags("--metrics-port", "9100").metrics_port == 9100
+
+
+def test_settings_stay_immutable_and_checked() -> None:
+    settings = settings_mod.Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.metrics_port = 1  # type: ignore[misc]
+    assert dataclasses.replace(settings, metrics_port=9100).metrics_port == 9100
+    with pytest.raises(ValueError):
+        dataclasses.replace(settings, metrics_port=-1)
