@@ -32,6 +32,8 @@ from modelpress.operator.validation import SpecInvalid, format_problems, parse_m
 log = logging.getLogger(__name__)
 JOB_SELECTOR = {job_builder.LABEL_MODEL: kopf.PRESENT}
 JOB_NAME_LABEL = "job-name"  # set on its pods by the Job controller
+# Events field selectors: https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/
+FAILED_CREATE_SELECTOR = f"involvedObject.kind=Job,reason={st.FAILED_CREATE_REASON}"
 CONFLICT_ATTEMPTS = 3
 # Phases in which a model's current Job exists and has not finished.
 JOB_PHASES = frozenset({api.Phase.Queued.value, api.Phase.Compressing.value})
@@ -88,7 +90,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, models: kopf.Index, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, models: kopf.Index, compression_jobs: kopf.Index, **_: Any) -> None:
     chosen = STATE.settings if STATE.configured else settings_mod.from_env()
     fresh = State(settings=chosen, kube=STATE.kube, configured=STATE.configured)
     STATE.__dict__.update(fresh.__dict__)
@@ -102,7 +104,7 @@ async def startup(settings: kopf.OperatorSettings, models: kopf.Index, **_: Any)
     metrics.reset()
     if STATE.settings.metrics_port:
         STATE.metrics_server = metrics.serve(STATE.settings.metrics_port)
-    STATE.pod_check = asyncio.create_task(pod_check_loop(models), name="modelpress-pod-check")
+    STATE.pod_check = asyncio.create_task(pod_check_loop(models, compression_jobs), name="modelpress-pod-check")
 
 
 async def stop_loop(task: asyncio.Task | None) -> None:
@@ -203,8 +205,9 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
     rh = api.recipe_hash(model.spec)
     jname = job_builder.job_name(name, rh)
     queue = model.spec.job.queue_name
-    spec_ok = [st.condition("SpecValid", True, "Valid", "")]
-    if status.get("recipeHash") == rh and status.get("phase") in st.DONE_PHASES:
+    spec_ok = [st.spec_valid()]
+    retry_refused = st.refused_by_server(status) and status.get("observedGeneration") != gen
+    if status.get("recipeHash") == rh and status.get("phase") in st.DONE_PHASES and not retry_refused:
         # Same recipe, result known: a serving-only (or no-op) change never recompresses.
         if status.get("observedGeneration") != gen:
             conds = spec_ok
@@ -232,7 +235,16 @@ async def reconcile(body: Mapping[str, Any], jobs: kopf.Index, models: kopf.Inde
             # Its Job event may have come before this status reached the index.
             return await _follow_job(body, jname, existing.suspended, queue)
         elif status.get("observedGeneration") != gen:
-            await kube().patch_model_status(ns, name, {"observedGeneration": gen})
+            # A spec edit that keeps the recipe (job, output or serving fields): every
+            # condition this write stands for moves to the new generation with it.
+            await kube().patch_model_status(
+                ns,
+                name,
+                {
+                    "observedGeneration": gen,
+                    "conditions": st.merge_conditions(status.get("conditions"), spec_ok, gen, now()),
+                },
+            )
         return True
 
     async with STATE.cap_lock:
@@ -349,14 +361,49 @@ async def _ensure_job(
     models: kopf.Index,
     job: Mapping[str, Any] | None = None,
 ) -> None:
-    """ConfigMap + Job (``job``, else built now); an existing one (restart) is adopted and, if done, collected."""
-    config_map = job_builder.build_config_map(model, STATE.settings)
-    await kube().create(config_map)
-    job, created = await kube().create(job or job_builder.build_job(model, STATE.settings))
+    """ConfigMap + Job (``job``, else built now); an existing one (restart) is adopted and, if done, collected.
+
+    When the API server refuses either as built, the model is Failed with the server's words.
+    """
+    job = job or job_builder.build_job(model, STATE.settings)
+    try:
+        await kube().create(job_builder.build_config_map(model, STATE.settings))
+        job, created = await kube().create(job)
+    except ApiError as exc:
+        if not st.is_refusal(exc.status):
+            raise
+        meta = job["metadata"]
+        STATE.started.pop((meta["namespace"], meta["name"]), None)
+        await _report_refused(body, meta["labels"][job_builder.LABEL_HASH], exc)
+        return
     if created:
         metrics.JOBS_CREATED.inc()
     elif st.job_finished(job):
         await collect(job, jobs, models, body)
+
+
+async def _report_refused(body: Mapping[str, Any], recipe_hash: str, exc: ApiError) -> None:
+    """The API server refused the ConfigMap or Job built from this spec: Failed, with its words.
+
+    Without this the model would say Compressing for good (no Job exists to finish). The
+    spec passed validation, so what the server refused is usually a ``spec.job`` field it
+    checks more strictly (a rule ``modelpress validate`` does not know yet); editing the
+    spec tries again even when the recipe is unchanged.
+    """
+    meta, status = body["metadata"], body.get("status") or {}
+    gen = meta.get("generation")
+    fields, conds, (etype, reason, message) = st.refused_status(exc.status, exc.message)
+    fields.update(
+        {
+            "observedGeneration": gen,
+            "recipeHash": recipe_hash,
+            "conditions": st.merge_conditions(status.get("conditions"), [st.spec_valid(), *conds], gen, now()),
+        }
+    )
+    ns, name = meta.get("namespace") or "default", meta["name"]
+    await kube().patch_model_status(ns, name, fields)
+    metrics.observe_model(ns, name, fields)
+    await kube().post_event(body, etype, reason, message)
 
 
 async def _report_invalid(body: Mapping[str, Any], exc: SpecInvalid) -> None:
@@ -439,7 +486,7 @@ async def collect(
                 "observedGeneration": gen,
                 "recipeHash": jhash,
                 "jobName": jname,
-                "conditions": st.merge_conditions(status.get("conditions"), conds, gen, now()),
+                "conditions": st.merge_conditions(status.get("conditions"), [st.spec_valid(), *conds], gen, now()),
             }
         )
         await kube().patch_model_status(ns, model_name, fields)
@@ -488,7 +535,7 @@ async def _follow_job(body: Mapping[str, Any], jname: str, suspended: bool, queu
 # --------------------------------------------------------------------------- pods
 
 
-async def pod_check_loop(models: kopf.Index) -> None:
+async def pod_check_loop(models: kopf.Index, jobs: kopf.Index) -> None:
     """Every ``settings.pod_check_seconds``, :func:`check_pods`; an error is logged and retried next time.
 
     A loop over the index rather than a Pod watch: one list per namespace with running
@@ -497,15 +544,16 @@ async def pod_check_loop(models: kopf.Index) -> None:
     while True:
         await asyncio.sleep(STATE.settings.pod_check_seconds)
         try:
-            await check_pods(models)
+            await check_pods(models, jobs)
         except Exception as exc:  # keep checking; the API may be back next time
             metrics.ERRORS.labels("pods").inc()
             log.warning("checking compression pods: %s", exc)
 
 
-async def check_pods(models: kopf.Index) -> None:
+async def check_pods(models: kopf.Index, jobs: kopf.Index) -> None:
     """Report pods of Compressing models that no node fits or that wait on an image pull
-    or their configuration.
+    or their configuration, and Jobs whose pods the API server refuses to create
+    (the Job controller's ``FailedCreate`` Events: a missing ServiceAccount or PriorityClass).
 
     Without this such a pod would wait silently until the Job's activeDeadlineSeconds
     (hours) and only then show why. The phase stays Compressing: the cluster autoscaler
@@ -524,8 +572,16 @@ async def check_pods(models: kopf.Index) -> None:
         pods: dict[str, list[dict[str, Any]]] = {}
         for pod in await kube().list("v1", "Pod", ns, job_builder.LABEL_MODEL):
             pods.setdefault((pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL, ""), []).append(pod)
+        events: list[dict[str, Any]] | None = None  # listed only when some started Job has no pod
         for body in bodies:
-            await _report_stuck(body, st.stuck_pod(pods.get(body["status"]["jobName"], [])))
+            jname = body["status"]["jobName"]
+            job: JobState | None = _first(jobs, (ns, jname))
+            if jname in pods or job is None or job.suspended:
+                await _report_stuck(body, st.stuck_pod(pods.get(jname, [])))
+                continue
+            if events is None:
+                events = await kube().list("v1", "Event", ns, field_selector=FAILED_CREATE_SELECTOR)
+            await _report_stuck(body, st.pods_not_created(jname, job.uid, events))
 
 
 async def _report_stuck(body: Mapping[str, Any], stuck: tuple[str, str] | None) -> None:

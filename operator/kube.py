@@ -34,6 +34,10 @@ SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 BACKOFF_S = 0.1
 BACKOFF_MAX_S = 2.0
 FIELD_MANAGER = "modelpress-operator"
+# Writes ask the server to refuse unknown fields rather than drop them with a warning (its
+# default), so a builder that drifts from the Kubernetes API fails loudly, with the field named.
+# https://kubernetes.io/docs/reference/using-api/api-concepts/#field-validation
+WRITE_PARAMS = {"fieldManager": FIELD_MANAGER, "fieldValidation": "Strict"}
 
 # apiVersion/kind -> plural (the only kinds the operator writes or reads directly).
 PLURALS: dict[tuple[str, str], str] = {
@@ -69,15 +73,14 @@ def resource_path(
 
 
 def _ssl_context(conn: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    """kopf's own TLS setup, so the operator trusts exactly what kopf's watches trust.
+
+    It decodes kubeconfig's base64 ``certificate-authority-data`` and the embedded
+    ``client-certificate-data`` / ``client-key-data`` as well as file paths.
+    """
     if conn.insecure:
         return False
-    ctx = ssl.create_default_context(
-        cafile=str(conn.ca_path) if conn.ca_path else None,
-        cadata=conn.ca_data.decode() if isinstance(conn.ca_data, bytes) else conn.ca_data,
-    )
-    if conn.certificate_path and conn.private_key_path:
-        ctx.load_cert_chain(str(conn.certificate_path), str(conn.private_key_path))
-    return ctx
+    return conn.as_ssl_context()
 
 
 class Kube:
@@ -172,7 +175,7 @@ class Kube:
         plural = PLURALS[(obj["apiVersion"], obj["kind"])]
         path = resource_path(obj["apiVersion"], plural, meta.get("namespace"))
         try:
-            return await self.request("POST", path, obj, params={"fieldManager": FIELD_MANAGER}), True
+            return await self.request("POST", path, obj, params=WRITE_PARAMS), True
         except ApiError as exc:
             if exc.status != 409:
                 raise
@@ -199,7 +202,7 @@ class Kube:
         """RFC 7386 merge patch of the object itself (a null removes a field)."""
         path = resource_path(api_version, PLURALS[(api_version, kind)], namespace, name)
         return await self.request(
-            "PATCH", path, patch, content_type="application/merge-patch+json", params={"fieldManager": FIELD_MANAGER}
+            "PATCH", path, patch, content_type="application/merge-patch+json", params=WRITE_PARAMS
         )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
@@ -222,9 +225,12 @@ class Kube:
             raise
         return True
 
-    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    async def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str = "", field_selector: str = ""
+    ) -> list[dict[str, Any]]:
         path = resource_path(api_version, PLURALS[(api_version, kind)], namespace)
-        return (await self.request("GET", path, params={"labelSelector": label_selector})).get("items", [])
+        params = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v}
+        return (await self.request("GET", path, params=params)).get("items", [])
 
     async def patch_model_status(
         self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None

@@ -13,7 +13,14 @@ operator relies on:
 - label and ``metadata.name`` field selectors on list and watch;
 - watch resume from a ``resourceVersion`` (410 Gone when too old), ``timeoutSeconds``;
 - cascading deletion through ``ownerReferences``; a uid precondition on delete;
-  409 AlreadyExists on create.
+  409 AlreadyExists on create;
+- built-in kinds (Job, Pod, ConfigMap) decoded and validated as the server does, with
+  its 400/422 answers (:mod:`k8s_validation`); ``fieldValidation=Strict`` refuses unknown
+  fields;
+- the admission a Pod meets (https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/):
+  ``ServiceAccount`` refuses a pod whose service account does not exist, ``Priority`` one
+  whose PriorityClass does not exist (403 Forbidden; the Job controller then records a
+  ``FailedCreate`` Event and creates no pod).
 
 It is fast on purpose: kmock's own request log and DSL matching grow with every request
 (quadratic: 200 models took 69 s), so resource requests bypass them and only a compact
@@ -36,6 +43,7 @@ from typing import Any
 
 import aiohttp.web
 import attrs
+import k8s_validation
 import kmock
 
 STATUS_SUBRESOURCE = {("modelpress.io", "compressedmodels"), ("batch", "jobs"), ("", "pods")}
@@ -143,16 +151,39 @@ def label_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
     return match
 
 
-def field_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
+# Field selectors each kind supports besides metadata.name/namespace
+# (https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/#supported-fields;
+# for Events, the fields kube-apiserver's event strategy exposes).
+EVENT_FIELDS = frozenset(
+    {
+        *(f"involvedObject.{f}" for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion")),
+        *("reason", "reportingComponent", "source", "type"),
+    }
+)
+FIELD_LABELS = {"events": EVENT_FIELDS}
+
+
+def field_selector(text: str | None, plural: str = "") -> Callable[[Mapping[str, Any]], bool]:
+    """Equality selectors (``a=b``, ``a==b``, ``a!=b``) over the fields the kind supports."""
     if not text:
         return lambda obj: True
-    wanted = {}
+    terms = []
     for term in text.split(","):
-        k, _, v = term.partition("=")
-        if k not in ("metadata.name", "metadata.namespace"):
+        negate = "!=" in term
+        k, _, v = term.partition("!=" if negate else "=")
+        if k not in ("metadata.name", "metadata.namespace") and k not in FIELD_LABELS.get(plural, ()):
             raise ApiError(400, "BadRequest", f"field label not supported: {k}")
-        wanted[k.split(".")[1]] = v.lstrip("=")
-    return lambda obj: all((obj.get("metadata") or {}).get(k) == v for k, v in wanted.items())
+        terms.append((k.split("."), v.lstrip("="), negate))
+
+    def value(obj: Mapping[str, Any], path: list[str]) -> str:
+        node: Any = obj
+        for part in path:
+            node = (node or {}).get(part) if isinstance(node, Mapping) else None
+        if path == ["source"]:  # an Event's "source" selector matches source.component
+            node = (node or {}).get("component") if isinstance(node, Mapping) else node
+        return "" if node is None else str(node)
+
+    return lambda obj: all((value(obj, path) == v) != negate for path, v, negate in terms)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -226,6 +257,9 @@ class ApiServer(kmock.KubernetesEmulator):
     # Ends every watch after this many seconds (as API servers do, at random, in real life),
     # so tests can prove that clients resume from their last resourceVersion.
     watch_limit_s: float | None = attrs.field(default=None, init=False)
+    # Validate built-in kinds as kube-apiserver does; the scale benchmark turns it off to
+    # measure the operator rather than schema validation.
+    validate_builtin: bool = attrs.field(default=True, init=False)
 
     def declare(self, group: str, version: str, plural: str, kind: str, namespaced: bool = True) -> None:
         subs = {"status"} if (group, plural) in STATUS_SUBRESOURCE else set()
@@ -270,12 +304,14 @@ class ApiServer(kmock.KubernetesEmulator):
                 )
             if verb == "get":
                 return _json(self._get(group, plural, ns, name, sub))
+            strict = q.get("fieldValidation") == "Strict"
             if verb == "create":
-                return _json(self.create(group, plural, ns, data, version), 201)
+                return _json(self.create(group, plural, ns, data, version, strict_fields=strict), 201)
             if verb == "patch":
-                return _json(self.patch(group, plural, ns, name, sub, data, raw.headers.get("Content-Type", "")))
+                content_type = raw.headers.get("Content-Type", "")
+                return _json(self.patch(group, plural, ns, name, sub, data, content_type, strict_fields=strict))
             if verb == "update":
-                return _json(self.replace(group, plural, ns, name, sub, data))
+                return _json(self.replace(group, plural, ns, name, sub, data, strict_fields=strict))
             if verb == "delete":
                 uid = ((data or {}).get("preconditions") or {}).get("uid")
                 return _json(self.delete(group, plural, ns, name, uid))
@@ -342,7 +378,7 @@ class ApiServer(kmock.KubernetesEmulator):
         labels: str | None = None,
         fields: str | None = None,
     ) -> dict[str, Any]:
-        lsel, fsel = label_selector(labels), field_selector(fields)
+        lsel, fsel = label_selector(labels), field_selector(fields, plural)
         items = [
             o
             for (g, p, n, _), o in self.store.items()
@@ -355,7 +391,38 @@ class ApiServer(kmock.KubernetesEmulator):
             "items": items,
         }
 
-    def create(self, group: str, plural: str, ns: str | None, data: Any, version: str = "v1") -> dict[str, Any]:
+    def _admit(self, group: str, plural: str, obj: Mapping[str, Any], strict_fields: bool) -> None:
+        """Decoding, validation and the admission plugins a write of ``obj`` meets."""
+        if not self.validate_builtin:
+            return
+        try:
+            k8s_validation.check(group, plural, obj, strict_fields)
+        except k8s_validation.Rejected as exc:
+            raise ApiError(exc.status, exc.reason, exc.message) from None
+        if (group, plural) == ("", "pods"):
+            self._admit_pod(obj)
+
+    def _admit_pod(self, pod: Mapping[str, Any]) -> None:
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        ns, name = meta.get("namespace") or "", meta.get("name") or meta.get("generateName", "")
+        account = spec.get("serviceAccountName") or "default"
+        if "v1/serviceaccounts" in self.resources and ("", "serviceaccounts", ns, account) not in self.store:
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'pods "{name}" is forbidden: error looking up service account {ns}/{account}: '
+                f'serviceaccount "{account}" not found',
+            )
+        priority = spec.get("priorityClassName")
+        declared = "scheduling.k8s.io/v1/priorityclasses" in self.resources
+        if priority and declared and ("scheduling.k8s.io", "priorityclasses", "", priority) not in self.store:
+            raise ApiError(
+                403, "Forbidden", f'pods "{name}" is forbidden: no PriorityClass with name {priority} was found'
+            )
+
+    def create(
+        self, group: str, plural: str, ns: str | None, data: Any, version: str = "v1", strict_fields: bool = True
+    ) -> dict[str, Any]:
         if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
             raise ApiError(400, "BadRequest", "object has no metadata")
         obj = copy.deepcopy(data)
@@ -365,11 +432,12 @@ class ApiServer(kmock.KubernetesEmulator):
         if not meta.get("name"):
             raise ApiError(422, "Invalid", "metadata.name: Required value")
         ns = ns or meta.get("namespace") or ""
+        if ns:
+            meta["namespace"] = ns
+        self._admit(group, plural, obj, strict_fields)
         key = (group, plural, ns, meta["name"])
         if key in self.store:
             raise ApiError(409, "AlreadyExists", f'{plural}.{group or "core"} "{meta["name"]}" already exists')
-        if ns:
-            meta["namespace"] = ns
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
         meta.pop("resourceVersion", None)
         if (group, plural) in STATUS_SUBRESOURCE:
@@ -388,6 +456,7 @@ class ApiServer(kmock.KubernetesEmulator):
         sub: str,
         new: dict[str, Any],
         precondition: str | None,
+        strict_fields: bool = True,
     ) -> dict[str, Any]:
         old = self._get(group, plural, ns, name)
         if precondition and precondition != old["metadata"]["resourceVersion"]:
@@ -410,6 +479,8 @@ class ApiServer(kmock.KubernetesEmulator):
             result = {**new, "metadata": self._merge_meta(old["metadata"], new.get("metadata") or {})}
         if result == old:
             return old  # no-op writes do not bump resourceVersion (as on a real server)
+        if sub != "status":
+            self._admit(group, plural, result, strict_fields)
         if sub != "status" and _spec_of(result) != _spec_of(old):
             result["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         self._bump(result)
@@ -444,7 +515,15 @@ class ApiServer(kmock.KubernetesEmulator):
         return meta
 
     def patch(
-        self, group: str, plural: str, ns: str | None, name: str, sub: str, data: Any, content_type: str
+        self,
+        group: str,
+        plural: str,
+        ns: str | None,
+        name: str,
+        sub: str,
+        data: Any,
+        content_type: str,
+        strict_fields: bool = True,
     ) -> dict[str, Any]:
         old = self._get(group, plural, ns, name)
         if "json-patch" in content_type:
@@ -454,13 +533,15 @@ class ApiServer(kmock.KubernetesEmulator):
             new = merge_patch(old, data or {})
             precondition = ((data or {}).get("metadata") or {}).get("resourceVersion")
         new.setdefault("metadata", {})
-        return self._write(group, plural, ns, name, sub, new, precondition)
+        return self._write(group, plural, ns, name, sub, new, precondition, strict_fields)
 
-    def replace(self, group: str, plural: str, ns: str | None, name: str, sub: str, data: Any) -> dict[str, Any]:
+    def replace(
+        self, group: str, plural: str, ns: str | None, name: str, sub: str, data: Any, strict_fields: bool = True
+    ) -> dict[str, Any]:
         precondition = ((data or {}).get("metadata") or {}).get("resourceVersion")
         if not precondition:
             raise ApiError(422, "Invalid", "metadata.resourceVersion: must be specified for an update")
-        return self._write(group, plural, ns, name, sub, data, precondition)
+        return self._write(group, plural, ns, name, sub, data, precondition, strict_fields)
 
     def delete(self, group: str, plural: str, ns: str | None, name: str, uid: str | None = None) -> dict[str, Any]:
         """``uid``: DeleteOptions.preconditions.uid, a 409 when the object is another one."""
@@ -498,7 +579,7 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _watch(
         self, raw: aiohttp.web.BaseRequest, group: str, plural: str, ns: str | None, q: Mapping[str, str]
     ) -> aiohttp.web.StreamResponse:
-        sel_l, sel_f = label_selector(q.get("labelSelector")), field_selector(q.get("fieldSelector"))
+        sel_l, sel_f = label_selector(q.get("labelSelector")), field_selector(q.get("fieldSelector"), plural)
 
         def wanted(obj: Mapping[str, Any]) -> bool:
             return (ns is None or obj["metadata"].get("namespace") == ns) and sel_l(obj) and sel_f(obj)

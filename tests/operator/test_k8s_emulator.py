@@ -28,7 +28,7 @@ def call(
         headers={"Content-Type": content_type},
     )
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=c.ssl_context()) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
@@ -36,7 +36,7 @@ def call(
 
 def watch(c: Cluster, path: str, timeout_s: int = 1) -> list[dict[str, Any]]:
     sep = "&" if "?" in path else "?"
-    with urllib.request.urlopen(f"{c.url}{path}{sep}watch=true&timeoutSeconds={timeout_s}", timeout=10) as resp:
+    with urllib.request.urlopen(f"{c.url}{path}{sep}watch=true&timeoutSeconds={timeout_s}", timeout=10, context=c.ssl_context()) as resp:
         return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
 
 

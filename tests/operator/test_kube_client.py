@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import kopf
 import pytest
 from cluster import Cluster
 from k8s_emulator import Fault
@@ -24,7 +23,7 @@ def test_create_retries_and_treats_already_exists_as_success(tmp_path: Path) -> 
         c.server.faults.append(Fault("create", "configmaps", 503, times=2))
 
         async def go():
-            kube = Kube(kopf.ConnectionInfo(server=c.url, token="t"))
+            kube = Kube(c.connection(token="t"))
             try:
                 first = await kube.create(CM)
                 second = await kube.create({**CM, "data": {"a": "2"}})
@@ -54,7 +53,7 @@ def test_status_precondition_conflict_and_token_rotation(tmp_path: Path) -> None
         c.server.faults.append(Fault("get", "configmaps", 401))
 
         async def go():
-            kube = Kube(kopf.ConnectionInfo(server=c.url, token="expired"))
+            kube = Kube(c.connection(token="expired"))
             kube.token_path = str(token)
             try:
                 with pytest.raises(Conflict):

@@ -312,6 +312,13 @@ def run_scenario(values, serving, digits, work, crds, render) -> Run:  # noqa: A
             command = [str(Path(sys.executable).with_name("modelpress")), "operator"]  # the image's ENTRYPOINT
             proc_env = dict(os.environ, **env, KUBECONFIG=str(cluster.kubeconfig))
             proc_env["MODELPRESS_ROLLOUT_TICK_SECONDS"] = "1"  # a test setting: rollout ticks every second
+            proc_env["MODELPRESS_POD_CHECK_SECONDS"] = "0.5"
+            # A second model whose pods can never be created: the stuck-pod check reads the
+            # Job controller's FailedCreate Events for it.
+            no_pods = model_doc(digits, work / "artifacts", serving=False)
+            no_pods["metadata"]["name"] = "no-pods"
+            no_pods["spec"]["job"]["serviceAccountName"] = "missing"
+            cluster.apply_model(no_pods)
             with log_path.open("w") as log:
                 proc = subprocess.Popen(command, env=proc_env, stdout=log, stderr=subprocess.STDOUT)
             try:
@@ -323,6 +330,14 @@ def run_scenario(values, serving, digits, work, crds, render) -> Run:  # noqa: A
                     # Then serving is turned off: the InferenceService it created is deleted.
                     cluster.patch_model("digits", {"spec": {"serving": {"enabled": False}}})
                     cluster.wait_for("the InferenceService deleted", lambda: not cluster.objects(ISVC[0], ISVC[2]), 60)
+                cluster.wait_for(
+                    "no-pods reported",
+                    lambda: any(
+                        c.get("reason") == "FailedCreate"
+                        for c in ((cluster.model("no-pods") or {}).get("status") or {}).get("conditions", [])
+                    ),
+                    60,
+                )
                 _, metrics_text = wait_http(f"http://127.0.0.1:{metrics}/metrics", proc=proc, log=log_path)
                 if values.get("peering", {}).get("enabled"):
                     cluster.wait_for("the operator in the peering", lambda: peering_status(cluster))

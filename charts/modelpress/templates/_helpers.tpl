@@ -68,7 +68,7 @@ against every request the operator makes in tests/packaging/test_rbac.py.
   verbs: [list]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- if .Values.rbac.kserve }}
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
