@@ -49,15 +49,30 @@ STUCK_CONTAINER_REASONS = (
 )
 # The scheduler's reason (pod condition PodScheduled=False) when no node fits the pod.
 UNSCHEDULABLE_REASON = "Unschedulable"
-# Every reason :func:`stuck_pod` reports; the Compressed condition goes back to JobRunning when it clears.
-STUCK_POD_REASONS = (*STUCK_CONTAINER_REASONS, UNSCHEDULABLE_REASON)
+# The Job controller's Event reason when the API server refuses the pods it creates.
+FAILED_CREATE_REASON = "FailedCreate"
+# Every reason :func:`stuck_pod` / :func:`pods_not_created` report; the Compressed condition
+# goes back to JobRunning when it clears.
+STUCK_POD_REASONS = (*STUCK_CONTAINER_REASONS, UNSCHEDULABLE_REASON, FAILED_CREATE_REASON)
+# What usually makes pod creation fail for a compression Job, and the field that fixes it.
+_FAILED_CREATE_HINTS = (
+    ("service account", "set spec.job.serviceAccountName to a ServiceAccount that exists in the namespace"),
+    ("PriorityClass", "set spec.job.priorityClassName to an existing PriorityClass"),
+    ("exceeded quota", "the namespace's ResourceQuota is used up: lower spec.job.resources or raise the quota"),
+)
 # Reasons the Compressed condition carries while the Job is unfinished.
 SUSPENDED_REASON = "WaitingForKueue"
 RUNNING_REASON = "JobRunning"
+REFUSED_REASON = "JobRefused"
 
 
 def condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
     return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message[:1024]}
+
+
+def spec_valid() -> dict[str, Any]:
+    """SpecValid=True: stamped with the generation of every status write made for a spec that parsed."""
+    return condition("SpecValid", True, "Valid", "")
 
 
 def merge_conditions(
@@ -83,6 +98,30 @@ def same_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mappi
         c["type"] in have and all(have[c["type"]].get(k) == c.get(k) for k in ("status", "reason", "message"))
         for c in new
     )
+
+
+def is_refusal(http_status: int) -> bool:
+    """400 (cannot be decoded) and 422 (invalid) are the API server refusing an object as
+    built: retrying the same write cannot succeed. Others (403 quota, 409, 5xx) may pass later."""
+    return http_status in (400, 422)
+
+
+def refused_status(http_status: int, message: str) -> tuple[dict[str, Any], list[dict[str, Any]], tuple[str, str, str]]:
+    """(status fields, conditions, event) when the API server refused the compression Job."""
+    text = f"the API server refused the compression Job ({http_status}): {message}; fix spec.job and apply again"
+    fields = {"phase": api.Phase.Failed.value, "jobName": None, "artifact": None, "results": None}
+    conds = [
+        condition("Compressed", False, REFUSED_REASON, text),
+        condition("Validated", False, REFUSED_REASON, "nothing was compressed, so nothing was validated"),
+        condition("Ready", False, REFUSED_REASON, text),
+    ]
+    return fields, conds, ("Warning", REFUSED_REASON, text)
+
+
+def refused_by_server(status: Mapping[str, Any]) -> bool:
+    """The last attempt ended with the API server refusing the Job (see :func:`refused_status`)."""
+    compressed = next((c for c in status.get("conditions") or [] if c.get("type") == "Compressed"), {})
+    return status.get("phase") == api.Phase.Failed.value and compressed.get("reason") == REFUSED_REASON
 
 
 def job_finished(job: Mapping[str, Any]) -> str | None:
@@ -138,6 +177,26 @@ def stuck_pod(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+def pods_not_created(job_name: str, job_uid: str, events: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """(FailedCreate, message) when the Job controller's latest word on this Job is that it
+    cannot create its pod; the stuck-pod check sees no pod at all then, and without this the
+    model would say running until ``activeDeadlineSeconds``."""
+    mine = [
+        e
+        for e in events
+        if e.get("reason") == FAILED_CREATE_REASON
+        and (e.get("involvedObject") or {}).get("name") == job_name
+        and (e.get("involvedObject") or {}).get("uid") in (None, job_uid)
+    ]
+    if not mine:
+        return None
+    latest = max(mine, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    text = str(latest.get("message") or "")
+    hint = next((fix for needle, fix in _FAILED_CREATE_HINTS if needle in text), "")
+    message = f"the Job controller cannot create the compression pod of Job {job_name}: {text}"
+    return FAILED_CREATE_REASON, message + (f"; {hint}" if hint else "")
+
+
 def _unschedulable(pod_name: str, status: Mapping[str, Any]) -> tuple[str, str] | None:
     """The scheduler found no node for the pod (PodScheduled=False, reason Unschedulable).
 
@@ -159,9 +218,12 @@ def _unschedulable(pod_name: str, status: Mapping[str, Any]) -> tuple[str, str] 
 
 
 def _waiting_container(pod_name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[str, str] | None:
-    """A container the kubelet cannot start: its image cannot be pulled or its configuration is missing."""
-    images = {c.get("name"): c.get("image") for c in spec.get("containers") or []}
-    for cs in status.get("containerStatuses") or []:
+    """A container the kubelet cannot start: its image cannot be pulled or its configuration is missing.
+
+    Init containers first: while one waits, the main container only shows PodInitializing.
+    """
+    images = {c.get("name"): c.get("image") for c in [*spec.get("initContainers", []), *spec.get("containers", [])]}
+    for cs in _container_statuses(status):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
         if reason not in STUCK_CONTAINER_REASONS:
@@ -187,25 +249,45 @@ def job_failure_reason(job: Mapping[str, Any]) -> tuple[str, str]:
     return "JobFailed", ""
 
 
+def _container_statuses(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Init containers' statuses (in the order they run), then the main containers'."""
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _terminated(cs: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+
+
 def termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """The newest terminated container's message (the job summary), if any."""
+    """The job summary from the newest pod that left one.
+
+    The main (upload) container's message is the summary. A pod that never reached it
+    stopped at a failing init container (download or compress), whose own termination
+    message says why; a compress container that succeeded leaves none, so its outcome
+    is never taken for what was uploaded. Pods of the older one-container layout carry
+    the summary in their only container's message.
+    """
 
     def started(pod: Mapping[str, Any]) -> str:
         return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
     for pod in sorted(pods, key=started, reverse=True):
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-            if term and term.get("message"):
+        status = pod.get("status") or {}
+        for cs in status.get("containerStatuses") or []:
+            if _terminated(cs).get("message"):
+                return str(_terminated(cs)["message"])
+        for cs in status.get("initContainerStatuses") or []:
+            term = _terminated(cs)
+            if term.get("exitCode") and term.get("message"):
                 return str(term["message"])
     return None
 
 
 def pod_failure_reason(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """OOMKilled, ImagePullBackOff... from container states, most telling first."""
+    """OOMKilled, ImagePullBackOff... from container states (init containers too), most telling first."""
     seen: list[str] = []
     for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        for cs in _container_statuses(pod.get("status") or {}):
             for state in (cs.get("state") or {}, cs.get("lastState") or {}):
                 for key in ("terminated", "waiting"):
                     reason = (state.get(key) or {}).get("reason")
@@ -237,7 +319,7 @@ def outcome_status(
     summary = parse_summary(termination_message(pods))
     fields: dict[str, Any] = {}
     if summary and summary.results:
-        fields["results"] = summary.results.model_dump(by_alias=True, mode="json", exclude_none=True)
+        fields["results"] = rounded_results(summary.results.model_dump(by_alias=True, mode="json", exclude_none=True))
 
     if summary and summary.outcome == Outcome.validated.value and finished == "Complete":
         fields["phase"] = api.Phase.Validated.value
@@ -269,8 +351,24 @@ def outcome_status(
 
     reason, message = _failure(job, pods, summary)
     fields["phase"] = api.Phase.Failed.value
-    conds = [condition("Compressed", False, reason, message), condition("Ready", False, reason, message)]
+    conds = [
+        condition("Compressed", False, reason, message),
+        condition("Validated", False, reason, "the compression did not finish, so nothing was validated"),
+        condition("Ready", False, reason, message),
+    ]
     return fields, conds, ("Warning", reason, message)
+
+
+# Digits kept in status for the ratios `kubectl get cmodel` prints (CRD printer columns
+# cannot format numbers; report.json keeps full precision).
+RESULT_DIGITS = {"accuracyDrop": 4, "speedup": 2, "sizeRatio": 3}
+
+
+def rounded_results(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with the printed ratios rounded: 0.0455, not 0.04549348699896045."""
+    return {
+        k: round(v, RESULT_DIGITS[k]) if k in RESULT_DIGITS and isinstance(v, float) else v for k, v in results.items()
+    }
 
 
 def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], summary: JobSummary | None) -> tuple[str, str]:

@@ -106,8 +106,13 @@ def test_schema_dialect_translation():
     assert distill["temperature"]["minimum"] == 0 and distill["temperature"]["exclusiveMinimum"] is True
     assert distill["temperature"]["maximum"] == 100
     requests = props["job"]["properties"]["resources"]["properties"]["requests"]
-    assert requests["additionalProperties"] == {"x-kubernetes-int-or-string": True}
-    assert props["job"]["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
+    # int-or-string with the quantity pattern on its string form, as controller-gen writes resource.Quantity
+    assert requests["additionalProperties"] == {"x-kubernetes-int-or-string": True, "pattern": api.QUANTITY_PATTERN}
+    assert props["job"]["properties"]["nodeSelector"]["additionalProperties"] == {
+        "type": "string",
+        "pattern": api.LABEL_VALUE_PATTERN,
+        "maxLength": 63,
+    }
     assert props["source"]["properties"]["storageUri"]["pattern"] == api.STORAGE_URI_PATTERN
     assert props["compression"]["properties"]["steps"]["maxItems"] == 16
     assert props["source"]["properties"]["format"]["enum"] == ["onnx", "pytorch-export", "hf-transformers"]

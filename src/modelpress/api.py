@@ -385,19 +385,94 @@ class Validation(Spec):
 # --------------------------------------------------------------------------- job
 
 
-class Resources(Spec):
-    """Kubernetes ResourceRequirements (requests/limits as quantities)."""
+# A non-negative Kubernetes quantity (apimachinery's resource.Quantity grammar, as
+# controller-gen writes it for CRDs, without the sign a request or limit cannot have).
+QUANTITY_PATTERN = (
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# Label keys and values (https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set):
+# an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+Quantity = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 
-    requests: dict[str, int | str] = Field(default_factory=dict)
-    limits: dict[str, int | str] = Field(default_factory=dict)
+
+def label_key_problems(field: str, keys: Any) -> list[str]:
+    """Map keys the API server would refuse (a CRD schema cannot constrain map keys)."""
+    return [
+        f"{field} key {k!r} is not a Kubernetes label key (letters, digits, '-', '_', '.', at most 63, "
+        "optionally after a DNS-subdomain prefix and '/')"
+        for k in keys
+        if len(k) > 316 or not re.match(LABEL_KEY_PATTERN, k)
+    ]
+
+
+class Resources(Spec):
+    """Kubernetes ResourceRequirements: requests and limits as quantities (500m, 2, 16Gi)."""
+
+    # The API server also refuses a request above its limit; the operator reports that from
+    # the Job it refuses (quantity arithmetic has no CEL twin that cel-python can check here).
+
+    requests: dict[str, Quantity] = Field(default_factory=dict, description="What the pod is scheduled with.")
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="What the pod may use at most.")
+
+    @model_validator(mode="after")
+    def _resource_names(self) -> Resources:
+        problems = label_key_problems("requests", self.requests) + label_key_problems("limits", self.limits)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Toleration(Spec):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A Kubernetes toleration of the compression pod for a node taint."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; empty matches every key (Exists).")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Equal (default) or Exists.")
+    value: str | None = Field(default=None, description="Taint value for Equal; empty for Exists.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty matches every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated before eviction."
+    )
+    # The API server's rules for tolerations (ValidateTolerations), so kubectl apply refuses them.
+    cel_rules: ClassVar = [
+        cel(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists",
+            ".value",
+        ),
+        cel(
+            "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+            "operator must be Exists when key is empty (it then tolerates every taint)",
+            ".operator",
+        ),
+        cel(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds needs effect NoExecute",
+            ".tolerationSeconds",
+        ),
+        cel(
+            f"!has(self.key) || self.key == '' || self.key.matches('{LABEL_KEY_PATTERN}')",
+            "key must be a Kubernetes label key",
+            ".key",
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _server_rules(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("operator must be Exists when key is empty (it then tolerates every taint)")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        if self.key and not re.match(LABEL_KEY_PATTERN, self.key):
+            raise ValueError("key must be a Kubernetes label key")
+        return self
 
 
 class JobSpec(Spec):
@@ -406,13 +481,30 @@ class JobSpec(Spec):
     image: str | None = Field(default=None, min_length=1)
     gpu: int | None = Field(default=None, ge=0, le=16, description="nvidia.com/gpu; 0 = CPU.")
     resources: Resources | None = None
-    node_selector: dict[str, str] | None = None
-    tolerations: list[Toleration] | None = None
-    priority_class_name: str | None = None
-    queue_name: str | None = Field(default=None, description="Kueue LocalQueue name.")
-    service_account_name: str | None = Field(default=None, description="Identity used to read and write storage.")
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None, description="Node labels the compression pod must run on (keys and values are label syntax)."
+    )
+    # Bounded so the per-item CEL rules stay within the API server's cost budget.
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    priority_class_name: str | None = Field(default=None, pattern=DNS1123_SUBDOMAIN, max_length=253)
+    queue_name: str | None = Field(
+        default=None, pattern=LABEL_VALUE_PATTERN, max_length=63, description="Kueue LocalQueue name."
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="Identity used to read and write storage.",
+    )
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     backoff_limit: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _node_selector_keys(self) -> JobSpec:
+        problems = label_key_problems("nodeSelector", self.node_selector or {})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Limits(Spec):

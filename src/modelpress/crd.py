@@ -168,6 +168,9 @@ class _Converter:
         types = sorted(o.get("type", "") for o in options)
         if types == ["integer", "string"]:  # Kubernetes quantities
             out: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+            pattern = next((o["pattern"] for o in options if o.get("type") == "string" and "pattern" in o), None)
+            if pattern:  # as controller-gen writes resource.Quantity: the pattern checks the string form
+                out["pattern"] = pattern
             return self._merge_outer(out, node)
         raise ValueError(f"no structural equivalent for union {options}")
 

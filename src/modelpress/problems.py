@@ -33,6 +33,10 @@ PATTERN_HINTS: dict[str, str] = {
     "starting and ending with a letter or digit",
     r"^https?://.+": "use an http:// or https:// URL",
     r"^[a-zA-Z_][a-zA-Z0-9_]*$": "use letters, digits and '_', not starting with a digit",
+    api.QUANTITY_PATTERN: "use a Kubernetes quantity such as 500m, 2, 1.5 or 16Gi",
+    api.LABEL_VALUE_PATTERN: "use a label value: letters, digits, '-', '_' or '.', starting and ending with a "
+    "letter or digit",
+    api.DNS1123_SUBDOMAIN: "use a DNS-1123 subdomain: lowercase letters, digits, '-' and '.'",
 }
 
 # Why a limit is what it is, where the rule alone would puzzle (appended to the fix).
@@ -269,6 +273,10 @@ def from_validation_error(root: type[BaseModel], exc: ValidationError) -> list[P
             merged[problem.path] = problem
         elif seen.fix.startswith("must be ") and problem.fix.startswith("must be "):
             merged[problem.path] = Problem(seen.path, seen.message, f"{seen.fix} or {problem.fix[len('must be ') :]}")
+        elif seen.fix.startswith("must be ") or problem.fix.startswith("must be "):
+            # One union member had the value's type and refused its content ('lots' is a
+            # string but no quantity): that one says what to fix, the other's type clash does not.
+            merged[problem.path] = problem if seen.fix.startswith("must be ") else seen
         else:
             merged[problem.path + f"#{len(merged)}"] = problem
     return list(merged.values())

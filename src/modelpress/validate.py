@@ -16,14 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError, model_validator
 
 from modelpress import api, spec_io
-from modelpress.problems import Problem, from_validation_error
+from modelpress.problems import PATTERN_HINTS, Problem, from_validation_error
 
 
 class _SpecFieldsOnly(api.CompressedModelSpec):
@@ -79,9 +80,62 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # timestamps, binary, sets: kubectl sends them as strings
 
 
+# ObjectMeta's fields (k8s.io/apimachinery meta/v1): anything else in metadata is an
+# unknown field, which the API server refuses under kubectl's strict field validation.
+OBJECT_META_FIELDS = frozenset(
+    {
+        *("name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation"),
+        *("creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations"),
+        *("ownerReferences", "finalizers", "managedFields"),
+    }
+)
+# The API server appends 5 random characters to generateName; these stand in for them.
+GENERATED_SUFFIX = "xxxxx"
+
+
+def _as_decoded(value: Any) -> Any:
+    """What the API server keeps of a JSON value before validating it.
+
+    Nulls are pruned where the schema does not say ``nullable`` (none of this API's
+    fields do), so ``job: null`` means "unset" and takes the default; and a whole
+    number written as a float (``gpu: 1.0``) passes as an integer, as it does in
+    OpenAPI validation (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#defaulting-and-nullable).
+    """
+    if isinstance(value, dict):
+        return {k: _as_decoded(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_as_decoded(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _metadata_problems(obj: dict[str, Any]) -> list[Problem]:
+    """Unknown metadata fields and labels the API server would refuse; fills a generated name in."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return []
+    problems = [
+        Problem(f"metadata.{k}", "unknown field", "the API server refuses it; remove it (labels or annotations?)")
+        for k in meta
+        if k not in OBJECT_META_FIELDS
+    ]
+    labels = meta.get("labels")
+    if isinstance(labels, dict):
+        problems += [Problem("metadata.labels", p) for p in api.label_key_problems("labels", labels)]
+        problems += [
+            Problem(f"metadata.labels.{k}", f"got {v!r}", PATTERN_HINTS[api.LABEL_VALUE_PATTERN])
+            for k, v in labels.items()
+            if not isinstance(v, str) or len(v) > 63 or not re.match(api.LABEL_VALUE_PATTERN, v)
+        ]
+    if "name" not in meta and isinstance(meta.get("generateName"), str):
+        meta["name"] = meta["generateName"] + GENERATED_SUFFIX
+    return problems
+
+
 def _name_of(obj: Any) -> str:
     meta = obj.get("metadata") if isinstance(obj, dict) else None
-    name = meta.get("name") if isinstance(meta, dict) else None
+    name = meta.get("name", meta.get("generateName")) if isinstance(meta, dict) else None
     return name if isinstance(name, str) else ""
 
 
@@ -104,7 +158,9 @@ def parse_object(obj: Any) -> tuple[api.CompressedModel | None, list[Problem]]:
         spec_io.check_data(obj)
     except spec_io.SpecError as exc:
         return None, [exc.problem]
-    obj = _jsonable(dict(obj))
+    obj = _as_decoded(_jsonable(dict(obj)))
+    generated = isinstance(obj.get("metadata"), dict) and "name" not in obj["metadata"]
+    meta_problems = _metadata_problems(obj)
     identity = []
     if obj.get("apiVersion") != api.API_VERSION:
         identity.append(Problem("apiVersion", f"got {obj.get('apiVersion')!r}", f"use {api.API_VERSION}"))
@@ -115,8 +171,13 @@ def parse_object(obj: Any) -> tuple[api.CompressedModel | None, list[Problem]]:
     try:
         resource = _ResourceFieldsOnly.model_validate_json(json.dumps(obj), strict=True)
     except ValidationError as exc:
-        return None, from_validation_error(api.CompressedModel, exc)
-    problems = [Problem(f"spec.{path}", message) for path, message in api.semantic_problems(resource.spec)]
+        problems = from_validation_error(api.CompressedModel, exc)
+        if generated:  # the name was made from generateName: that is what the user can fix
+            problems = [replace(p, path="metadata.generateName") if p.path == "metadata.name" else p for p in problems]
+        return None, meta_problems + problems
+    problems = meta_problems + [
+        Problem(f"spec.{path}", message) for path, message in api.semantic_problems(resource.spec)
+    ]
     return (None, problems) if problems else (api.CompressedModel.model_validate(obj), [])
 
 

@@ -260,6 +260,10 @@ class ApiServer(kmock.KubernetesEmulator):
     # Validate built-in kinds as kube-apiserver does; the scale benchmark turns it off to
     # measure the operator rather than schema validation.
     validate_builtin: bool = attrs.field(default=True, init=False)
+    # Custom resources validated against their CRD's structural schema and CEL rules, as
+    # kube-apiserver does: (group, plural) -> (kind, version, openAPIV3Schema).
+    crd_schemas: dict[Key, tuple[str, str, dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    _cel: Any = attrs.field(default=None, init=False)
 
     def declare(self, group: str, version: str, plural: str, kind: str, namespaced: bool = True) -> None:
         subs = {"status"} if (group, plural) in STATUS_SUBRESOURCE else set()
@@ -401,6 +405,37 @@ class ApiServer(kmock.KubernetesEmulator):
             raise ApiError(exc.status, exc.reason, exc.message) from None
         if (group, plural) == ("", "pods"):
             self._admit_pod(obj)
+        if (group, plural) in self.crd_schemas:
+            self._validate_custom(group, plural, obj, strict_fields)
+
+    def _validate_custom(self, group: str, plural: str, obj: Mapping[str, Any], strict_fields: bool) -> None:
+        """Decoding (unknown ObjectMeta fields; nulls pruned where not nullable), then the CRD's
+        schema with defaults and its CEL rules
+        (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#validation)."""
+        from modelpress.crd_check import CelEvaluator, api_server_verdict
+        from modelpress.validate import OBJECT_META_FIELDS
+
+        kind, version, schema = self.crd_schemas[(group, plural)]
+        unknown = sorted(set(obj.get("metadata") or {}) - OBJECT_META_FIELDS)
+        if unknown and strict_fields:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'{kind} in version "{version}" cannot be handled as a {kind}: '
+                f'strict decoding error: unknown field "metadata.{unknown[0]}"',
+            )
+        labels = list(k8s_validation.label_problems("metadata.labels", (obj.get("metadata") or {}).get("labels") or {}))
+        if labels:  # ObjectMeta is validated for every kind
+            name = (obj.get("metadata") or {}).get("name")
+            raise ApiError(422, "Invalid", f'{kind}.{group} "{name}" is invalid: {labels[0]}')
+        pruned = {k: v for k, v in _decoded(obj).items() if k != "status"}
+        if self._cel is None:
+            self._cel = CelEvaluator()
+        errors = api_server_verdict(schema, pruned, self._cel)
+        if errors:
+            name = (obj.get("metadata") or {}).get("name")
+            text = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+            raise ApiError(422, "Invalid", f'{kind}.{group} "{name}" is invalid: {text}')
 
     def _admit_pod(self, pod: Mapping[str, Any]) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
@@ -661,6 +696,19 @@ def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
         },
         code,
     )
+
+
+def _decoded(value: Any) -> Any:
+    """A custom resource as the API server validates it: nulls pruned from mappings where
+    the schema is not nullable, and whole numbers written as floats (``1.0``) taken as the
+    integers they are (kube-openapi's validator accepts them for ``type: integer``)."""
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def _qualified_name(path: str, key: str) -> Iterator[str]:
         )
 
 
-def _labels(path: str, labels: Mapping[str, Any]) -> Iterator[str]:
+def label_problems(path: str, labels: Mapping[str, Any]) -> Iterator[str]:
     for key, value in (labels or {}).items():
         yield from _qualified_name(path, key)
         if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
@@ -194,14 +194,14 @@ def _validate(kind: str, obj: Mapping[str, Any]) -> Iterator[str]:
         yield from _dns("metadata.name", meta["name"], label=False)
         if kind == "Job" and len(meta["name"]) > 63:  # it becomes the pods' job-name label
             yield _invalid("metadata.name", meta["name"], "must be no more than 63 characters")
-    yield from _labels("metadata.labels", meta.get("labels") or {})
+    yield from label_problems("metadata.labels", meta.get("labels") or {})
     for pod_path, pod in _pod_specs(kind, obj):
         if kind == "Job":
-            yield from _labels(
+            yield from label_problems(
                 f"{pod_path[:-5]}.metadata.labels",
                 ((obj.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {},
             )
-        yield from _labels(f"{pod_path}.nodeSelector", pod.get("nodeSelector") or {})
+        yield from label_problems(f"{pod_path}.nodeSelector", pod.get("nodeSelector") or {})
         for field in ("serviceAccountName", "priorityClassName"):
             if pod.get(field):
                 yield from _dns(f"{pod_path}.{field}", pod[field], label=False)

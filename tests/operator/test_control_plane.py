@@ -6,6 +6,7 @@ controller cannot create, and status that must not go stale.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from helpers import condition
 from tls import CertAuthority
 
 from modelpress.operator.kube import ApiError, Kube
+from modelpress.validate import check_object
 
 
 def _status(c: Cluster, name: str = "digits") -> dict[str, Any]:
@@ -181,3 +183,76 @@ def test_printed_ratios_are_rounded(tmp_path: Path) -> None:
         "sizeRatio": 0.259,
         "trials": 3,
     }
+
+
+# --------------------------------------------------------------------------- validate vs the server
+
+
+def _example(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    doc = sample_model("parity")
+    change(doc)
+    return doc
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = doc
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+
+    return change
+
+
+def _drop_name(doc: dict[str, Any]) -> None:
+    doc["metadata"] = {"generateName": "parity-", "namespace": "ml"}
+
+
+PARITY = [
+    ("unknown metadata field", _set("metadata.foo", "bar")),
+    ("gpu written as 1.0", _set("spec.job.gpu", 1.0)),
+    ("job: null", _set("spec.job", None)),
+    ("quantize.mode: null", _set("spec.compression.steps", [{"quantize": {"mode": None}}])),
+    ("compression.search: null", _set("spec.compression.search", None)),
+    ("generateName without name", _drop_name),
+    ("memory limit 'lots'", _set("spec.job.resources", {"limits": {"memory": "lots"}})),
+    (
+        "toleration Exists with a value",
+        _set("spec.job.tolerations", [{"key": "k", "operator": "Exists", "value": "v"}]),
+    ),
+    ("node selector value with a space", _set("spec.job.nodeSelector", {"pool": "a b"})),
+    ("label value with a space", _set("metadata.labels", {"team": "a b"})),
+]
+
+
+@pytest.mark.parametrize(("case", "change"), PARITY, ids=[p[0] for p in PARITY])
+def test_validate_agrees_with_the_api_server(
+    tmp_path: Path, case: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    """`modelpress validate` accepts exactly what the API server (CRD schema, CEL, strict decoding) accepts."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    doc = _example(change)
+    local = check_object(doc)
+    with Cluster(tmp_path, crd_validation=True) as c:
+        request = urllib.request.Request(
+            f"{c.url}/apis/modelpress.io/v1alpha1/namespaces/ml/compressedmodels?fieldValidation=Strict",
+            method="POST",
+            data=json.dumps(doc).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=c.ssl_context()) as resp:
+                server_status, server_says = resp.status, ""
+        except urllib.error.HTTPError as exc:
+            server_status, server_says = exc.code, exc.read().decode()
+    assert (local == []) == (server_status == 201), f"validate: {local}; server: {server_status} {server_says}"
+
+
+def test_label_keys_the_crd_cannot_check_are_refused_locally() -> None:
+    """Map keys have no schema in a CRD; validate and the operator refuse them before any Job."""
+    problems = check_object(_example(_set("spec.job.nodeSelector", {"bad key!": "x"})))
+    assert [p.path for p in problems] == ["spec.job"] and "'bad key!'" in problems[0].message
