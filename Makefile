@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 LINKED := $(VENV)/.linked
 SOURCES := $(VENV)/.sources
 
-.PHONY: demo test lint crd clean FORCE
+.PHONY: demo test lint crd mutation clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ test: $(LINKED)
 lint: $(LINKED)
 	$(BIN)/ruff check src operator jobs tests benchmarks
 	$(BIN)/ruff format --check src operator jobs tests benchmarks
+
+# Mutation testing of the decision modules against their fast tests (tests/mutation/run.py;
+# writes benchmarks/results/mutation.json). Minutes, not seconds: not part of `make test`.
+mutation: $(LINKED)
+	nice -n 10 $(BIN)/python tests/mutation/run.py
 
 crd: $(LINKED)
 	$(BIN)/modelpress crd > crds/compressedmodels.modelpress.io.yaml

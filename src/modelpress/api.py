@@ -970,6 +970,9 @@ def recipe_hash(spec: CompressedModelSpec) -> str:
     import hashlib
     import json
 
+    # Changing what goes in here or how it is serialised changes every model's hash, so
+    # every model in every cluster is recompressed on upgrade: tests/test_recipe_hash.py
+    # pins the result to literals; a change there is a release note.
     material = spec.model_dump(
         by_alias=True, mode="json", include={"source", "compression", "validation"}, exclude_none=True
     )

@@ -67,12 +67,12 @@ class DocumentResult:
         }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """YAML data as JSON data, the way kubectl converts it (keys become strings)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON (and so the API server) has no NaN/Infinity
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -93,7 +93,7 @@ OBJECT_META_FIELDS = frozenset(
 GENERATED_SUFFIX = "xxxxx"
 
 
-def _as_decoded(value: Any) -> Any:
+def as_decoded(value: Any) -> Any:
     """What the API server keeps of a JSON value before validating it.
 
     Nulls are pruned where the schema does not say ``nullable`` (none of this API's
@@ -102,9 +102,9 @@ def _as_decoded(value: Any) -> Any:
     OpenAPI validation (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#defaulting-and-nullable).
     """
     if isinstance(value, dict):
-        return {k: _as_decoded(v) for k, v in value.items() if v is not None}
+        return {k: as_decoded(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_as_decoded(v) for v in value]
+        return [as_decoded(v) for v in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value
@@ -158,7 +158,7 @@ def parse_object(obj: Any) -> tuple[api.CompressedModel | None, list[Problem]]:
         spec_io.check_data(obj)
     except spec_io.SpecError as exc:
         return None, [exc.problem]
-    obj = _as_decoded(_jsonable(dict(obj)))
+    obj = as_decoded(jsonable(dict(obj)))
     generated = isinstance(obj.get("metadata"), dict) and "name" not in obj["metadata"]
     meta_problems = _metadata_problems(obj)
     identity = []
