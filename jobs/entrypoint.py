@@ -6,6 +6,17 @@ termination log (the operator reads it from the Pod status; the Job needs no API
 credentials) and exits with :class:`~modelpress.summary.ExitCode`: 0 validated,
 3 rejected, 1 failed. Users never see a traceback: input problems become the
 summary's reason; unexpected errors are logged in full and summarised in one line.
+
+``--phase`` splits the job over the containers of the Job's pod, on one shared workdir
+(KServe's storage-initializer pattern, see SECURITY.md):
+
+* ``download`` (init container, with storage credentials): fetch every input; parse nothing.
+* ``compress`` (init container, no credentials): everything that parses the inputs.
+  Exits 0 for Validated and Rejected alike (the upload step still uploads the report)
+  and writes the summary to its termination log only when it fails.
+* ``upload`` (main container, with storage credentials): check and upload what compress
+  wrote; its termination log carries the final summary and its exit code the outcome.
+* ``all`` (default): the three in one process, for ``modelpress run`` and tests.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelpress.jobs")
 SPEC_ENV = "MODELPRESS_SPEC"
+PHASES = ("all", "download", "compress", "upload")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,41 +51,94 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the JSON summary goes (the Pod's terminationMessagePath)",
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/work"), help="scratch space for downloads")
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        default="all",
+        help="one step of the Job's pod (download, compress, upload) or all of them in this process (default)",
+    )
 
 
 def job_command(args: argparse.Namespace) -> int:
     offline()
     configure_logging()
-    summary = run_job(args.spec, args.workdir)
+    summary = run_phase(args.phase, args.spec, args.workdir)
+    if summary is None:  # download succeeded: nothing to report yet
+        return 0
+    if args.phase == "compress" and summary.outcome != Outcome.failed.value:
+        # Validated or Rejected: the upload container reports (and exits with) the outcome.
+        print(summary.to_termination_message())
+        return 0
     write_termination_log(args.termination_log, summary)
     print(summary.to_termination_message())
     return int(summary.exit_code)
 
 
 def run_job(spec_path: Path | None, workdir: Path, progress: Progress | None = None) -> JobSummary:
-    """Parse the spec, run the pipeline, and always come back with a summary."""
+    """Parse the spec, run the whole pipeline in this process, and always come back with a summary."""
+    from modelpress.jobs import pipeline
+
+    summary = guarded(spec_path, lambda spec: pipeline.run(spec, workdir, progress).summary)
+    assert summary is not None
+    return summary
+
+
+def run_phase(phase: str, spec_path: Path | None, workdir: Path) -> JobSummary | None:
+    """One ``--phase`` of the Job; None when a download succeeded (it has no outcome to report)."""
+    if phase == "all":
+        return run_job(spec_path, workdir)
+    from modelpress.jobs import pipeline
+    from modelpress.jobs import workdir as layout
+
+    def download(spec: CompressedModelSpec) -> None:
+        pipeline.fetch_inputs(spec, workdir)
+        log.info("downloaded every input to %s", workdir)
+
+    def compress(spec: CompressedModelSpec) -> JobSummary:
+        summary = pipeline.compress(spec, workdir, layout.Inputs.load(workdir)).summary
+        layout.save_summary(workdir, summary)
+        return summary
+
+    def upload(spec: CompressedModelSpec) -> JobSummary:
+        return pipeline.publish(spec, workdir, layout.read_summary(workdir))
+
+    steps: dict[str, Callable[[CompressedModelSpec], JobSummary | None]] = {
+        "download": download,
+        "compress": compress,
+        "upload": upload,
+    }
+    return guarded(spec_path, steps[phase])
+
+
+def guarded(spec_path: Path | None, work: Callable[[CompressedModelSpec], JobSummary | None]) -> JobSummary | None:
+    """Run ``work`` on the spec; input problems and crashes become a Failed summary, never a traceback."""
     from modelpress.jobs.errors import JobInputError
+    from modelpress.jobs.storage import UnexpectedOutput
 
     try:
         spec = load_spec(spec_path)
     except JobInputError as e:
         return JobSummary(outcome=Outcome.failed, reason=str(e))
     try:
-        from modelpress.jobs import pipeline
-
-        return pipeline.run(spec, workdir, progress).summary
+        return work(spec)
     except JobInputError as e:
         log.error("%s", e)
         return _failed(spec, str(e))
+    except MemoryError:  # in the pod the kernel usually OOM-kills first; if not, say so in one line
+        log.error("out of memory")
+        return _failed(spec, "the compression step ran out of memory; raise spec.job.resources.limits.memory")
+    except UnexpectedOutput as e:  # the upload step found the compress step's files or summary wrong
+        log.error("refusing the compress step's output: %s", e)
+        return _failed(spec, f"the compression step left unexpected output ({e}); nothing was uploaded")
     except Exception as e:  # a bug or the environment; the log has the traceback
         log.exception("compression job failed")
         return _failed(spec, f"internal error: {type(e).__name__}: {first_line(e)}")
 
 
 def load_spec(path: Path | None) -> CompressedModelSpec:
-    """The spec from a file (whole resource or bare spec) or from env MODELPRESS_SPEC."""
-    import yaml
-
+    """The spec from a file (whole resource or bare spec) or from env MODELPRESS_SPEC,
+    read by :mod:`modelpress.spec_io` (bounded size, nesting, aliases and numbers)."""
+    from modelpress import spec_io
     from modelpress.jobs.errors import JobInputError
 
     if path is None:
@@ -82,13 +148,15 @@ def load_spec(path: Path | None) -> CompressedModelSpec:
     else:
         where = str(path)
         try:
-            text = path.read_text()
-        except OSError as e:
-            raise JobInputError("--spec", f"cannot read {path}: {e.strerror}") from e
+            text = spec_io.read_text(path)
+        except spec_io.SpecError as e:  # unreadable, too large, not UTF-8
+            raise JobInputError("--spec", f"{where}: {e}") from None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise JobInputError("--spec", f"{where} is not YAML/JSON: {first_line(e)}") from e
+        doc = spec_io.load_one(text)
+    except spec_io.SpecError as e:
+        if e.field:  # e.g. an integer too large: the message says the line
+            raise JobInputError(e.field, f"{e.problem.message} in {where}; {e.problem.fix}") from None
+        raise JobInputError("--spec", f"{where} is not YAML/JSON: {e}") from None
     if not isinstance(doc, dict):
         raise JobInputError("--spec", f"{where} must hold a CompressedModel or its spec (a mapping)")
     body = doc["spec"] if "kind" in doc and isinstance(doc.get("spec"), dict) else doc

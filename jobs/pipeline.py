@@ -26,6 +26,7 @@ assume the original architecture), as are other architectures.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -42,9 +43,11 @@ from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results,
 from modelpress.jobs import artifact, gate, measure, report, storage
 from modelpress.jobs.data import load_dataset
 from modelpress.jobs.dataset import Samples
-from modelpress.jobs.errors import JobInputError, first_line
+from modelpress.jobs.errors import JobInputError, first_line, shorten
+from modelpress.jobs.limits import out_of_memory
 from modelpress.jobs.methods import MethodData, ModelHandle, get_method
 from modelpress.jobs.models import load_source
+from modelpress.jobs.workdir import ARTIFACT_DIR, INPUT_DIRS, INPUTS_FILE, SUMMARY_FILE, Inputs
 from modelpress.summary import JobSummary, Outcome
 
 log = logging.getLogger(__name__)
@@ -341,8 +344,10 @@ class Runner:
 
     def _error(self, out: np.ndarray, reference: np.ndarray) -> float:
         if self.metric == "cosine":
-            return 1.0 - measure.score_outputs("cosine", out, None, reference)
-        return float(np.mean((out - reference) ** 2) / max(float(np.mean(reference**2)), 1e-12))
+            error = 1.0 - measure.score_outputs("cosine", out, None, reference)
+        else:
+            error = float(np.mean((out - reference) ** 2) / max(float(np.mean(reference**2)), 1e-12))
+        return error if np.isfinite(error) else float("inf")  # a node whose quantization gives NaN: the most sensitive
 
 
 # --------------------------------------------------------------------------- job
@@ -354,33 +359,104 @@ class JobResult:
     report: dict[str, Any]
 
 
+# Upper bounds on what publish uploads from the (untrusted) compress step.
+MAX_MODEL_BYTES = 64 * 2**30
+MAX_SIDE_FILE_BYTES = 64 * 2**20  # config.pbtxt, report.json, report.html
+
+
 def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = None) -> JobResult:
-    """The whole job for one spec. Raises JobInputError for user-fixable problems."""
+    """The whole job for one spec in one process: download, compress, upload.
+
+    Raises JobInputError for user-fixable problems. The Job's pod runs the same three
+    steps in three containers instead (see ``jobs/entrypoint.py``).
+    """
+    progress = progress or (lambda task, done, total: None)
+    inputs = fetch_inputs(spec, workdir, progress)
+    result = compress(spec, workdir, inputs, progress)
+    result.summary = publish(spec, workdir, result.summary)
+    progress("upload", 1, 1)
+    return result
+
+
+def fetch_inputs(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = None) -> Inputs:
+    """Download source, datasets and distillation students into ``workdir``.
+
+    Archives stay packed (the compress step unpacks them, bounded): this step holds the
+    storage credentials and parses nothing it downloads.
+    """
+    progress = progress or (lambda task, done, total: None)
+    for stale in (*INPUT_DIRS, ARTIFACT_DIR, INPUTS_FILE, SUMMARY_FILE):  # a reused workdir must not leak old files
+        path = workdir / stale
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    students = sorted({s.distill.student.storage_uri for s in spec.compression.steps if _student_uri(s)})
+    total = 2 + (spec.validation.calibration is not None) + len(students)
+
+    def get(uri: str, rel: str, field_: str) -> str:
+        return storage.fetch(uri, workdir / rel, field_, unpack=False).relative_to(workdir).as_posix()
+
+    progress("download", 0, total)
+    source = get(spec.source.storage_uri, "source", "source.storageUri")
+    progress("download", 1, total)
+    dataset = get(spec.validation.dataset.storage_uri, "dataset", "validation.dataset.storageUri")
+    progress("download", 2, total)
+    calibration = None
+    if spec.validation.calibration:
+        calibration = get(spec.validation.calibration.storage_uri, "calibration", "validation.calibration.storageUri")
+    fetched = {}
+    for i, uri in enumerate(students):
+        fetched[uri] = get(uri, f"students/{i}", STUDENT_FIELD)
+    progress("download", total, total)
+    inputs = Inputs(source=source, dataset=dataset, calibration=calibration, students=fetched)
+    inputs.save(workdir)
+    return inputs
+
+
+STUDENT_FIELD = "distill.student.storageUri"
+
+
+def _student_uri(step: Step) -> str | None:
+    return step.distill.student.storage_uri if step.distill else None
+
+
+def compress(spec: CompressedModelSpec, workdir: Path, inputs: Inputs, progress: Progress | None = None) -> JobResult:
+    """Everything that parses the (hostile) inputs: unpack, load, baseline, trials, gate.
+
+    Writes the artifact (when validated) and the report under ``workdir/artifact`` and
+    returns the summary; uploads nothing (:func:`publish` does).
+    """
     started = time.perf_counter()
     progress = progress or (lambda task, done, total: None)
     rhash = recipe_hash(spec)
-    for stale in ("source", "dataset", "calibration", "artifact"):  # a reused workdir must not leak old files
-        shutil.rmtree(workdir / stale, ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir / ARTIFACT_DIR, ignore_errors=True)
     hardware = measure.hardware()
     log.info("recipe %s on %s", rhash, hardware)
     device = _device()
 
-    progress("download", 0, 3)
-    src_path = storage.fetch(spec.source.storage_uri, workdir / "source", "source.storageUri")
-    progress("download", 1, 3)
-    val_path = storage.fetch(spec.validation.dataset.storage_uri, workdir / "dataset", "validation.dataset.storageUri")
-    calib_path = None
-    if spec.validation.calibration:
-        calib_path = storage.fetch(
-            spec.validation.calibration.storage_uri, workdir / "calibration", "validation.calibration.storageUri"
-        )
-    progress("download", 3, 3)
+    def local(rel: str, field_: str) -> Path:
+        path = storage.unpack_archive(inputs.path(workdir, rel), field_)
+        return path.resolve() if path.is_file() else path  # a downloaded file:// or pvc:// file is a link
 
-    source = load_source(src_path, spec.source.format, spec.source.task)
+    src_path = local(inputs.source, "source.storageUri")
+    val_path = local(inputs.dataset, "validation.dataset.storageUri")
+    calib_path = local(inputs.calibration, "validation.calibration.storageUri") if inputs.calibration else None
+    students = {uri: local(rel, STUDENT_FIELD) for uri, rel in inputs.students.items()}
+
+    source = load_source(src_path, spec.source.format, spec.source.task, uri=spec.source.storage_uri)
     tokenizer_dir = src_path if spec.source.format == "hf-transformers" else None
-    val = load_dataset(val_path, spec.validation.dataset.format, source.input_names, tokenizer_dir)
+    val = load_dataset(
+        val_path,
+        spec.validation.dataset.format,
+        source.input_names,
+        tokenizer_dir,
+        limits=spec.limits,
+        strings=spec.source.format == "onnx",
+    )
     method_data, val = _method_data(spec, source, val, calib_path, tokenizer_dir, device)
+    method_data.students = students
     export_sample = measure.collate_sample(val, EXPORT_SAMPLES)
 
     runner = Runner(source, method_data, export_sample, spec.validation.metric, _source_exporter(spec, src_path))
@@ -398,8 +474,19 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
             "validation.dataset", f"metric {spec.validation.metric} needs labels: add an array y of class indices"
         )
     progress("baseline", 0, 1)
+    try:  # a model onnxruntime cannot even load is the model's fault, not the data's
+        measure.session(baseline_onnx.onnx_model)
+    except Exception as e:
+        raise JobInputError("source.storageUri", f"onnxruntime cannot load the model: {first_line(e)}") from e
     try:
-        baseline = measure.measure(baseline_onnx.onnx_model, val, spec.validation.metric, spec.validation.batch_size)
+        with measure.time_limit(spec.limits.trial_timeout_seconds, _over_time(spec, "measuring the source model")):
+            baseline = measure.measure(
+                baseline_onnx.onnx_model, val, spec.validation.metric, spec.validation.batch_size
+            )
+    except measure.TimeLimitExceeded as e:
+        raise JobInputError("source.storageUri", f"{e}; raise the limit if the model is only slow") from e
+    except measure.NonFiniteResult as e:  # the model's fault (the loader refuses NaN in the data)
+        raise JobInputError("source.storageUri", f"{e} of validation.dataset; it cannot be a baseline") from e
     except Exception as e:
         raise JobInputError("validation.dataset", f"the model cannot run on this data: {first_line(e)}") from e
     check_labels(spec, baseline.outputs, val)
@@ -423,11 +510,56 @@ def run(spec: CompressedModelSpec, workdir: Path, progress: Progress | None = No
     progress("trials", len(todo), len(todo))
 
     outcome, chosen, reason = _decide(trials, spec)
-    result = _finish(
+    return _finish(
         spec, rhash, workdir, outcome, chosen, reason, trials, baseline_metrics, hardware, started, runner.node_errors
     )
-    progress("upload", 1, 1)
-    return result
+
+
+def publish(spec: CompressedModelSpec, workdir: Path, summary: JobSummary) -> JobSummary:
+    """Upload what the compress step wrote (the report, and the model when validated).
+
+    The compress step is untrusted: only the expected files are uploaded, each a
+    regular file within its size bound, and the artifact fields of the summary are
+    recomputed here from the bytes uploaded. A Failed summary uploads nothing.
+    """
+    if summary.outcome == Outcome.failed.value:
+        return summary
+    rhash = recipe_hash(spec)
+    target = spec.output.storage_uri.rstrip("/") + "/" + rhash
+    out_dir = workdir / ARTIFACT_DIR
+    validated = summary.outcome == Outcome.validated.value
+    allowed = {report.JSON_NAME: MAX_SIDE_FILE_BYTES, report.HTML_NAME: MAX_SIDE_FILE_BYTES}
+    if validated:
+        allowed |= {artifact.MODEL_RELPATH: MAX_MODEL_BYTES, artifact.CONFIG_RELPATH: MAX_SIDE_FILE_BYTES}
+    try:
+        files = storage.checked_outputs(out_dir, allowed)
+        if set(files) != set(allowed):
+            raise storage.UnexpectedOutput(f"missing {', '.join(sorted(set(allowed) - set(files)))}")
+        art = None
+        if validated:
+            digest, size = _digest(out_dir / artifact.MODEL_RELPATH)
+            art = Artifact(storage_uri=target, sha256=digest, size_bytes=size)
+            if summary.artifact and (summary.artifact.sha256, summary.artifact.size_bytes) != (digest, size):
+                raise storage.UnexpectedOutput("the model file is not the one the summary describes")
+    except storage.UnexpectedOutput as e:
+        log.error("refusing the compress step's output: %s", e)
+        return JobSummary(
+            outcome=Outcome.failed,
+            reason=f"the compression step left unexpected output ({e}); nothing was uploaded",
+            recipe_hash=rhash,
+        )
+    storage.upload(out_dir, target, files=files)
+    log.info("%s: %s", summary.outcome, summary.reason)
+    return summary.model_copy(update={"recipe_hash": rhash, "artifact": art})
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def _trial(
@@ -436,26 +568,31 @@ def _trial(
     t0 = time.perf_counter()
     trial = Trial(index=i, recipe=[v.describe() for v in cand.variants])
     try:
-        handle, trial.changes, trial.recipe = runner.apply(cand)
-        measured = measure.measure(
-            handle.onnx_model,
-            val,
-            spec.validation.metric,
-            spec.validation.batch_size,
-            reference=baseline.outputs,
-            timed=False,  # timed below, side by side with the baseline
-        )
+        # Model runs (sensitivity ranking, scoring, timing) stop at the limit; building
+        # steps cannot be interrupted, but the first run after them stops the trial.
+        with measure.time_limit(spec.limits.trial_timeout_seconds, _over_time(spec, "trial")):
+            handle, trial.changes, trial.recipe = runner.apply(cand)
+            measured = measure.measure(
+                handle.onnx_model,
+                val,
+                spec.validation.metric,
+                spec.validation.batch_size,
+                reference=baseline.outputs,
+                timed=False,  # timed below, side by side with the baseline
+            )
+            # Speedup and latency limits are judged on timings taken side by side with the
+            # baseline, not against a baseline timed minutes earlier under other load.
+            base_now, cand_now = measure.side_by_side(baseline, measured, val, spec.validation.batch_size)
     except JobInputError:
         raise
     except Exception as e:  # one failing variant must not end the search; the report says why
+        if out_of_memory(e):  # but running out of memory ends the job: the next variant would too
+            raise
         # ValueError is how methods say "this config does not fit the model"; others get a traceback
         log.warning("trial %d could not be built: %s", i, first_line(e), exc_info=not isinstance(e, ValueError))
         trial.reason = f"error: {first_line(e)}"
         trial.seconds = time.perf_counter() - t0
         return trial
-    # Speedup and latency limits are judged on timings taken side by side with the
-    # baseline, not against a baseline timed minutes earlier under other load.
-    base_now, cand_now = measure.side_by_side(baseline, measured, val, spec.validation.batch_size)
     verdict = gate.evaluate(spec.validation, base_now, cand_now)
     trial.metrics, trial.baseline_metrics, trial.model = cand_now, base_now, handle.onnx_model
     trial.passed, trial.failed = verdict.passed, verdict.failed
@@ -464,6 +601,13 @@ def _trial(
     trial.seconds = time.perf_counter() - t0
     log.info("trial %d %s: %s (%s)", i, "PASSED" if trial.passed else "failed", trial.recipe, trial.reason)
     return trial
+
+
+TIME_LIMIT_FIELD = "limits.trialTimeoutSeconds"
+
+
+def _over_time(spec: CompressedModelSpec, what: str) -> str:
+    return f"{what} exceeded its time limit of {spec.limits.trial_timeout_seconds} s ({TIME_LIMIT_FIELD})"
 
 
 def _objective(trial: Trial, objective: str) -> float:
@@ -476,7 +620,7 @@ def _decide(trials: list[Trial], spec: CompressedModelSpec) -> tuple[Outcome, Tr
     measured = [t for t in trials if t.metrics is not None]
     if not measured:
         errors = "; ".join(f"trial {t.index}: {t.reason}" for t in trials)
-        return Outcome.failed, None, f"no candidate could be built ({errors})"[:1000]
+        return Outcome.failed, None, shorten(f"no candidate could be built ({errors})", 1000)
     passing = [t for t in measured if t.passed]
     if passing:
         best = min(passing, key=lambda t: _objective(t, spec.compression.search.objective))
@@ -499,8 +643,8 @@ def _finish(
     started: float,
     sensitivity: dict[str, float],
 ) -> JobResult:
-    """Write model (when validated) + report, upload them, build the summary."""
-    out_dir = workdir / "artifact"
+    """Write model (when validated) + report under ``workdir/artifact``, build the summary."""
+    out_dir = workdir / ARTIFACT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     target = spec.output.storage_uri.rstrip("/") + "/" + rhash
     art = None
@@ -535,8 +679,6 @@ def _finish(
         sensitivity,
     )
     report.write(out_dir, data)
-    storage.upload(out_dir, target)
-    log.info("%s: %s", outcome.value, reason)
     return JobResult(summary=summary, report=data)
 
 
@@ -563,6 +705,8 @@ def _method_data(
             source.input_names,
             tokenizer_dir,
             field="validation.calibration",
+            limits=spec.limits,
+            strings=spec.source.format == "onnx",
         )
         data = MethodData(
             task=spec.source.task,

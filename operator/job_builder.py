@@ -6,6 +6,7 @@ No API calls and no clock here, so the same input always gives the same manifest
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Mapping
@@ -25,7 +26,18 @@ SPEC_KEY = "spec.yaml"
 SCRATCH_DIR = "/tmp"
 WORK_DIR = "/tmp/work"
 TERMINATION_LOG = DEFAULT_TERMINATION_LOG
-CONTAINER_NAME = "compress"
+# The pod's three steps (KServe's storage-initializer pattern, one step further; SECURITY.md):
+# download (init, with storage credentials) -> compress (init, no credentials: it parses the
+# hostile model and data) -> upload (main, with storage credentials). Its termination
+# message carries the job summary; a failing init container's carries why it failed.
+DOWNLOAD_CONTAINER = "download"
+COMPRESS_CONTAINER = "compress"
+UPLOAD_CONTAINER = "upload"
+# Sidecar-injecting identity webhooks (EKS pod identity / IRSA, Azure workload identity)
+# mount their web-identity token into every container unless told to skip some.
+SKIP_IDENTITY_ANNOTATIONS = ("eks.amazonaws.com/skip-containers", "azure.workload.identity/skip-containers")
+# download/upload only move bytes; the compress container gets the spec's resources.
+IO_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}}
 GPU_RESOURCE = api.GPU_RESOURCE
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 LABEL_MODEL = f"{api.GROUP}/compressedmodel"
@@ -122,10 +134,16 @@ def build_config_map(model: api.CompressedModel, settings: Settings) -> dict[str
     }
 
 
-def _resources(job: api.JobSpec, gpu: int) -> dict[str, dict[str, Any]]:
+def _resources(job: api.JobSpec, gpu: int, default_memory_limit: str) -> dict[str, dict[str, Any]]:
+    """The compress container's resources; memory is always limited (a model bomb must not take the node).
+
+    Without a memory limit in the spec: the memory request when one is asked (a limit
+    below it would be invalid), else the operator's default.
+    """
     res = job.resources or api.Resources()
     requests = {k: str(v) for k, v in res.requests.items()}
     limits = {k: str(v) for k, v in res.limits.items()}
+    limits.setdefault("memory", requests.get("memory", default_memory_limit))
     if gpu > 0:
         limits[GPU_RESOURCE] = str(gpu)
     else:
@@ -176,19 +194,24 @@ def pvc_claims(spec: api.CompressedModelSpec) -> dict[str, bool]:
     The same storage URIs the job reads (source, validation data, calibration, a
     distillation student) and writes (output); only the output's claim is writable.
     """
+    claims: dict[str, bool] = {}
+    for uri in _read_uris(spec):
+        if uri.startswith(PVC_SCHEME):
+            claims.setdefault(_claim(uri), False)
+    if spec.output.storage_uri.startswith(PVC_SCHEME):
+        claims[_claim(spec.output.storage_uri)] = True
+    return dict(sorted(claims.items()))
+
+
+def _read_uris(spec: api.CompressedModelSpec) -> list[str]:
+    """Every storage URI the job downloads."""
     reads = [spec.source.storage_uri, spec.validation.dataset.storage_uri]
     if spec.validation.calibration:
         reads.append(spec.validation.calibration.storage_uri)
     reads += [
         s.distill.student.storage_uri for s in spec.compression.steps if s.distill and s.distill.student.storage_uri
     ]
-    claims: dict[str, bool] = {}
-    for uri in reads:
-        if uri.startswith(PVC_SCHEME):
-            claims.setdefault(_claim(uri), False)
-    if spec.output.storage_uri.startswith(PVC_SCHEME):
-        claims[_claim(spec.output.storage_uri)] = True
-    return dict(sorted(claims.items()))
+    return reads
 
 
 def _claim(uri: str) -> str:
@@ -206,14 +229,26 @@ def _pvc_volume_name(claim: str) -> str:
     return f"pvc-{hashlib.sha256(claim.encode()).hexdigest()[:16]}"
 
 
-def _pvc_volumes(spec: api.CompressedModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Volumes and mounts for the spec's claims (what KServe's storage initializer does for pvc://)."""
-    volumes, mounts = [], []
-    for claim, writable in pvc_claims(spec).items():
-        name = _pvc_volume_name(claim)
-        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
-        mounts.append({"name": name, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writable})
-    return volumes, mounts
+def _pvc_volumes(spec: api.CompressedModelSpec) -> list[dict[str, Any]]:
+    """Volumes for the spec's claims (what KServe's storage initializer does for pvc://)."""
+    return [
+        {"name": _pvc_volume_name(claim), "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}}
+        for claim, writable in pvc_claims(spec).items()
+    ]
+
+
+def _pvc_mounts(spec: api.CompressedModelSpec, phase: str) -> list[dict[str, Any]]:
+    """The claims each container mounts: download and compress every claim read from,
+    read-only (a downloaded pvc:// input is a link into its claim); upload only the output's.
+    """
+    if phase == UPLOAD_CONTAINER:
+        uris, read_only = [spec.output.storage_uri], False
+    else:
+        uris, read_only = _read_uris(spec), True
+    claims = sorted({_claim(uri) for uri in uris if uri.startswith(PVC_SCHEME)})
+    return [
+        {"name": _pvc_volume_name(claim), "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only} for claim in claims
+    ]
 
 
 def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
@@ -227,39 +262,43 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
     if job.queue_name:
         meta["labels"][KUEUE_QUEUE_LABEL] = job.queue_name
     pod_security, container_security = _security(settings)
-    pvc_volumes, pvc_mounts = _pvc_volumes(spec)
+    image = job.image or settings.job_image
 
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": job.image or settings.job_image,
-        "command": list(JOB_COMMAND),
-        "env": [
-            {"name": "HOME", "value": SCRATCH_DIR},
-            {"name": "MODELPRESS_RECIPE_HASH", "value": rh},
-            {"name": PVC_ROOT_ENV, "value": PVC_ROOT},
-        ],
-        "volumeMounts": [
-            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
-            {"name": "scratch", "mountPath": SCRATCH_DIR},
-            *pvc_mounts,
-        ],
-        "securityContext": container_security,
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    resources = _resources(job, gpu)
-    if resources:
-        container["resources"] = resources
+    def container(phase: str, resources: dict[str, Any], credentials: bool) -> dict[str, Any]:
+        env = [{"name": "HOME", "value": SCRATCH_DIR}, {"name": "MODELPRESS_RECIPE_HASH", "value": rh}]
+        if credentials:  # pvc:// URIs are resolved by the steps that download and upload
+            env.append({"name": PVC_ROOT_ENV, "value": PVC_ROOT})
+        return {
+            "name": phase,
+            "image": image,
+            "command": [*JOB_COMMAND, "--phase", phase],
+            "env": env,
+            "volumeMounts": [
+                {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+                {"name": "scratch", "mountPath": SCRATCH_DIR},
+                *_pvc_mounts(spec, phase),
+            ],
+            # Copies: a dict shared between containers would print as a YAML alias in `modelpress render`.
+            "resources": copy.deepcopy(resources),
+            "securityContext": copy.deepcopy(container_security),
+            "terminationMessagePath": TERMINATION_LOG,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": bool(job.service_account_name),
+        # The job never calls the Kubernetes API (it reports through termination messages).
+        "automountServiceAccountToken": False,
         "securityContext": pod_security,
-        "containers": [container],
+        "initContainers": [
+            container(DOWNLOAD_CONTAINER, IO_RESOURCES, credentials=True),
+            container(COMPRESS_CONTAINER, _resources(job, gpu, settings.job_memory_limit), credentials=False),
+        ],
+        "containers": [container(UPLOAD_CONTAINER, IO_RESOURCES, credentials=True)],
         "volumes": [
             {"name": "spec", "configMap": {"name": name, "items": [{"key": SPEC_KEY, "path": SPEC_KEY}]}},
-            {"name": "scratch", "emptyDir": {}},
-            *pvc_volumes,
+            {"name": "scratch", "emptyDir": {"sizeLimit": settings.job_scratch_size_limit}},
+            *_pvc_volumes(spec),
         ],
     }
     if job.service_account_name:
@@ -280,8 +319,9 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
             "rules": [
                 {
                     "action": "FailJob",
+                    # No containerName: the rule applies to every container, init containers
+                    # included (a download or compress failure is as deterministic as upload's).
                     "onExitCodes": {
-                        "containerName": CONTAINER_NAME,
                         "operator": "In",
                         # Same input, same outcome: retrying them only burns GPU hours.
                         "values": [int(c) for c in DETERMINISTIC_EXIT_CODES],
@@ -291,7 +331,13 @@ def build_job(model: api.CompressedModel, settings: Settings) -> dict[str, Any]:
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
-        "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
+        "template": {
+            "metadata": {
+                "labels": dict(meta["labels"]),
+                "annotations": dict.fromkeys(SKIP_IDENTITY_ANNOTATIONS, COMPRESS_CONTAINER),
+            },
+            "spec": pod_spec,
+        },
     }
     if job.queue_name:
         job_spec["suspend"] = True  # Kueue admits (unsuspends) it when quota allows

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:  # keep `import modelpress.jobs.methods` light
+    from pathlib import Path
+
     import onnx
     import torch
 
@@ -75,6 +77,9 @@ class MethodData:
     calibration: Samples  # `validation.calibration.samples` samples for static quantization
     seed: int = 0
     device: str = "cpu"  # "cuda" on GPU nodes
+    # distill.student.storageUri -> the local copy the download step fetched up front
+    # (the compress step has no storage credentials to fetch anything itself).
+    students: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Task is a str enum, so comparisons work either way, but str()/f-strings of a

@@ -19,9 +19,6 @@ without labels, which the teacher labels and label-only fine-tuning cannot use.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
@@ -84,20 +81,19 @@ def _shrunk_student(teacher: nn.Module, width: float) -> tuple[nn.Module, dict[s
 
 
 def _loaded_student(model: ModelHandle, uri: str, data: MethodData) -> nn.Module:
-    """Fetch and load a pytorch-export student with the job's own storage and loader."""
+    """Load the pytorch-export student the download step fetched (``data.students``) with the job's loader."""
     from modelpress.jobs.models import load_source
-    from modelpress.jobs.storage import fetch
 
-    with tempfile.TemporaryDirectory(prefix="modelpress-student-") as tmp:
-        path = fetch(uri, Path(tmp), STUDENT_FIELD)
-        loaded = load_source(path, "pytorch-export", data.task)
-        if sorted(loaded.input_names) != sorted(model.input_names):
-            raise ValueError(
-                f"{STUDENT_FIELD}: the student takes inputs {loaded.input_names}, "
-                f"the teacher {model.input_names}; export the student with the same input names"
-            )
-        student_handle = model.with_model(module=loaded.module)
-        student = tg.graph_module(student_handle, data.train)
+    path = data.students.get(uri)
+    if path is None:  # the pipeline fetches every student a spec names before compressing
+        raise RuntimeError(f"{STUDENT_FIELD}: {uri} was not downloaded before compression")
+    loaded = load_source(path, "pytorch-export", data.task, STUDENT_FIELD)
+    if sorted(loaded.input_names) != sorted(model.input_names):
+        raise ValueError(
+            f"{STUDENT_FIELD}: the student takes inputs {loaded.input_names}, "
+            f"the teacher {model.input_names}; export the student with the same input names"
+        )
+    student = tg.graph_module(model.with_model(module=loaded.module), data.train)
     for p in student.parameters():
         p.requires_grad_(True)
     return student

@@ -3,10 +3,12 @@
 The emulator runs on loopback in its own thread and event loop, so the operator under
 test (kopf, in another thread via ``KopfRunner``) talks real HTTP to it. The kubelet
 stand-in watches Jobs inside the emulator: for each unsuspended Job it creates a Pod,
-runs the container command as a local process (``python -m modelpress.jobs`` with
-``/etc/modelpress/spec.yaml``, ``/dev/termination-log`` and ``/tmp/work`` mapped to a
-temporary directory) and then writes Pod and Job status the way the kubelet and the
-Job controller do, including the termination message and the podFailurePolicy outcome.
+runs its init containers in order and then its main container, each as a local process
+(``python -m modelpress.jobs --phase ...`` with the pod's volumes, e.g.
+``/etc/modelpress/spec.yaml`` and the ``/tmp`` emptyDir, and each container's own
+``/dev/termination-log`` mapped into a temporary directory) and then writes Pod and Job
+status the way the kubelet and the Job controller do, including per-container
+termination messages and the podFailurePolicy outcome.
 """
 
 from __future__ import annotations
@@ -16,22 +18,28 @@ import contextlib
 import copy
 import logging
 import os
+import ssl
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp.test_utils
 import kmock
+import kopf
 import yaml
+from k8s_emulator import ApiError as EmulatorApiError
 from k8s_emulator import ApiServer, now
 from kopf.testing import KopfRunner
+from tls import CertAuthority
 
 from modelpress import api
+from modelpress.crd import open_api_schema
 from modelpress.summary import DEFAULT_TERMINATION_LOG as TERMINATION_LOG
 from modelpress.summary import TERMINATION_MESSAGE_LIMIT as MESSAGE_LIMIT
 
@@ -44,6 +52,10 @@ class ContainerResult:
     message: str = ""  # what the container left in its termination log
     reason: str = ""  # kubelet's reason: Completed, Error, OOMKilled...
     logs: str = ""
+    # The pod's init containers that ran, in order, with their results (run_container
+    # fills it). Empty from runners that stand in for the whole pod: their result is the
+    # main container's and the init containers count as completed.
+    init: list[tuple[str, ContainerResult]] = field(default_factory=list)
 
 
 # A runner decides what "running the container" means: the real process, or an instant stand-in.
@@ -53,9 +65,41 @@ Runner = Callable[[Mapping[str, Any], Path], Awaitable[ContainerResult]]
 async def run_container(
     job: Mapping[str, Any], root: Path, *, config_maps: Mapping[str, Mapping[str, str]], timeout: float | None
 ) -> ContainerResult:
-    """Run the Job's container command locally with the pod's paths mapped under ``root``."""
+    """Run the pod's containers as the kubelet does, each as a local process.
+
+    Init containers run one at a time, in order, each to completion; the first that fails
+    ends the pod (restartPolicy Never) and the main container never starts; otherwise the
+    main container runs (https://kubernetes.io/docs/concepts/workloads/pods/init-containers/).
+    Every container sees the pod's volumes at its own mount paths: a volume is one
+    directory under ``root`` shared by every container that mounts it (an emptyDir), and
+    each container has its own termination log. ``timeout`` is the whole pod's
+    (activeDeadlineSeconds). The result is the main container's, or the failing init
+    container's, with ``init`` listing the init containers that ran.
+    """
     pod_spec = job["spec"]["template"]["spec"]
-    container = pod_spec["containers"][0]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    init: list[tuple[str, ContainerResult]] = []
+    for container in pod_spec.get("initContainers", []):
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        result = await _run_one(pod_spec, container, root, config_maps, left)
+        init.append((container["name"], result))
+        if result.exit_code != 0:
+            result.init = init
+            return result
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    result = await _run_one(pod_spec, pod_spec["containers"][0], root, config_maps, left)
+    result.init = init
+    return result
+
+
+async def _run_one(
+    pod_spec: Mapping[str, Any],
+    container: Mapping[str, Any],
+    root: Path,
+    config_maps: Mapping[str, Mapping[str, str]],
+    timeout: float | None,
+) -> ContainerResult:
+    """One container's command as a local process with its mounts mapped under ``root``."""
     mapping: dict[str, Path] = {}
     for mount in container.get("volumeMounts", []):
         volume = next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
@@ -68,9 +112,9 @@ async def run_container(
             for key, text in data.items():
                 (local / key).write_text(text)
         mapping[mount["mountPath"]] = local
-    term_log = root / "termination-log"
+    term_log = root / f"termination-log-{container['name']}"
     term_log.write_text("")
-    mapping[TERMINATION_LOG] = term_log
+    mapping[container.get("terminationMessagePath", TERMINATION_LOG)] = term_log
 
     def local_path(arg: str) -> str:
         for target, local in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
@@ -109,6 +153,7 @@ class Kubelet:
         self.tasks: set[asyncio.Task[None]] = set()
         self.logs: dict[str, str] = {}
         self.started: list[str] = []
+        self.create_retry_s = 0.2  # the real controller backs off exponentially, from 10 s
         server.listeners.append(self._on_event)
 
     def _on_event(self, plural: str, type_: str, obj: dict[str, Any]) -> None:
@@ -133,7 +178,9 @@ class Kubelet:
         failures, limit = 0, job["spec"].get("backoffLimit", 6)
         deadline = job["spec"].get("activeDeadlineSeconds")
         while True:
-            pod = self._create_pod(job)
+            pod = await self._create_pod_retrying(job)
+            if pod is None:
+                return  # the Job went away while its pods could not be created
             root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
             if self.runner is not None:
                 result = await self.runner(job, root)
@@ -194,6 +241,33 @@ class Kubelet:
                 return "PodFailurePolicy"
         return "BackoffLimitExceeded" if failures > limit else None
 
+    async def _create_pod_retrying(self, job: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The Job controller's pod creation: a refused pod is a ``FailedCreate`` Warning Event on
+        the Job and a retry later, never a pod (kube-controller-manager's job controller,
+        https://kubernetes.io/docs/concepts/workloads/controllers/job/#handling-pod-and-container-failures).
+        Repeats of the same message bump the Event's count, as the event recorder does."""
+        meta = job["metadata"]
+        event: dict[str, Any] | None = None
+        while self.server.get("batch", "jobs", meta["namespace"], meta["name"]) is not None:
+            try:
+                return self._create_pod(job)
+            except EmulatorApiError as exc:
+                message = f"Error creating: {exc.message}"
+                if event is None or event["message"] != message:
+                    event = self.server.create("", "events", meta["namespace"], _job_event(job, message))
+                else:
+                    event = self.server.patch(
+                        "",
+                        "events",
+                        meta["namespace"],
+                        event["metadata"]["name"],
+                        "",
+                        {"count": event.get("count", 1) + 1, "lastTimestamp": now()},
+                        "application/merge-patch+json",
+                    )
+            await asyncio.sleep(self.create_retry_s)
+        return None
+
     def _create_pod(self, job: Mapping[str, Any]) -> dict[str, Any]:
         meta = job["metadata"]
         template = copy.deepcopy(job["spec"]["template"])
@@ -238,22 +312,45 @@ class Kubelet:
         )
 
     def _pod_done(self, pod: Mapping[str, Any], result: ContainerResult) -> None:
-        container = pod["spec"]["containers"][0]["name"]
-        terminated = {"exitCode": result.exit_code, "reason": result.reason, "finishedAt": now(), "startedAt": now()}
-        if result.message:
-            terminated["message"] = result.message
-        status = {
+        """Pod status as the kubelet leaves it: every init container terminated (or, after a
+        failing one, still waiting), the main container terminated, or waiting in
+        PodInitializing when an init container failed."""
+
+        def terminated(r: ContainerResult) -> dict[str, Any]:
+            state = {"exitCode": r.exit_code, "reason": r.reason, "finishedAt": now(), "startedAt": now()}
+            if r.message:
+                state["message"] = r.message
+            return {"terminated": state}
+
+        def entry(container: Mapping[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "name": container["name"],
+                "ready": False,
+                "restartCount": 0,
+                "image": container["image"],
+                "state": state,
+            }
+
+        ran = dict(result.init)
+        stand_in = not result.init  # a runner standing in for the whole pod: init containers completed
+        init_statuses = []
+        for container in pod["spec"].get("initContainers", []):
+            if container["name"] in ran:
+                state = terminated(ran[container["name"]])
+            elif stand_in:
+                state = terminated(ContainerResult(0, "", "Completed"))
+            else:
+                state = {"waiting": {"reason": "PodInitializing"}}
+            init_statuses.append(entry(container, state))
+        init_failed = any(r.exit_code != 0 for r in ran.values())
+        main = pod["spec"]["containers"][0]
+        main_state = {"waiting": {"reason": "PodInitializing"}} if init_failed else terminated(result)
+        status: dict[str, Any] = {
             "phase": "Succeeded" if result.exit_code == 0 else "Failed",
-            "containerStatuses": [
-                {
-                    "name": container,
-                    "ready": False,
-                    "restartCount": 0,
-                    "image": pod["spec"]["containers"][0]["image"],
-                    "state": {"terminated": terminated},
-                }
-            ],
+            "containerStatuses": [entry(main, main_state)],
         }
+        if init_statuses:
+            status["initContainerStatuses"] = init_statuses
         self.server.patch(
             "",
             "pods",
@@ -268,6 +365,29 @@ class Kubelet:
         if self.server.get("batch", "jobs", ns, name) is None:
             return  # deleted meanwhile
         self.server.patch("batch", "jobs", ns, name, "status", {"status": fields}, "application/merge-patch+json")
+
+
+def _job_event(job: Mapping[str, Any], message: str) -> dict[str, Any]:
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": "Warning",
+        "reason": "FailedCreate",
+        "message": message,
+        "source": {"component": "job-controller"},
+        "count": 1,
+        "firstTimestamp": now(),
+        "lastTimestamp": now(),
+    }
 
 
 class KServe:
@@ -307,11 +427,40 @@ class KServe:
         )
 
 
-class Cluster:
-    """The emulator, kubelet and KServe stand-ins in a background thread; sync helpers for tests."""
+def _tls_server(context: ssl.SSLContext) -> type[aiohttp.test_utils.RawTestServer]:
+    """kmock's server class, listening with ``context`` (kmock itself starts plain HTTP)."""
 
-    def __init__(self, workdir: Path, runner: Runner | None = None, namespace: str = "ml"):
+    class TLSServer(aiohttp.test_utils.RawTestServer):
+        async def start_server(self, **kwargs: Any) -> None:
+            await super().start_server(ssl=context, **kwargs)
+
+    return TLSServer
+
+
+class Cluster:
+    """The emulator, kubelet and KServe stand-ins in a background thread; sync helpers for tests.
+
+    The API server is served over HTTPS with a CA made for this cluster, and the
+    kubeconfig embeds it as ``certificate-authority-data`` the way kind, kubeadm, EKS and
+    GKE write theirs. Users log in with a bearer token, or with ``client_cert`` by an
+    embedded client certificate (then the server refuses connections without one).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        runner: Runner | None = None,
+        namespace: str = "ml",
+        client_cert: bool = False,
+        crd_validation: bool = False,
+    ):
         self.workdir, self.runner, self.namespace = workdir, runner, namespace
+        self.client_cert = client_cert
+        # CompressedModels checked against the CRD's schema and CEL rules on write. Off by
+        # default: most tests need invalid models to reach the operator, as they do past an
+        # older CRD or `kubectl apply --validate=false`.
+        self.crd_validation = crd_validation
+        self.tls = CertAuthority.generate()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="api-server")
         self.server: ApiServer
@@ -325,14 +474,29 @@ class Cluster:
     def __enter__(self) -> Cluster:
         self.thread.start()
         self.call(self._start())
+        if self.client_cert:
+            user = {
+                "client-certificate-data": self.tls.b64(self.tls.client_cert_pem),
+                "client-key-data": self.tls.b64(self.tls.client_key_pem),
+            }
+        else:
+            user = {"token": "test-token"}
         self.kubeconfig.write_text(
             yaml.safe_dump(
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
                     "current-context": "test",
-                    "clusters": [{"name": "test", "cluster": {"server": self.url}}],
-                    "users": [{"name": "test", "user": {"token": "test-token"}}],
+                    "clusters": [
+                        {
+                            "name": "test",
+                            "cluster": {
+                                "server": self.url,
+                                "certificate-authority-data": self.tls.b64(self.tls.ca_pem),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "test", "user": user}],
                     "contexts": [
                         {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": self.namespace}}
                     ],
@@ -354,14 +518,20 @@ class Cluster:
             ("", "v1", "pods", "Pod"),
             ("", "v1", "configmaps", "ConfigMap"),
             ("", "v1", "events", "Event"),
+            ("", "v1", "serviceaccounts", "ServiceAccount"),
         ]:
             self.server.declare(group, version, plural, kind)
         self.server.declare("", "v1", "namespaces", "Namespace", namespaced=False)
+        self.server.declare("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", namespaced=False)
+        if self.crd_validation:
+            self.server.crd_schemas[(api.GROUP, api.PLURAL)] = (api.KIND, api.VERSION, open_api_schema())
         self.server.create(
             "", "namespaces", None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
         )
+        # The ServiceAccount controller gives every namespace a "default" account.
+        self.add_service_account("default")
         await self.server.__aenter__()
-        self._http = kmock.Server(self.server)
+        self._http = kmock.Server(self.server, server_cls=_tls_server(self.tls.server_context(self.client_cert)))
         await self._http.__aenter__()
         self.url = str(self._http.url).rstrip("/")
         self.kubelet = Kubelet(self.server, self.workdir, self.runner)
@@ -373,6 +543,39 @@ class Cluster:
         await asyncio.gather(*self.kubelet.tasks, return_exceptions=True)
         await self._http.__aexit__(None, None, None)
         await self.server.__aexit__(None, None, None)
+
+    def add_service_account(self, name: str) -> None:
+        self.server.create(
+            "",
+            "serviceaccounts",
+            self.namespace,
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+        )
+
+    def add_priority_class(self, name: str) -> None:
+        self.server.create(
+            "scheduling.k8s.io",
+            "priorityclasses",
+            None,
+            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": 1000},
+        )
+
+    def connection(self, **credentials: Any) -> kopf.ConnectionInfo:
+        """How a client reaches this server: its URL and CA (``credentials``: token=..., or the client cert)."""
+        if self.client_cert and not credentials:
+            credentials = {"certificate_data": self.tls.client_cert_pem, "private_key_data": self.tls.client_key_pem}
+        return kopf.ConnectionInfo(server=self.url, ca_data=self.tls.ca_pem, **credentials)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For a test's own urllib calls to the server."""
+        ctx = self.tls.client_context()
+        if self.client_cert:
+            with tempfile.TemporaryDirectory() as tmp:
+                cert, key = Path(tmp) / "c.crt", Path(tmp) / "c.key"
+                cert.write_bytes(self.tls.client_cert_pem)
+                key.write_bytes(self.tls.client_key_pem)
+                ctx.load_cert_chain(cert, key)
+        return ctx
 
     def call(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]

@@ -86,54 +86,117 @@ def test_job_shape() -> None:
     assert (spec["activeDeadlineSeconds"], spec["backoffLimit"], spec["ttlSecondsAfterFinished"]) == (600, 1, 77)
     rule = spec["podFailurePolicy"]["rules"][0]
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [1, 3]
+    # No containerName: the rule covers the init containers too (Kubernetes applies an
+    # onExitCodes rule without one to every container, init containers included).
+    assert "containerName" not in rule["onExitCodes"]
     pod = spec["template"]["spec"]
-    c = pod["containers"][0]
-    assert c["image"] == "img:1"
-    assert c["command"] == [
-        "python",
-        "-m",
-        "modelpress.jobs",
-        "--spec",
-        "/etc/modelpress/spec.yaml",
-        "--termination-log",
-        "/dev/termination-log",
-        "--workdir",
-        "/tmp/work",
-    ]
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    download, compress = pod["initContainers"]
+    (c,) = pod["containers"]
+    assert [download["name"], compress["name"], c["name"]] == ["download", "compress", "upload"]
+    for container, phase in ((download, "download"), (compress, "compress"), (c, "upload")):
+        assert container["image"] == "img:1"
+        assert container["command"] == [
+            "python",
+            "-m",
+            "modelpress.jobs",
+            "--spec",
+            "/etc/modelpress/spec.yaml",
+            "--termination-log",
+            "/dev/termination-log",
+            "--workdir",
+            "/tmp/work",
+            "--phase",
+            phase,
+        ]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # The GPU and the spec's resources go to the step that compresses; the others only move bytes.
+    assert compress["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert "nvidia.com/gpu" not in c["resources"]["limits"] and "nvidia.com/gpu" not in download["resources"]["limits"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["nodeSelector"] == {"pool": "a100"} and pod["priorityClassName"] == "batch-low"
-    assert pod["restartPolicy"] == "Never" and c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
     assert all(e["name"] != "AWS_SECRET_ACCESS_KEY" for e in c["env"])
 
 
+def containers(pod: dict) -> list[dict]:
+    return [*pod["initContainers"], *pod["containers"]]
+
+
 def test_restricted_pod_security() -> None:
+    """Every container meets the restricted Pod Security Standard."""
     pod = job_builder.build_job(model(), Settings())["spec"]["template"]["spec"]
-    c = pod["containers"][0]
-    sc, psc = c["securityContext"], pod["securityContext"]
+    psc = pod["securityContext"]
     assert psc["runAsNonRoot"] and psc["runAsUser"] != 0
     assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"]}
-    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]]
+    for c in containers(pod):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]]  # one scratch volume shared by the three steps
+    c = pod["containers"][0]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert (
         volumes[mounts["/etc/modelpress"]]["configMap"]["name"]
         == job_builder.build_config_map(model(), Settings())["metadata"]["name"]
     )
 
 
-def test_cpu_job_has_no_gpu_and_service_account_gets_token() -> None:
+def test_cpu_job_has_no_gpu_and_a_service_account_brings_no_api_token() -> None:
     job = job_builder.build_job(model(gpu=0, serviceAccountName="s3-writer"), Settings(default_gpu=1))
     pod = job["spec"]["template"]["spec"]
-    assert "nvidia.com/gpu" not in pod["containers"][0].get("resources", {}).get("limits", {})
+    assert all("nvidia.com/gpu" not in c["resources"]["limits"] for c in containers(pod))
     assert "tolerations" not in pod and "suspend" not in job["spec"]
-    assert pod["serviceAccountName"] == "s3-writer" and pod["automountServiceAccountToken"] is True
+    # The identity reaches storage (IRSA, workload identity); the job never calls the Kubernetes API.
+    assert pod["serviceAccountName"] == "s3-writer" and pod["automountServiceAccountToken"] is False
+    # Identity webhooks that mount web-identity tokens into every container skip compress.
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["eks.amazonaws.com/skip-containers"] == "compress"
+    assert annotations["azure.workload.identity/skip-containers"] == "compress"
     # The operator default applies when the spec leaves gpu unset.
     default = job_builder.build_job(model(), Settings(default_gpu=1))
-    assert default["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert default["spec"]["template"]["spec"]["initContainers"][1]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_only_the_download_and_upload_steps_get_credentials_and_network_paths() -> None:
+    """The compress step parses the hostile model and data: no credentials reach it, its
+    memory and scratch space are bounded, and it cannot write where the output goes."""
+    settings = Settings(job_scratch_size_limit="20Gi", job_memory_limit="12Gi")
+    pod = job_builder.build_job(model(serviceAccountName="s3-writer"), settings)["spec"]["template"]["spec"]
+    download, compress = pod["initContainers"]
+    (upload,) = pod["containers"]
+    assert pod["automountServiceAccountToken"] is False
+    assert not any("serviceaccount" in m["mountPath"] for c in containers(pod) for m in c["volumeMounts"])
+    assert {m["name"] for m in compress["volumeMounts"]} == {"spec", "scratch"}
+    assert {e["name"] for e in compress["env"]} == {"HOME", "MODELPRESS_RECIPE_HASH"}
+    for c in (download, upload):
+        assert {"name": "MODELPRESS_PVC_ROOT", "value": "/mnt/pvc"} in c["env"]
+    assert all("envFrom" not in c and "secret" not in json.dumps(c).lower() for c in (compress,))
+    scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+    assert scratch["emptyDir"] == {"sizeLimit": "20Gi"}
+    assert compress["resources"]["limits"]["memory"] == "12Gi"
+    for c in (download, upload):
+        assert c["resources"] == job_builder.IO_RESOURCES
+    # A memory request without a limit becomes the limit (a default below the request would be invalid).
+    asked = model(resources={"requests": {"memory": "64Gi"}})
+    compress = job_builder.build_job(asked, settings)["spec"]["template"]["spec"]["initContainers"][1]
+    assert compress["resources"]["limits"]["memory"] == "64Gi"
+    limited = model(resources={"limits": {"memory": "8Gi"}})
+    compress = job_builder.build_job(limited, settings)["spec"]["template"]["spec"]["initContainers"][1]
+    assert compress["resources"]["limits"]["memory"] == "8Gi"
+    for obj in job_builder.build_compression(model(serviceAccountName="s3-writer"), settings):
+        validate(obj)
+
+
+@pytest.mark.parametrize("name", ["job_scratch_size_limit", "job_memory_limit"])
+def test_size_settings_must_be_quantities(name: str) -> None:
+    from modelpress.operator import settings as settings_mod
+
+    env = {"MODELPRESS_" + name.upper(): "lots"}
+    with pytest.raises(ValueError, match=f"MODELPRESS_{name.upper()} must be a Kubernetes quantity"):
+        settings_mod.from_env(env)
 
 
 def test_config_map_carries_the_spec_the_job_reads() -> None:
@@ -172,6 +235,8 @@ def test_render_prints_valid_manifests(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     objs = list(yaml.safe_load_all(out.stdout))
     assert [o["kind"] for o in objs] == ["ConfigMap", "Job"]
+    pod = objs[1]["spec"]["template"]["spec"]
+    assert [c["name"] for c in containers(pod)] == ["download", "compress", "upload"]
     for obj in objs:
         validate(obj)
     as_json = run_render(str(path), "-o", "json")
@@ -233,22 +298,28 @@ def test_every_pvc_claim_is_mounted_once_read_only_unless_written() -> None:
     m = pvc_model()
     assert job_builder.pvc_claims(m.spec) == {"datasets": False, "models": True, LONG_CLAIM: False}
     pod = job_builder.build_job(m, Settings())["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    download, compress = pod["initContainers"]
+    (upload,) = pod["containers"]
     claims = {v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert sorted(claims) == sorted(["datasets", "models", LONG_CLAIM])
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
     for claim, volume in claims.items():
-        writable = claim == "models"
         assert re.match(DNS_LABEL, volume["name"]) and len(volume["name"]) <= 63
-        assert volume["persistentVolumeClaim"]["readOnly"] is not writable
-        assert mounts[volume["name"]] == {
-            "name": volume["name"],
-            "mountPath": f"/mnt/pvc/{claim}",
-            "readOnly": not writable,
-        }
+        assert volume["persistentVolumeClaim"]["readOnly"] is not (claim == "models")
+    # Download and compress read every input claim, read-only (a downloaded pvc:// input is a
+    # link into its claim); only upload mounts the output's claim, and only it may write.
+    for container in (download, compress):
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        for claim, volume in claims.items():
+            assert mounts[volume["name"]] == {
+                "name": volume["name"],
+                "mountPath": f"/mnt/pvc/{claim}",
+                "readOnly": True,
+            }
+    upload_claims = [m for m in upload["volumeMounts"] if m["name"].startswith("pvc-")]
+    assert upload_claims == [{"name": "pvc-models", "mountPath": "/mnt/pvc/models", "readOnly": False}]
     assert claims["models"]["name"] == "pvc-models"  # readable where the claim name is a valid label
     assert len({v["name"] for v in pod["volumes"]}) == len(pod["volumes"])
-    assert {"name": "MODELPRESS_PVC_ROOT", "value": "/mnt/pvc"} in container["env"]
+    assert {"name": "MODELPRESS_PVC_ROOT", "value": "/mnt/pvc"} in upload["env"]
     # The writable claim is not re-chowned file by file on every pod start.
     assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
     for obj in job_builder.build_compression(m, Settings()):
@@ -259,4 +330,5 @@ def test_a_spec_without_pvc_uris_mounts_no_claims() -> None:
     pod = job_builder.build_job(model(), Settings())["spec"]["template"]["spec"]
     assert job_builder.pvc_claims(model().spec) == {}
     assert [v["name"] for v in pod["volumes"]] == ["spec", "scratch"]
-    assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == ["/etc/modelpress", "/tmp"]
+    for c in containers(pod):
+        assert [m["mountPath"] for m in c["volumeMounts"]] == ["/etc/modelpress", "/tmp"]
