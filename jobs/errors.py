@@ -8,6 +8,8 @@ exception is a bug or an environment problem and is logged with its traceback.
 
 from __future__ import annotations
 
+from modelpress.summary import shorten
+
 
 class JobInputError(Exception):
     """A problem with the job's input, phrased as ``<field>: <what is wrong>``."""
@@ -23,15 +25,3 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     what a one-line reason for users or the report shows."""
     lines = str(e).strip().splitlines()
     return shorten(lines[0] if lines else type(e).__name__, limit)
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` characters at a word boundary, marked with an
-    ellipsis, so a reason never ends mid-word as if that were the whole message."""
-    if len(text) <= limit:
-        return text
-    cut = text[: max(limit - 1, 0)]
-    space = cut.rfind(" ")
-    if space > limit // 2:  # a word boundary that keeps most of the text
-        cut = cut[:space]
-    return cut.rstrip(" ,;:") + "…"

@@ -88,3 +88,11 @@ def test_termination_message_always_fits_and_keeps_the_outcome():
 def test_small_summary_round_trips_unchanged():
     s = JobSummary(outcome=Outcome.validated, recipe_hash="abc", results=Results(speedup=2.5, passed=True))
     assert JobSummary.model_validate_json(s.to_termination_message()) == s
+
+
+def test_a_long_reason_is_cut_at_a_word_and_says_so():
+    words = " ".join(f"word{i}" for i in range(2000))
+    message = JobSummary(outcome=Outcome.failed, reason=words).to_termination_message()
+    reason = json.loads(message)["reason"]
+    assert len(message.encode()) <= TERMINATION_MESSAGE_LIMIT and reason.endswith("…")
+    assert reason[:-1].split(" ")[-1] in words.split(" ")  # the last word is whole

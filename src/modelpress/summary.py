@@ -70,7 +70,7 @@ class JobSummary(Spec):
             text = json.dumps(data, separators=(",", ":"), allow_nan=False)
             if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
                 return text
-        data["reason"] = data.get("reason", "")[:1024]
+        data["reason"] = shorten(data.get("reason", ""), 1024)
         return json.dumps(data, separators=(",", ":"), allow_nan=False)[:TERMINATION_MESSAGE_LIMIT]
 
 
@@ -88,3 +88,15 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, marked with an
+    ellipsis, so a reason never ends mid-word as if that were the whole message."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 0)]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a word boundary that keeps most of the text
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
