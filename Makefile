@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 LINKED := $(VENV)/.linked
 SOURCES := $(VENV)/.sources
 
-.PHONY: demo test lint crd mutation clean FORCE
+.PHONY: demo test lint crd mutation clean system-packages FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,19 @@ demo: $(LINKED)
 	$(BIN)/python -m modelpress.jobs.examples.digits out/demo
 	$(BIN)/modelpress run out/demo/compressedmodel.yaml
 
-test: $(LINKED)
+# Debian packages the tests run for real (Prometheus for the canary analysis tests),
+# installed when missing so `make test` works alone on a fresh machine.
+SYSTEM_PACKAGES := prometheus
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: $(LINKED) system-packages
 	$(BIN)/pytest
 
 lint: $(LINKED)

@@ -122,7 +122,7 @@ class Prometheus:
 
     def __init__(self, workdir: Path, targets: list[str], labels: list[dict[str, str]] | None = None) -> None:
         binary = shutil.which("prometheus")
-        assert binary, "prometheus is not installed: apt-get install -y prometheus (.ci/run does this)"
+        assert binary, "prometheus is not installed: `make test` installs it (Debian package prometheus)"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = workdir / "prometheus.yml"
