@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 
 from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results, Spec, Step, recipe_hash
-from modelpress.jobs import artifact, gate, measure, report, storage
+from modelpress.jobs import artifact, blame, gate, measure, report, storage
 from modelpress.jobs.data import load_dataset
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError, first_line, shorten
@@ -488,6 +488,12 @@ def compress(spec: CompressedModelSpec, workdir: Path, inputs: Inputs, progress:
     except measure.NonFiniteResult as e:  # the model's fault (the loader refuses NaN in the data)
         raise JobInputError("source.storageUri", f"{e} of validation.dataset; it cannot be a baseline") from e
     except Exception as e:
+        culprit = blame.data_independent_failure(baseline_onnx.onnx_model, str(e))
+        if culprit is not None:  # no input reaches the node: it fails on any data
+            raise JobInputError(
+                "source.storageUri",
+                f"node {culprit[0]!r} ({culprit[1]}) fails whatever the input data: {first_line(e)}",
+            ) from e
         raise JobInputError("validation.dataset", f"the model cannot run on this data: {first_line(e)}") from e
     check_labels(spec, baseline.outputs, val)
     baseline_metrics = baseline.metrics

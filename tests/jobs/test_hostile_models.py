@@ -452,6 +452,45 @@ def test_custom_op_the_runtime_cannot_load_names_the_source(tmp_path: Path, digi
     assert "validation.dataset" not in summary.reason
 
 
+def _with_bomb(feeds_on_input: bool) -> onnx.ModelProto:
+    """digits-shaped model whose extra branch asks for 4 TiB: from a constant, or shaped by the input."""
+    shape = numpy_helper.from_array(np.array([2**40], dtype=np.int64), "huge")
+    nodes = []
+    if feeds_on_input:  # the size comes from the data: the data may be at fault
+        nodes.append(helper.make_node("Shape", ["input"], ["rows"], name="rows", start=0, end=1))
+        nodes.append(helper.make_node("Mul", ["rows", "huge"], ["size"], name="size"))
+    else:
+        nodes.append(helper.make_node("Identity", ["huge"], ["size"], name="size"))
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])
+    nodes += [
+        helper.make_node("ConstantOfShape", ["size"], ["big"], name="bomb", value=value),
+        helper.make_node("ReduceSum", ["big"], ["total"], name="total", keepdims=0),
+        helper.make_node("MatMul", ["input", "w"], ["mm"], name="mm"),
+        helper.make_node("Add", ["mm", "total"], ["logits"], name="logits"),
+    ]
+    w = numpy_helper.from_array(np.zeros((64, 10), np.float32), "w")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])],
+        [shape, w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("feeds_on_input", "field"), [(False, "source.storageUri"), (True, "validation.dataset")])
+def test_a_node_that_fails_on_any_data_is_the_models_fault(
+    tmp_path: Path, digits_dir: Path, feeds_on_input: bool, field: str
+) -> None:
+    """onnxruntime skips folding a 4 TiB ConstantOfShape, so it fails only when run."""
+    save(_with_bomb(feeds_on_input), tmp_path / "model.onnx")
+    summary = run(tmp_path, tmp_path / "model.onnx", digits_dir / "val.npz")
+    assert_failed(summary, f"{field}: ")
+    if not feeds_on_input:
+        assert "node 'bomb' (ConstantOfShape) fails whatever the input data" in summary.reason
+
+
 def test_corrupt_safetensors_header_names_the_field_file_and_uri(tmp_path: Path) -> None:
     model_dir = tmp_path / "scratch" / "source"
     model_dir.mkdir(parents=True)
