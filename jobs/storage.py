@@ -20,6 +20,7 @@ import mimetypes
 import os
 import stat
 import tarfile
+import types
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -107,20 +108,30 @@ def _archives_kept() -> Iterator[None]:
     replacement leaves the archive where the download put it (what the real one returns
     after unpacking is that same directory). KServe has no option for this, hence the
     swap of a private method; tests/jobs/test_storage.py fails if KServe renames it.
+
+    Its http(s) download also gunzips a ``.tar.gz`` on the fly (``gzip.GzipFile`` over the
+    response), unbounded, in the same credentialed process; the module's ``gzip`` is swapped
+    for one that passes the bytes through as received, so the ``<name>.tar`` it writes holds
+    the compressed stream and the compress step's bounded :func:`unpack_archive` (tarfile
+    ``r:*`` detects gzip) does the decoding.
     """
+    import kserve_storage.kserve_storage as kserve_module
     from kserve_storage import Storage
 
     original = Storage.__dict__["_unpack_archive_file"]
+    original_gzip = kserve_module.gzip
 
     def keep(file_path: str, mimetype: str, target_dir: str | None = None) -> str:
         log.info("leaving archive %s packed for the compress step", file_path)
         return target_dir or os.path.dirname(file_path)
 
     Storage._unpack_archive_file = staticmethod(keep)  # type: ignore[method-assign,assignment]
+    kserve_module.gzip = types.SimpleNamespace(GzipFile=lambda fileobj: fileobj)  # type: ignore[assignment]
     try:
         yield
     finally:
         Storage._unpack_archive_file = original  # type: ignore[method-assign]
+        kserve_module.gzip = original_gzip
 
 
 def max_unpacked_bytes() -> int:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from modelpress.jobs import storage
 from modelpress.jobs.entrypoint import load_spec, run_phase
@@ -18,7 +20,7 @@ from modelpress.jobs.pipeline import publish
 from modelpress.jobs.workdir import SUMMARY_FILE
 from modelpress.summary import JobSummary
 
-from .conftest import make_spec, write_spec
+from .conftest import loopback_server, make_spec, write_spec
 
 
 def write_tar(path: Path, members: dict[str, bytes], link: tuple[str, str] | None = None) -> Path:
@@ -44,6 +46,27 @@ def test_downloads_leave_archives_packed_and_the_compress_step_unpacks(tmp_path:
     # The single-process path does both in one call, as KServe's downloader did.
     both = storage.fetch(archive.as_uri(), tmp_path / "dl2", "source.storageUri")
     assert (both / "hf" / "config.json").read_text() == "{}"
+
+
+def test_an_https_tar_gz_is_not_gunzipped_where_the_credentials_are(tmp_path: Path) -> None:
+    """KServe's http downloader gunzips a .tar.gz while it writes it; the download step keeps the
+    compressed bytes as received, and the bounded unpack of the compress step decodes them."""
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = write_tar(served / "model.tar.gz", {"weights.bin": bytes(4 * 2**20)})  # a few KiB gzipped
+    port = free_port()
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(served)]
+    server = loopback_server(command, port, "http.server")
+    base = next(server)
+    try:
+        packed = storage.fetch(f"{base}/model.tar.gz", tmp_path / "dl", "source.storageUri", unpack=False)
+    finally:
+        next(server, None)
+    kept = next(packed.iterdir()) if packed.is_dir() else packed
+    assert kept.read_bytes() == archive.read_bytes()  # still gzip: nothing was decoded here
+    assert kept.read_bytes()[:2] == b"\x1f\x8b"
+    unpacked = storage.unpack_archive(packed, "source.storageUri")
+    assert (unpacked / "weights.bin").stat().st_size == 4 * 2**20
 
 
 def test_archive_bombs_and_links_fail_naming_the_field_and_limit(
