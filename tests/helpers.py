@@ -80,3 +80,16 @@ def write_digits(out: Path, *, torch_export: bool = False, calib: bool = False) 
         x_train = np.stack([f[INPUT_NAME] for f in train.features])
         np.savez(out / "calib.npz", x=x_train[:100], y=train.labels[:100])
     return out
+
+
+# The smallest valid CompressedModel spec (s3:// URIs, never read): for pure API tests.
+MINIMAL_SPEC: dict[str, Any] = {
+    "source": {"storageUri": "s3://models/m.onnx", "format": "onnx", "task": "classification"},
+    "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
+    "validation": {
+        "dataset": {"storageUri": "s3://data/dev.npz", "format": "npz"},
+        "metric": "accuracy",
+        "maxAccuracyDrop": {"absolute": 0.01},
+    },
+    "output": {"storageUri": "s3://models/out/"},
+}

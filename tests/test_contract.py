@@ -3,20 +3,12 @@
 import json
 
 import pytest
+from helpers import MINIMAL_SPEC
 
 from modelpress.api import CompressedModelSpec, Results, recipe_hash
 from modelpress.summary import TERMINATION_MESSAGE_LIMIT, ExitCode, JobSummary, Outcome
 
-BASE = {
-    "source": {"storageUri": "s3://models/m.onnx", "format": "onnx", "task": "classification"},
-    "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-    "validation": {
-        "dataset": {"storageUri": "s3://data/dev.npz", "format": "npz"},
-        "metric": "accuracy",
-        "maxAccuracyDrop": {"absolute": 0.01},
-    },
-    "output": {"storageUri": "s3://models/out/"},
-}
+BASE = MINIMAL_SPEC
 
 
 def spec(**overrides) -> CompressedModelSpec:

@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import copy
 
+from helpers import MINIMAL_SPEC
+
 from modelpress.api import CompressedModelSpec, recipe_hash
 
-SPEC = {
-    "source": {"storageUri": "s3://models/m.onnx", "format": "onnx", "task": "classification"},
-    "compression": {"steps": [{"quantize": {"mode": "dynamic"}}]},
-    "validation": {
-        "dataset": {"storageUri": "s3://data/dev.npz", "format": "npz"},
-        "metric": "accuracy",
-        "maxAccuracyDrop": {"absolute": 0.01},
-    },
-    "output": {"storageUri": "s3://models/out/"},
-}
+SPEC = MINIMAL_SPEC
 
 
 def hash_of(**sections) -> str:
