@@ -13,9 +13,12 @@
    ``<output.storageUri>/<recipeHash>/`` with report.json/report.html beside it;
 5. a :class:`~modelpress.summary.JobSummary` says Validated / Rejected / Failed.
 
-Search composes methods through the registry without knowing their insides; the
-only graph knowledge it uses is which ONNX ops quantization touches (MatMul/Gemm),
-to rank nodes by measured sensitivity for ``excludeNodes``.
+Search composes methods through the registry without knowing their insides: each
+method declares its own search space (``Method.ladder``) and, if it has them, which
+nodes the search may rank by measured sensitivity and leave untouched
+(``Method.rankable_nodes`` / ``Method.leave_out``, e.g. quantize's ``excludeNodes``).
+Among passing candidates within the timing noise of the best on the objective, the
+choice is stable: smaller, then simpler recipe, then earlier trial (:func:`_decide`).
 
 hf-transformers sources of an architecture ORT fuses (BERT family), whose first step
 works on ONNX, are exported with ORT's transformer fusions (``jobs/hf.to_fused_onnx``:
@@ -30,11 +33,12 @@ import hashlib
 import json
 import logging
 import shutil
+import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -45,7 +49,16 @@ from modelpress.jobs.data import load_dataset
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError, first_line, shorten
 from modelpress.jobs.limits import out_of_memory
-from modelpress.jobs.methods import MethodData, ModelHandle, get_method
+from modelpress.jobs.methods import (
+    Method,
+    MethodData,
+    ModelHandle,
+    SearchContext,
+    Stage,
+    Variant,
+    get_method,
+    seed_everything,
+)
 from modelpress.jobs.models import load_source
 from modelpress.jobs.workdir import ARTIFACT_DIR, INPUT_DIRS, INPUTS_FILE, SUMMARY_FILE, Inputs
 from modelpress.summary import JobSummary, Outcome
@@ -56,29 +69,20 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 EXPORT_SAMPLES = 8
 SENSITIVITY_PROBE = 64  # method-side samples used to rank nodes for excludeNodes
-SENSITIVITY_MAX_NODES = 16  # rank at most the largest N MatMul/Gemm nodes (each costs one quantization)
-# SmoothQuant alphas the search tries before keeping nodes in float (int8 modes, with
-# calibration data). 0.75 moved MiniLM from 0.9929 to 0.9967 mean cosine; 0.5 is the paper's default.
-SMOOTHING_RUNGS = (0.75, 0.5)
-QUANTIZABLE_OPS = ("MatMul", "Gemm")
+SENSITIVITY_MAX_NODES = 16  # rank at most the first N rankable nodes (each costs one run of the step)
+# Latency ties: passing candidates within this relative distance of the fastest are
+# treated as equally fast. Measured as the spread of the baseline's repeated timings
+# (it is the same model each time, so its spread is the timing noise), never below
+# MIN_LATENCY_NOISE (a few timings underestimate the spread, and a smaller latency
+# difference is not worth a different artifact); UNKNOWN_LATENCY_NOISE with fewer than
+# NOISE_MIN_TIMINGS timings.
+MIN_LATENCY_NOISE = 0.05
+UNKNOWN_LATENCY_NOISE = 0.10
+NOISE_MIN_TIMINGS = 3
 LABEL_METRICS = ("accuracy", "top5", "f1")
 
 
 # --------------------------------------------------------------------------- candidates
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One setting of one step: its config, how much milder than asked (level), and
-    for quantize how many of the most sensitive nodes to keep in float."""
-
-    key: str
-    config: Spec
-    level: int = 0
-    exclude_top: int = 0
-
-    def describe(self) -> dict[str, Any]:
-        return {self.key: self.config.model_dump(by_alias=True, mode="json")}
 
 
 @dataclass(frozen=True)
@@ -98,58 +102,41 @@ class Candidate:
         pairs = list(zip(self.levels, other.levels, strict=True))
         return all(a >= b for a, b in pairs) and any(a > b for a, b in pairs)
 
+    @property
+    def simplicity(self) -> tuple[int, int]:
+        """(steps not as asked, rungs away from the recipe in all): lower is simpler, the
+        tie-break after size between candidates equally good on the objective."""
+        rungs = [v.rung for v in self.variants]
+        return sum(r > 0 for r in rungs), sum(rungs)
 
-def ladder(step: Step, calibrated: bool = False) -> list[Variant]:
-    """The step as asked, then milder settings (level = how much milder).
 
-    For int8 quantization with calibration data (``calibrated``) and no smoothing asked,
-    smoothing rungs come first: they keep every node in int8 (level 0, as compressed as
-    asked) and are exact in float, so they are tried before keeping nodes in float; the
-    exclusion rungs then build on the first smoothing rung (per-channel, which smoothing
-    needs: the weights absorb the activation scales).
+class StepLike(Protocol):
+    """What the search reads of a step: ``modelpress.api.Step``, or any pair of a
+    registered method key and its config (how tests add a method without an API field)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def config(self) -> Spec: ...
+
+
+def ladder(step: StepLike, calibrated: bool = False) -> list[Variant]:
+    """The step as asked, then the settings its method offers (``Method.ladder``).
+
+    ``calibrated``: the spec has ``validation.calibration``, so settings that need
+    calibration data (e.g. quantize smoothing) are allowed.
     """
-    key, config = step.method, step.config
-    out = [Variant(key, config)]
-    if key == "quantize":
-        int8 = config.mode in ("dynamic", "static")  # the int8 modes have per-channel scales and smoothing
-        smoothed = [config.model_copy(update={"smoothing": alpha, "per_channel": True}) for alpha in SMOOTHING_RUNGS]
-        base = config
-        if int8 and calibrated and config.smoothing is None:
-            out += [Variant(key, c) for c in smoothed]
-            base = smoothed[0]
-        out.append(Variant(key, base, level=1, exclude_top=1))
-        if int8:
-            out.append(Variant(key, config.model_copy(update={"per_channel": not config.per_channel})))
-        out += [Variant(key, base, level=lvl, exclude_top=k) for lvl, k in ((2, 2), (3, 4))]
-    elif key == "prune":
-        out += [
-            Variant(key, config.model_copy(update={"sparsity": round(config.sparsity * f, 3)}), level=i)
-            for i, f in enumerate((0.75, 0.5, 0.25), start=1)
-            if config.sparsity * f >= 0.01
-        ]
-    elif key == "lowRank":
-        if config.energy is not None:
-            values = [1 - (1 - config.energy) / d for d in (2, 4)]
-            out += [
-                Variant(key, config.model_copy(update={"energy": round(v, 4)}), level=i)
-                for i, v in enumerate(values, start=1)
-                if v < 1
-            ]
-        else:
-            values = [min(1.0, config.rank_ratio * f) for f in (1.5, 2.0)]
-            out += [
-                Variant(key, config.model_copy(update={"rank_ratio": round(v, 4)}), level=i)
-                for i, v in enumerate(values, start=1)
-                if v > config.rank_ratio
-            ]
-    return out
+    method = get_method(step.method)
+    milder = method.ladder(step.config, SearchContext(calibrated=calibrated))
+    return [Variant(step.method, step.config), *(replace(v, rung=i) for i, v in enumerate(milder, start=1))]
 
 
-def candidates(steps: list[Step], search: bool, max_trials: int, calibrated: bool = False) -> list[Candidate]:
+def candidates(steps: Sequence[StepLike], search: bool, max_trials: int, calibrated: bool = False) -> list[Candidate]:
     """The recipe first; with search, one step relaxed at a time, rung by rung, then all.
 
-    ``calibrated``: the spec has ``validation.calibration``, so smoothing rungs are allowed
-    (a chosen recipe with smoothing must be a valid spec on its own).
+    ``calibrated``: the spec has ``validation.calibration``, so settings that need it are
+    allowed (a chosen recipe must be a valid spec on its own).
     """
     ladders = [ladder(s, calibrated) for s in steps]
     first = Candidate(tuple(lad[0] for lad in ladders))
@@ -186,6 +173,7 @@ class Trial:
     size_ratio: float | None = None
     seconds: float = 0.0
     model: onnx.ModelProto | None = field(default=None, repr=False)
+    simplicity: tuple[int, int] = (0, 0)  # Candidate.simplicity: a tie-break in _decide
 
     def to_report(self) -> dict[str, Any]:
         return {
@@ -209,14 +197,42 @@ class Trial:
 Exporter = Callable[[ModelHandle, dict[str, np.ndarray]], ModelHandle]
 
 
+@dataclass(frozen=True)
+class AppliedStep:
+    """One step as it ran: what makes its output differ from another step's."""
+
+    method: str
+    config: str  # canonical JSON of the config as applied (ranked excludeNodes filled in)
+    stage: Stage  # the stage it ran on: the same step on a torch module or on its export differs
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """A model in :class:`Runner`'s cache: the source after ``steps``, then optionally
+    exported to ONNX (``derived="export"``) or prepared for ``method`` (``"prepare"``)."""
+
+    steps: tuple[AppliedStep, ...] = ()
+    derived: Literal["", "export", "prepare"] = ""
+    method: str = ""
+
+    def then(self, step: AppliedStep) -> CacheKey:
+        return CacheKey((*self.steps, step))
+
+    def exported(self) -> CacheKey:
+        return CacheKey(self.steps, "export")
+
+    def prepared(self, method: str) -> CacheKey:
+        return CacheKey(self.steps, "prepare", method)
+
+
 class Runner:
     """Applies candidates to one source model, reusing results of shared step prefixes.
 
-    ``metric``: the validation metric; with ``cosine`` nodes are ranked for excludeNodes by
-    the cosine they cost (what the gate judges), otherwise by relative output MSE (label
-    metrics cannot be scored on unlabelled calibration data). ``source_exporter``: how the
-    *unmodified* source becomes ONNX (the fused export for hf-transformers); anything a
-    torch-stage step changed goes through ``jobs/export.to_onnx``.
+    ``metric``: the validation metric; with ``cosine`` nodes are ranked for a method's
+    ``leave_out`` by the cosine they cost (what the gate judges), otherwise by relative
+    output MSE (label metrics cannot be scored on unlabelled calibration data).
+    ``source_exporter``: how the *unmodified* source becomes ONNX (the fused export for
+    hf-transformers); anything a torch-stage step changed goes through ``jobs/export.to_onnx``.
     """
 
     def __init__(
@@ -232,26 +248,28 @@ class Runner:
         self.export_sample = export_sample
         self.metric = metric
         self.source_exporter = source_exporter
-        self._cache: dict[str, tuple[ModelHandle, list[dict[str, Any]]]] = {}
-        self._sensitivity: dict[str, list[str]] = {}
-        self.node_errors: dict[str, float] = {}  # node -> output error when quantized alone (for the report)
+        self._cache: dict[CacheKey, tuple[ModelHandle, dict[str, Any]]] = {}
+        self._sensitivity: dict[CacheKey, list[str]] = {}  # prepared input -> rankable nodes, most sensitive first
+        self.node_errors: dict[str, float] = {}  # node -> output error when changed alone (for the report)
 
-    def to_onnx(self, handle: ModelHandle, key: str) -> ModelHandle:
+    def to_onnx(self, handle: ModelHandle, key: CacheKey | None) -> ModelHandle:
+        """``handle`` as ONNX; exported once per ``key`` (None: a one-off model, not cached)."""
         if handle.stage == "onnx":
             return handle
-        cache_key = key + "|export"
-        if cache_key not in self._cache:
-            from modelpress.jobs.export import to_onnx
+        from modelpress.jobs.export import to_onnx
 
-            fused = key == "" and self.source_exporter is not None
-            log.info("exporting torch model to ONNX%s", " (fused transformer export)" if fused else "")
-            export = self.source_exporter if fused else to_onnx
-            self._cache[cache_key] = (export(handle, self.export_sample), [])
+        if key is None:
+            return to_onnx(handle, self.export_sample)
+        cache_key = key.exported()
+        if cache_key not in self._cache:
+            export: Exporter = to_onnx if key.steps or self.source_exporter is None else self.source_exporter
+            log.info("exporting torch model to ONNX%s", "" if export is to_onnx else " (fused transformer export)")
+            self._cache[cache_key] = (export(handle, self.export_sample), {})
         return self._cache[cache_key][0]
 
     def apply(self, candidate: Candidate) -> tuple[ModelHandle, list[dict[str, Any]], list[dict[str, Any]]]:
         """(onnx handle, per-step changes, the recipe as actually applied)."""
-        handle, changes, recipe, key = self.source, [], [], ""
+        handle, changes, recipe, key = self.source, [], [], CacheKey()
         for i, variant in enumerate(candidate.variants):
             method = get_method(variant.key)
             if handle.stage not in method.stages:
@@ -261,84 +279,68 @@ class Runner:
                         "needs a torch model but runs after the model became ONNX; reorder the steps",
                     )
                 handle = self.to_onnx(handle, key)
-            if variant.key == "quantize":  # pre-process once, shared by every quantize variant and the ranking
-                handle = self._preprocessed(handle, key)
-            config = self._resolve(variant, handle, key)
+            handle = self._prepared(method, handle, key)
+            config = self._resolve(method, variant, handle, key)
             recipe.append({variant.key: config.model_dump(by_alias=True, mode="json")})
-            key += "|" + json.dumps(recipe[-1], sort_keys=True) + handle.stage
+            key = key.then(AppliedStep(variant.key, json.dumps(recipe[-1][variant.key], sort_keys=True), handle.stage))
             if key not in self._cache:
                 log.info("step %d: %s %s", i, variant.key, recipe[-1][variant.key])
+                seed_everything(self.data.seed)
                 result = method.apply(handle, config, self.data)
                 self._cache[key] = (result.model, result.changes)
             handle, step_changes = self._cache[key]
             changes.append({variant.key: step_changes})
         return self.to_onnx(handle, key), changes, recipe
 
-    def _preprocessed(self, handle: ModelHandle, key: str) -> ModelHandle:
-        """The graph after ORT's recommended pre-quantization step (shape inference + fusions).
-
-        Fusions rename nodes (``X`` becomes ``X/MatMulAddFusion``), so the search ranks and
-        excludes nodes on the pre-processed graph: the names it picks are then the names
-        the quantizer sees. The graph is marked as pre-processed, so the quantize method
-        does not pre-process it again for every variant and ranking trial.
-        """
-        cache_key = key + "|preprocessed"
+    def _prepared(self, method: Method, handle: ModelHandle, key: CacheKey) -> ModelHandle:
+        """``method.prepare(handle)``, once per input: shared by every variant of the step and its node ranking."""
+        cache_key = key.prepared(method.key)
         if cache_key not in self._cache:
-            from modelpress.jobs.methods.quantize import pre_process
-
-            model = pre_process(handle.onnx_model)
-            self._cache[cache_key] = (handle.with_model(onnx_model=model), [])
+            self._cache[cache_key] = (method.prepare(handle), {})
         return self._cache[cache_key][0]
 
-    def _resolve(self, variant: Variant, handle: ModelHandle, key: str) -> Spec:
-        """Fill in excludeNodes with the most quantization-sensitive nodes."""
+    def _resolve(self, method: Method, variant: Variant, handle: ModelHandle, key: CacheKey) -> Spec:
+        """The variant's config with its ``exclude_top`` most sensitive nodes left out."""
         if not variant.exclude_top:
             return variant.config
-        ranked = self._ranked(variant, handle, key)
+        ranked = self._ranked(method, variant, handle, key)
         if not ranked:
-            raise ValueError("no MatMul/Gemm node could be ranked for quantization sensitivity; see the job log")
-        if variant.exclude_top >= len(ranked):
-            raise ValueError(
-                f"only {len(ranked)} quantizable node(s): keeping {variant.exclude_top} in float would quantize nothing"
-            )
-        extra = [n for n in ranked[: variant.exclude_top] if n not in variant.config.exclude_nodes]
-        return variant.config.model_copy(update={"exclude_nodes": [*variant.config.exclude_nodes, *extra]})
+            raise ValueError(f"no node could be ranked for {variant.key} sensitivity; see the job log")
+        return method.leave_out(variant.config, ranked[: variant.exclude_top], ranked)
 
-    def _ranked(self, variant: Variant, handle: ModelHandle, key: str) -> list[str]:
-        """MatMul/Gemm nodes, most sensitive first: quantize each alone, measure output error.
+    def _ranked(self, method: Method, variant: Variant, handle: ModelHandle, key: CacheKey) -> list[str]:
+        """The method's rankable nodes, most sensitive first: apply the step to each alone,
+        measure the output error.
 
         Measured on method-side data (calibration/train), never the validation split, with
-        the variant's own settings (smoothing included).
+        the variant's own settings (e.g. quantize smoothing), once per prepared input.
         """
-        if key in self._sensitivity:
-            return self._sensitivity[key]
-        graph = handle.onnx_model.graph
-        sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
-        nodes = [n for n in graph.node if n.op_type in QUANTIZABLE_OPS and n.name]
-        nodes.sort(key=lambda n: -sum(sizes.get(x, 0) for x in n.input))
-        names = [n.name for n in nodes[:SENSITIVITY_MAX_NODES]]
-        all_names = [n.name for n in nodes]
+        cache_key = key.prepared(method.key)
+        if cache_key in self._sensitivity:
+            return self._sensitivity[cache_key]
+        rankable = method.rankable_nodes(handle, variant.config)
         probe = self.data.calibration if len(self.data.calibration) else self.data.train
         probe = probe.take(SENSITIVITY_PROBE)
-        reference = measure.run_outputs(measure.session(handle.onnx_model), probe)
+        reference = measure.run_outputs(measure.session(self.to_onnx(handle, key).onnx_model), probe)
         errors: dict[str, float] = {}
-        method = get_method("quantize")
-        for name in names:
-            alone = variant.config.model_copy(update={"exclude_nodes": [n for n in all_names if n != name]})
+        for name in rankable[:SENSITIVITY_MAX_NODES]:
             try:
-                quantized = method.apply(handle, alone, self.data).model
+                alone = method.leave_out(variant.config, [n for n in rankable if n != name], rankable)
+                seed_everything(self.data.seed)
+                changed = self.to_onnx(method.apply(handle, alone, self.data).model, None)
             except ValueError as e:  # e.g. a node the quantizer's pre-processing fused away
-                log.warning("cannot rank node %s for quantization: %s", name, first_line(e))
+                log.warning("cannot rank node %s for %s: %s", name, variant.key, first_line(e))
                 continue
-            out = measure.run_outputs(measure.session(quantized.onnx_model), probe)
+            out = measure.run_outputs(measure.session(changed.onnx_model), probe)
             errors[name] = self._error(out, reference)
         ranked = sorted(errors, key=lambda n: -errors[n])
         log.info(
-            "quantization sensitivity (%s): %s",
+            "%s sensitivity (%s): %s",
+            variant.key,
             "1 - mean cosine" if self.metric == "cosine" else "relative output MSE",
             ", ".join(f"{n}={errors[n]:.3g}" for n in ranked),
         )
-        self._sensitivity[key] = ranked
+        self._sensitivity[cache_key] = ranked
         self.node_errors.update(errors)
         return ranked
 
@@ -347,7 +349,7 @@ class Runner:
             error = 1.0 - measure.score_outputs("cosine", out, None, reference)
         else:
             error = float(np.mean((out - reference) ** 2) / max(float(np.mean(reference**2)), 1e-12))
-        return error if np.isfinite(error) else float("inf")  # a node whose quantization gives NaN: the most sensitive
+        return error if np.isfinite(error) else float("inf")  # a node whose change gives NaN: the most sensitive
 
 
 # --------------------------------------------------------------------------- job
@@ -461,7 +463,7 @@ def compress(spec: CompressedModelSpec, workdir: Path, inputs: Inputs, progress:
 
     runner = Runner(source, method_data, export_sample, spec.validation.metric, _source_exporter(spec, src_path))
     try:
-        baseline_onnx = runner.to_onnx(source, "")
+        baseline_onnx = runner.to_onnx(source, CacheKey())
     except ValueError as e:  # the source itself does not export: its inputs do not fit the data
         raise JobInputError(
             "source",
@@ -572,7 +574,7 @@ def _trial(
     i: int, cand: Candidate, runner: Runner, spec: CompressedModelSpec, baseline: measure.Measured, val: Samples
 ) -> Trial:
     t0 = time.perf_counter()
-    trial = Trial(index=i, recipe=[v.describe() for v in cand.variants])
+    trial = Trial(index=i, recipe=[v.describe() for v in cand.variants], simplicity=cand.simplicity)
     try:
         # Model runs (sensitivity ranking, scoring, timing) stop at the limit; building
         # steps cannot be interrupted, but the first run after them stops the trial.
@@ -622,15 +624,59 @@ def _objective(trial: Trial, objective: str) -> float:
     return float(m.size_bytes or 0) if objective == "size" else float(m.latency_p50_ms or 0.0)
 
 
+def latency_noise(trials: list[Trial]) -> tuple[float, str]:
+    """(relative timing noise, how it was found) from the baseline's repeated timings.
+
+    The baseline is timed again side by side with every measured trial, the way the
+    trials themselves are timed: the same model each time, so the spread of its p50
+    (max - min over the median) is what the machine's noise does to one latency. Never
+    below ``MIN_LATENCY_NOISE``; ``UNKNOWN_LATENCY_NOISE`` with too few timings to tell.
+    """
+    timings = [t.baseline_metrics.latency_p50_ms or 0.0 for t in trials if t.baseline_metrics is not None]
+    timings = [ms for ms in timings if ms > 0]
+    if len(timings) < NOISE_MIN_TIMINGS:
+        return UNKNOWN_LATENCY_NOISE, f"{UNKNOWN_LATENCY_NOISE:.0%}, assumed: too few baseline timings to measure it"
+    spread = (max(timings) - min(timings)) / statistics.median(timings)
+    how = f"spread of the baseline's {len(timings)} timings"
+    if spread < MIN_LATENCY_NOISE:
+        return MIN_LATENCY_NOISE, f"{MIN_LATENCY_NOISE:.0%}, the floor; {how}: {spread:.1%}"
+    return spread, f"{spread:.0%}, the {how}"
+
+
+def _choose(passing: list[Trial], objective: str, noise: float) -> tuple[Trial, list[Trial]]:
+    """(the chosen trial, the trials tied with the best on the objective).
+
+    Tied: within ``noise`` (relative) of the best; sizes are exact, so for the size
+    objective only equal sizes tie. Among ties the rule is stable across runs of the
+    same spec: smaller size, then simpler recipe (``Candidate.simplicity``), then the
+    earlier trial.
+    """
+    best = min(_objective(t, objective) for t in passing)
+    tolerance = 0.0 if objective == "size" else noise
+    tied = [t for t in passing if _objective(t, objective) <= best * (1 + tolerance)]
+    chosen = min(tied, key=lambda t: (_objective(t, "size"), t.simplicity, t.index))
+    return chosen, tied
+
+
 def _decide(trials: list[Trial], spec: CompressedModelSpec) -> tuple[Outcome, Trial | None, str]:
+    """The outcome, the trial it is about, and why (the summary's reason)."""
     measured = [t for t in trials if t.metrics is not None]
     if not measured:
         errors = "; ".join(f"trial {t.index}: {t.reason}" for t in trials)
         return Outcome.failed, None, shorten(f"no candidate could be built ({errors})", 1000)
     passing = [t for t in measured if t.passed]
     if passing:
-        best = min(passing, key=lambda t: _objective(t, spec.compression.search.objective))
-        return Outcome.validated, best, f"trial {best.index} met every threshold"
+        objective = str(spec.compression.search.objective)
+        noise, how = latency_noise(trials)
+        best, tied = _choose(passing, objective, noise)
+        reason = f"trial {best.index} met every threshold"
+        if len(tied) > 1:
+            within = "of the same size" if objective == "size" else f"within the timing noise ({how}) of the fastest"
+            reason += (
+                f"; trials {', '.join(str(t.index) for t in tied)} were {within}, so the smallest, "
+                "then the simplest recipe, then the earliest was chosen"
+            )
+        return Outcome.validated, best, reason
     closest = min(measured, key=lambda t: (len(t.failed), t.accuracy_drop if t.accuracy_drop is not None else 0.0))
     tried = f"{len(trials)} trial{'s' if len(trials) != 1 else ''}"
     return Outcome.rejected, closest, f"no candidate met the thresholds ({tried}); closest: {'; '.join(closest.failed)}"

@@ -6,6 +6,12 @@ new handle plus a small dict of what it changed. Methods never measure the resul
 measurement is one module (``modelpress.jobs.measure``) so every candidate is
 compared the same way. The search composes methods without knowing their insides.
 
+Each method also owns its search space (as Olive's passes declare theirs): which
+milder or alternative settings the accuracy-aware search may try (:meth:`Method.ladder`),
+and, when it has one, how to rank the nodes it changes by sensitivity so the search can
+leave the most sensitive ones untouched (:meth:`Method.rankable_nodes`,
+:meth:`Method.leave_out`). The pipeline never branches on method names.
+
 Adding a method = one module in this package that defines a subclass of
 :class:`Method` decorated with :func:`register` (plus its config type in
 ``modelpress.api`` and its tests). Modules here are discovered automatically.
@@ -15,9 +21,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import random
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+import numpy as np
 
 if TYPE_CHECKING:  # keep `import modelpress.jobs.methods` light
     from pathlib import Path
@@ -29,6 +39,9 @@ if TYPE_CHECKING:  # keep `import modelpress.jobs.methods` light
     from modelpress.jobs.dataset import Samples
 
 Stage = Literal["torch", "onnx"]
+# A method's config type (``modelpress.api``): subclasses are ``Method[Quantize]`` etc.,
+# so their hooks take their own config type and type-check as overrides.
+ConfigT = TypeVar("ConfigT", bound="Spec")
 
 
 @dataclass
@@ -93,28 +106,99 @@ class StepResult:
     changes: dict[str, Any] = field(default_factory=dict)  # e.g. {"sparsity": 0.5}
 
 
-class Method(ABC):
-    """One compression technique. Stateless; configuration arrives per call."""
+@dataclass(frozen=True)
+class Variant:
+    """One setting of one step in the search: its config, how much milder than asked it
+    is (``level``: the search skips a candidate once a less mild one passed), and how many
+    of the most sensitive nodes (ranked by the search, see :meth:`Method.rankable_nodes`)
+    the step leaves untouched (``exclude_top``; e.g. quantize keeps them in float).
+    ``rung``: the position in the step's ladder (0 = as asked), set by the search."""
+
+    key: str
+    config: Spec
+    level: int = 0
+    exclude_top: int = 0
+    rung: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {self.key: self.config.model_dump(by_alias=True, mode="json")}
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What a method's ladder may depend on besides its own config."""
+
+    # The spec has validation.calibration: settings that need calibration data (e.g.
+    # quantize smoothing) are valid recipes on their own, so the ladder may offer them.
+    calibrated: bool = False
+
+
+class Method(ABC, Generic[ConfigT]):
+    """One compression technique. Stateless; configuration arrives per call.
+
+    Only :meth:`apply` is required; the search hooks default to "no search space".
+    """
 
     key: ClassVar[str]  # the step key in the spec, e.g. "lowRank"
     stages: ClassVar[frozenset[Stage]]  # model stages it can work on
 
     @abstractmethod
-    def apply(self, model: ModelHandle, config: Spec, data: MethodData) -> StepResult:
+    def apply(self, model: ModelHandle, config: ConfigT, data: MethodData) -> StepResult:
         """Return a new handle; must not mutate ``model`` (search reuses it)."""
 
+    def ladder(self, config: ConfigT, context: SearchContext) -> list[Variant]:
+        """The settings the search tries after ``config`` as asked, in order (build them
+        with :meth:`variant`). Default: none, the search keeps this step as asked."""
+        return []
 
-REGISTRY: dict[str, Method] = {}
+    def variant(self, config: ConfigT, level: int = 0, exclude_top: int = 0) -> Variant:
+        return Variant(self.key, config, level=level, exclude_top=exclude_top)
+
+    def prepare(self, model: ModelHandle) -> ModelHandle:
+        """Work that every variant of this step would repeat on the same input (e.g.
+        quantize's graph pre-processing); the search does it once per input and passes the
+        result to :meth:`apply` and the node ranking. Default: nothing to share."""
+        return model
+
+    def rankable_nodes(self, model: ModelHandle, config: ConfigT) -> list[str]:
+        """Nodes ``config`` would change that it could leave untouched, the ones most worth
+        ranking first (the search ranks at most a few). Default: none, so variants of this
+        method never set ``exclude_top``."""
+        return []
+
+    def leave_out(self, config: ConfigT, nodes: Sequence[str], among: Sequence[str]) -> ConfigT:
+        """``config`` changed so the step leaves ``nodes`` untouched. ``among``: the nodes
+        under consideration; raise ValueError when leaving ``nodes`` out changes none of them."""
+        raise NotImplementedError(f"{self.key} does not rank nodes")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global random generator a method may draw from (Python, numpy, torch).
+
+    The search reuses cached step results in whatever order trials need them, so each
+    step is seeded on its own: the same step on the same input gives the same model.
+    """
+    import torch  # here, not at module level: keep `import modelpress.jobs.methods` light
+
+    random.seed(seed)
+    np.random.seed(seed)  # the legacy global generator: libraries a method calls may draw from it
+    torch.manual_seed(seed)
+
+
+REGISTRY: dict[str, Method[Any]] = {}
 _DISCOVERED = False
 
 
-def register(cls: type[Method]) -> type[Method]:
+M = TypeVar("M", bound=Method[Any])
+
+
+def register(cls: type[M]) -> type[M]:
     """Class decorator: make a method available under its step key."""
     REGISTRY[cls.key] = cls()
     return cls
 
 
-def get_method(key: str) -> Method:
+def get_method(key: str) -> Method[Any]:
     """The registered method for a step key (modules are imported on first use).
 
     Discovery runs once, independently of what is already registered: importing one

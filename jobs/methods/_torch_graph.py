@@ -112,15 +112,30 @@ def layers(gm: fx.GraphModule, kinds: tuple[str, ...] = ("linear", "conv")) -> l
     return [n for n in gm.graph.nodes if is_layer(n) and n.target in want]
 
 
+def node_arg(node: fx.Node, i: int) -> fx.Node:
+    """``node.args[i]`` where the graph's shape makes it a node (a layer's weight, say)."""
+    arg = node.args[i]
+    if not isinstance(arg, fx.Node):
+        raise TypeError(f"argument {i} of {node.name} is a {type(arg).__name__}, not a graph node")
+    return arg
+
+
+def attr_name(node: fx.Node) -> str:
+    """The dotted attribute path a get_attr node reads, e.g. ``layers.0.weight``."""
+    if node.op != "get_attr" or not isinstance(node.target, str):
+        raise TypeError(f"{node.name} is a {node.op} node, not a get_attr")
+    return node.target
+
+
 def get_param(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
     """The tensor behind a get_attr node."""
-    owner, name = _owner(gm, node.target)
+    owner, name = _owner(gm, attr_name(node))
     return getattr(owner, name)
 
 
 def set_param(gm: fx.GraphModule, node: fx.Node, value: torch.Tensor) -> None:
     """Replace the tensor behind a get_attr node, keeping parameter vs buffer."""
-    owner, name = _owner(gm, node.target)
+    owner, name = _owner(gm, attr_name(node))
     old = getattr(owner, name)
     if isinstance(old, nn.Parameter):
         setattr(owner, name, nn.Parameter(value.detach().clone().contiguous(), requires_grad=old.requires_grad))
@@ -135,7 +150,7 @@ def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
 
 def weight_slots(gm: fx.GraphModule) -> list[tuple[nn.Module, str]]:
     """(owner module, attribute) of each Linear/Conv weight: what torch.nn.utils.prune takes."""
-    return [_owner(gm, n.args[1].target) for n in layers(gm)]
+    return [_owner(gm, attr_name(node_arg(n, 1))) for n in layers(gm)]
 
 
 # --------------------------------------------------------------------------- structured
@@ -162,7 +177,8 @@ def prunable_pairs(gm: fx.GraphModule, kinds: tuple[str, ...]) -> list[Pair]:
     for producer in layers(gm, kinds):
         if _groups(producer) != 1:
             continue
-        between, node = [], producer
+        between: list[fx.Node] = []
+        node = producer
         while len(node.users) == 1:
             user = next(iter(node.users))
             if is_layer(user) and user.args[0] is node and user.target in _same_family(producer) and _groups(user) == 1:
@@ -180,7 +196,10 @@ def _same_family(node: fx.Node) -> set:
 
 
 def _groups(node: fx.Node) -> int:
-    return int(node.args[6]) if node.target in CONVS and len(node.args) > 6 else 1
+    groups = node.args[6] if node.target in CONVS and len(node.args) > 6 else 1
+    if not isinstance(groups, int):
+        raise TypeError(f"{node.name}: groups is a {type(groups).__name__}, not an int")
+    return groups
 
 
 def _passes_units(user: fx.Node, src: fx.Node) -> bool:
@@ -200,7 +219,7 @@ def shrink_pairs(gm: fx.GraphModule, pairs: list[Pair], keep_fraction: float) ->
     """
     widths: dict[str, list[int]] = {}
     for pair in pairs:
-        weight_node, bias_node = pair.producer.args[1], _arg(pair.producer, 2)
+        weight_node, bias_node = node_arg(pair.producer, 1), _arg(pair.producer, 2)
         weight = get_param(gm, weight_node)
         n = weight.shape[0]
         keep_n = max(1, int(round(n * keep_fraction)))
@@ -215,17 +234,18 @@ def shrink_pairs(gm: fx.GraphModule, pairs: list[Pair], keep_fraction: float) ->
         for node in pair.between:
             if node.target is BATCH_NORM:
                 for arg in node.args[1:5]:
-                    if arg is not None:
+                    if isinstance(arg, fx.Node):  # the state _passes_units found as get_attr nodes
                         set_param(gm, arg, get_param(gm, arg).detach()[keep])
-        consumer_weight = pair.consumer.args[1]
+        consumer_weight = node_arg(pair.consumer, 1)
         set_param(gm, consumer_weight, get_param(gm, consumer_weight).detach()[:, keep])
-        widths[weight_node.target] = [n, keep_n]
+        widths[attr_name(weight_node)] = [n, keep_n]
     gm.recompile()
     return widths
 
 
 def _arg(node: fx.Node, i: int) -> fx.Node | None:
-    return node.args[i] if len(node.args) > i and isinstance(node.args[i], fx.Node) else None
+    arg = node.args[i] if len(node.args) > i else None
+    return arg if isinstance(arg, fx.Node) else None
 
 
 # --------------------------------------------------------------------------- training
@@ -288,9 +308,16 @@ def match_outputs(teacher: nn.Module) -> LossFn:
     return loss
 
 
+def _labelled(labels: torch.Tensor | None) -> torch.Tensor:
+    """The labels a label loss needs (it is chosen only for data that has them)."""
+    if labels is None:
+        raise ValueError("this loss needs labels (y) in the training data")
+    return labels
+
+
 def _label_loss(task: str) -> LossFn:
     if task == "classification":
-        return lambda out, _feeds, y: nn.functional.cross_entropy(out, y.long())
+        return lambda out, _feeds, y: nn.functional.cross_entropy(out, _labelled(y).long())
     if task == "regression":
-        return lambda out, _feeds, y: nn.functional.mse_loss(out, y.to(out.dtype).reshape(out.shape))
+        return lambda out, _feeds, y: nn.functional.mse_loss(out, _labelled(y).to(out.dtype).reshape(out.shape))
     raise ValueError(f"task {task!r} has no label loss; fine-tuning it needs a teacher (distill) instead")

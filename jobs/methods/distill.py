@@ -32,7 +32,7 @@ STUDENT_FIELD = "distill.student.storageUri"
 
 
 @register
-class DistillMethod(Method):
+class DistillMethod(Method[Distill]):
     key = "distill"
     stages = frozenset({"torch"})
 

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from modelpress.api import LowRank
-from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, SearchContext, StepResult, Variant, register
 from modelpress.jobs.methods import _torch_graph as tg
 from modelpress.jobs.methods._onnx_graph import drop_unused_initializers, gemm_to_matmul, initializers, matmul_weights
 
@@ -24,6 +24,7 @@ def choose_rank(singular_values: np.ndarray, config: LowRank) -> int:
     """The rank the config asks for (at least 1)."""
     if config.rank_ratio is not None:
         return max(1, int(round(config.rank_ratio * len(singular_values))))
+    assert config.energy is not None  # LowRank validates exactly one of rankRatio, energy
     energy = np.cumsum(singular_values.astype(np.float64) ** 2)
     return int(np.searchsorted(energy / energy[-1], config.energy - 1e-12) + 1)
 
@@ -42,9 +43,27 @@ def factorize(weight: np.ndarray, config: LowRank) -> tuple[np.ndarray, np.ndarr
 
 
 @register
-class LowRankMethod(Method):
+class LowRankMethod(Method[LowRank]):
     key = "lowRank"
     stages = frozenset({"torch", "onnx"})
+
+    def ladder(self, config: LowRank, context: SearchContext) -> list[Variant]:
+        """Keep more: the energy left out halved and quartered, or 1.5x and 2x the rank ratio."""
+        if config.energy is not None:
+            energies = [1 - (1 - config.energy) / d for d in (2, 4)]
+            return [
+                self.variant(config.model_copy(update={"energy": round(v, 4)}), level=i)
+                for i, v in enumerate(energies, start=1)
+                if v < 1
+            ]
+        ratio = config.rank_ratio
+        assert ratio is not None  # the API validates exactly one of energy, rankRatio
+        ratios = [min(1.0, ratio * f) for f in (1.5, 2.0)]
+        return [
+            self.variant(config.model_copy(update={"rank_ratio": round(v, 4)}), level=i)
+            for i, v in enumerate(ratios, start=1)
+            if v > ratio
+        ]
 
     def apply(self, model: ModelHandle, config: LowRank, data: MethodData) -> StepResult:
         if model.stage == "onnx":
@@ -53,13 +72,14 @@ class LowRankMethod(Method):
         before = tg.count_parameters(gm)
         ranks: dict[str, list[int]] = {}
         for node in tg.layers(gm, ("linear",)):
-            weight_node = node.args[1]
+            weight_node = tg.node_arg(node, 1)
+            weight_name = tg.attr_name(weight_node)
             weight = tg.get_param(gm, weight_node).detach()
             factors = factorize(weight.numpy(), config)
             if factors is None:
                 continue
             a, b = (torch.from_numpy(f) for f in factors)
-            owner_path, _, attr = weight_node.target.rpartition(".")
+            owner_path, _, attr = weight_name.rpartition(".")
             owner = gm.get_submodule(owner_path) if owner_path else gm
             owner.register_parameter(f"{attr}_lowrank_a", nn.Parameter(a))
             owner.register_parameter(f"{attr}_lowrank_b", nn.Parameter(b))
@@ -72,7 +92,7 @@ class LowRankMethod(Method):
             if not weight_node.users:
                 gm.graph.erase_node(weight_node)
                 delattr(owner, attr)
-            ranks[weight_node.target] = [min(weight.shape), a.shape[0]]
+            ranks[weight_name] = [min(weight.shape), a.shape[0]]
         gm.graph.lint()
         gm.recompile()
         changes = {"ranks": ranks, "parametersBefore": before, "parametersAfter": tg.count_parameters(gm)}

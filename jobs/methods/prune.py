@@ -21,15 +21,23 @@ from torch import nn
 from torch.nn.utils import prune
 
 from modelpress.api import Prune
-from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, SearchContext, StepResult, Variant, register
 from modelpress.jobs.methods import _torch_graph as tg
 from modelpress.jobs.methods._onnx_graph import initializers, matmul_weights
 
 
 @register
-class PruneMethod(Method):
+class PruneMethod(Method[Prune]):
     key = "prune"
     stages = frozenset({"torch", "onnx"})
+
+    def ladder(self, config: Prune, context: SearchContext) -> list[Variant]:
+        """3/4, 1/2 and 1/4 of the asked sparsity (rounded; at least 1%)."""
+        return [
+            self.variant(config.model_copy(update={"sparsity": round(config.sparsity * f, 3)}), level=i)
+            for i, f in enumerate((0.75, 0.5, 0.25), start=1)
+            if config.sparsity * f >= 0.01
+        ]
 
     def apply(self, model: ModelHandle, config: Prune, data: MethodData) -> StepResult:
         if model.stage == "onnx":

@@ -19,7 +19,7 @@ import copy
 import io
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from modelpress.api import Quantize
 from modelpress.jobs.dataset import Samples
-from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
+from modelpress.jobs.methods import Method, MethodData, ModelHandle, SearchContext, StepResult, Variant, register
 from modelpress.jobs.methods._onnx_graph import check_node_names, gemm_to_matmul, topological_sort, weight_bytes
 from modelpress.jobs.methods._smooth import smooth, smoothed_weights
 
@@ -40,12 +40,72 @@ PREPROCESSED = "modelpress.quantize.preprocessed"
 # One sample per batch: the histogram calibrators (entropy, percentile) stack the
 # collected outputs and fail on a short last batch; text samples also stay unpadded.
 CALIBRATION_BATCH = 1
+# SmoothQuant alphas the search tries before keeping nodes in float (int8 modes, with
+# calibration data). 0.75 moved MiniLM from 0.9929 to 0.9967 mean cosine; 0.5 is the paper's default.
+SMOOTHING_RUNGS = (0.75, 0.5)
+QUANTIZABLE_OPS = ("MatMul", "Gemm")  # what every mode quantizes: the nodes worth keeping in float
 
 
 @register
-class QuantizeMethod(Method):
+class QuantizeMethod(Method[Quantize]):
     key = "quantize"
     stages = frozenset({"onnx"})
+
+    def ladder(self, config: Quantize, context: SearchContext) -> list[Variant]:
+        """After the step as asked: smoothing, per-channel flipped, then the 1, 2, 4 most
+        sensitive nodes in float.
+
+        For int8 with calibration data and no smoothing asked, smoothing rungs come first:
+        they keep every node in int8 (level 0, as compressed as asked) and are exact in
+        float, so they are tried before keeping nodes in float; the exclusion rungs then
+        build on the first smoothing rung (per-channel, which smoothing needs: the weights
+        absorb the activation scales).
+        """
+        int8 = config.mode in ("dynamic", "static")  # the int8 modes have per-channel scales and smoothing
+        smoothed = [config.model_copy(update={"smoothing": alpha, "per_channel": True}) for alpha in SMOOTHING_RUNGS]
+        base = config
+        out = []
+        if int8 and context.calibrated and config.smoothing is None:
+            out += [self.variant(c) for c in smoothed]
+            base = smoothed[0]
+        out.append(self.variant(base, level=1, exclude_top=1))
+        if int8:
+            out.append(self.variant(config.model_copy(update={"per_channel": not config.per_channel})))
+        out += [self.variant(base, level=lvl, exclude_top=k) for lvl, k in ((2, 2), (3, 4))]
+        return out
+
+    def prepare(self, model: ModelHandle) -> ModelHandle:
+        """ORT's pre-processing, once for every variant and ranking run on this input.
+
+        Fusions rename nodes (``X`` becomes ``X/MatMulAddFusion``), so the search ranks and
+        excludes nodes on the pre-processed graph: the names it picks are then the names
+        the quantizer sees. The graph is marked, so :meth:`apply` does not redo it.
+        """
+        if model.onnx_model is None:
+            return model
+        return model.with_model(onnx_model=pre_process(model.onnx_model))
+
+    def rankable_nodes(self, model: ModelHandle, config: Quantize) -> list[str]:
+        """Named MatMul/Gemm nodes not already excluded, largest weights first (the biggest
+        share of the size and time, so worth ranking first)."""
+        if model.onnx_model is None:
+            return []
+        graph = model.onnx_model.graph
+        sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+        nodes = [
+            n for n in graph.node if n.op_type in QUANTIZABLE_OPS and n.name and n.name not in config.exclude_nodes
+        ]
+        nodes.sort(key=lambda n: -sum(sizes.get(x, 0) for x in n.input))
+        return [n.name for n in nodes]
+
+    def leave_out(self, config: Quantize, nodes: Sequence[str], among: Sequence[str]) -> Quantize:
+        """Keep ``nodes`` in float (added to ``excludeNodes``)."""
+        if not set(among) - set(nodes):
+            raise ValueError(
+                f"only {len(among)} quantizable node(s): keeping {len(nodes)} in float would quantize nothing"
+            )
+        extra = [n for n in nodes if n not in config.exclude_nodes]
+        return config.model_copy(update={"exclude_nodes": [*config.exclude_nodes, *extra]})
 
     def apply(self, model: ModelHandle, config: Quantize, data: MethodData) -> StepResult:
         if model.onnx_model is None:
