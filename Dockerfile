@@ -1,13 +1,16 @@
 # syntax=docker/dockerfile:1
 #
-# ModelPress images, one file, two targets:
+# ModelPress images, one file, three targets:
 #   docker build --target operator -t modelpress-operator .
 #   docker build --target job -t modelpress-job .                            # CPU wheels
 #   docker build --target job --build-arg TORCH_VARIANT=cuda -t modelpress-job:cuda .
+#   docker build --target serving -t modelpress-serving .
 #
 # operator: the kopf control plane; no torch, no onnxruntime (small, quick to pull).
-# job:      compression Jobs (`python -m modelpress.jobs`) and the modelpress-onnx
-#           serving runtime (`python -m modelpress.jobs.serving`) from the same image.
+# job:      compression Jobs (`python -m modelpress.jobs`); it can serve too.
+# serving:  the modelpress-onnx runtime (`python -m modelpress.jobs.serving`) that the
+#           chart's ClusterServingRuntime starts: kserve, onnxruntime, numpy, tokenizers;
+#           no torch, no transformers (see README for its size).
 #
 # Packages are installed into a virtualenv in a builder stage and only that venv is
 # copied into the final stages, so nothing used to build (pip caches, sources) ships.
@@ -30,6 +33,11 @@ COPY jobs ./jobs
 FROM source AS build-operator
 RUN python -m venv /opt/modelpress \
     && /opt/modelpress/bin/pip install --no-cache-dir -c constraints.txt '.[operator]' \
+    && /opt/modelpress/bin/pip uninstall --yes pip
+
+FROM source AS build-serving
+RUN python -m venv /opt/modelpress \
+    && /opt/modelpress/bin/pip install --no-cache-dir -c constraints.txt '.[serving]' \
     && /opt/modelpress/bin/pip uninstall --yes pip
 
 FROM source AS build-job
@@ -71,6 +79,16 @@ USER 10001:10001
 # Prometheus metrics (MODELPRESS_METRICS_PORT) and kopf's liveness endpoint (MODELPRESS_LIVENESS_PORT).
 EXPOSE 8000 8080
 ENTRYPOINT ["modelpress", "operator"]
+
+FROM runtime AS serving
+COPY --from=build-serving /opt/modelpress /opt/modelpress
+# Read-only root filesystem with an emptyDir on /tmp, as for the job image.
+ENV HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache
+USER 10001:10001
+# KServe ModelServer's HTTP port (V1 and V2 protocols, /metrics).
+EXPOSE 8080
+ENTRYPOINT ["python", "-m", "modelpress.jobs.serving"]
 
 FROM runtime AS job
 COPY --from=build-job /opt/modelpress /opt/modelpress

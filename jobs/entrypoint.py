@@ -22,6 +22,7 @@ summary's reason; unexpected errors are logged in full and summarised in one lin
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 
 from modelpress.api import CompressedModelSpec
 from modelpress.jobs.errors import first_line
+from modelpress.output import add_output_argument, dump
 from modelpress.summary import DEFAULT_TERMINATION_LOG, JobSummary, Outcome
 
 if TYPE_CHECKING:
@@ -57,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="one step of the Job's pod (download, compress, upload) or all of them in this process (default)",
     )
+    add_output_argument(parser, human=None)  # how the summary is printed; the termination log is always JSON
+
+
+def _print_summary(summary: JobSummary, output: str) -> None:
+    """The termination message on stdout (the pod's log), as is (json) or as YAML."""
+    message = summary.to_termination_message()
+    print(message if output == "json" else dump(json.loads(message), output).rstrip("\n"))
 
 
 def job_command(args: argparse.Namespace) -> int:
@@ -67,10 +76,10 @@ def job_command(args: argparse.Namespace) -> int:
         return 0
     if args.phase == "compress" and summary.outcome != Outcome.failed.value:
         # Validated or Rejected: the upload container reports (and exits with) the outcome.
-        print(summary.to_termination_message())
+        _print_summary(summary, args.output)
         return 0
     write_termination_log(args.termination_log, summary)
-    print(summary.to_termination_message())
+    _print_summary(summary, args.output)
     return int(summary.exit_code)
 
 
@@ -189,11 +198,40 @@ def offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def configure_logging() -> None:
+def configure_logging(log_file: Path | None = None, console: bool = True) -> None:
     """Our own steps at INFO; libraries (ORT's quantizer logs per tensor on the root
-    logger, the ONNX exporter per pass) only when something is wrong."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger, the ONNX exporter per pass) only when something is wrong.
+
+    Records go to stderr (``console``) and/or appended to ``log_file``: ``modelpress run``
+    keeps its terminal for progress bars and sends the rest to a file. ``warnings.warn``
+    calls become records too, and torch's loggers, which torch gives their own stderr
+    handler when it is imported, are handed to these handlers, so call this after the
+    heavy imports for torch's exporter notes to follow it.
+    """
+    handlers: list[logging.Handler] = [logging.StreamHandler()] if console else []
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers or [logging.NullHandler()],
+        force=True,
+    )
     logging.getLogger("modelpress").setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    _route_torch_loggers()
+
+
+def _route_torch_loggers() -> None:
+    """Drop the stderr handlers torch puts on its loggers (``import torch`` adds them and
+    stops propagation) so their records reach the root logger's handlers instead."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and (name == "torch" or name.startswith("torch.")):
+            own = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+            for handler in own:
+                logger.removeHandler(handler)
+            if own:  # loggers torch keeps off on purpose (trace, disabled artifacts) have none
+                logger.propagate = True
 
 
 def _failed(spec: CompressedModelSpec, reason: str) -> JobSummary:

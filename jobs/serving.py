@@ -16,6 +16,9 @@ for an analysed canary:
 Serves ``<model_dir>/model/1/model.onnx`` (KServe's Triton model-repository layout, the
 ModelPress artifact layout) or a bare ``<model_dir>/model.onnx``.
 
+Imports nothing of the compression stack (torch, transformers, onnx): it runs in the
+slim ``serving`` image (Dockerfile) as well as in the job image.
+
     python -m modelpress.jobs.serving --model_dir DIR --model_name NAME [--http_port N]
 """
 
@@ -41,10 +44,12 @@ from kserve.logging import logger
 from kserve.model import InferenceVerb
 from prometheus_client import Counter, Histogram
 
-from modelpress.jobs.artifact import MODEL_RELPATH
-
 # The artifact layout of ModelPress is KServe's Triton model repository (model name
-# "model", version 1); a bare model.onnx is accepted for hand-made directories.
+# "model", version 1); a bare model.onnx is accepted for hand-made directories. Spelled
+# out here rather than imported from jobs/artifact.py, which needs the onnx package: the
+# serving image holds only kserve, onnxruntime, numpy and tokenizers (a test checks the
+# two agree).
+MODEL_RELPATH = "model/1/model.onnx"
 MODEL_CANDIDATES = (MODEL_RELPATH, "model.onnx")  # the job's artifact layout, or a bare file
 
 # Sub-millisecond resolution matters: a small int8 MLP answers in ~100 µs, and the
@@ -196,31 +201,38 @@ class OnnxModel(Model):
         self.ready = True
         return self.ready
 
+    @property
+    def _session(self) -> ort.InferenceSession:
+        """The session :meth:`load` opened; KServe routes no request to a model before it is ready."""
+        if self.session is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self.session
+
     def _warm_up(self, runs: int = 3) -> None:
         """A few inferences on zeros before reporting ready, so the first real requests
         (the ones a canary analysis judges first) do not pay for lazy initialisation."""
-        feed = {}
-        for i in self.session.get_inputs():
+        feed: dict[str, np.ndarray] = {}
+        for i in self._session.get_inputs():
             dtype = ORT_TO_NUMPY.get(i.type)
             if dtype is None:  # e.g. string inputs: no meaningful zeros
                 return
             feed[i.name] = np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], dtype=dtype)
         try:
             for _ in range(runs):
-                self.session.run(self._outputs, feed)
+                self._session.run(self._outputs, feed)
         except Exception as e:  # a model that rejects zeros still serves real input
             logger.warning("warm-up skipped for %s: %s", self.name, e)
 
     def get_input_types(self) -> list[dict]:
         return [
             {"name": i.name, "datatype": ORT_TO_V2.get(i.type, i.type), "shape": _shape(i.shape)}
-            for i in self.session.get_inputs()
+            for i in self._session.get_inputs()
         ]
 
     def get_output_types(self) -> list[dict]:
         return [
             {"name": o.name, "datatype": ORT_TO_V2.get(o.type, o.type), "shape": _shape(o.shape)}
-            for o in self.session.get_outputs()
+            for o in self._session.get_outputs()
         ]
 
     async def __call__(self, body, headers=None, verb: InferenceVerb = InferenceVerb.PREDICT):
@@ -258,7 +270,7 @@ class OnnxModel(Model):
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return self.session.run(self._outputs, feed)
+            return self._session.run(self._outputs, feed)
         except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as e:
             raise InvalidInput(f"model {self.name!r} rejected the input: {e}") from e
 

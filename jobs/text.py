@@ -22,7 +22,6 @@ import numpy as np
 from modelpress.api import Limits
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError, first_line
-from modelpress.jobs.hf import load_tokenizer, model_input_names
 
 DATASET_FIELD = "validation.dataset.storageUri"
 # Tokenizers without a configured limit report this sentinel (int(1e30)) as their maximum.
@@ -52,6 +51,10 @@ def load_jsonl(
     model can never disagree); without a model at hand they follow the same rule the
     model loader uses. ``field`` is the spec field named in error messages.
     """
+    # Here, not at the top: jobs.hf loads models with torch and transformers, which the
+    # reading and checking of rows below (and the serving image) never need.
+    from modelpress.jobs.hf import load_tokenizer, model_input_names
+
     texts, labels = read_rows(Path(path), field, limits)
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)

@@ -9,6 +9,8 @@ everything a CompressedModel needs with file:// URIs (used by ``make demo``):
   calib.npz is the whole training split: the job fine-tunes and distills on the
   calibration dataset and calibrates static quantization on its first ``samples``
 - ``compressedmodel.yaml``  a pipeline recipe with search enabled, output under ``artifacts/``
+- ``digits-example.log``  the exporter's notes (opset, torchvision absent): the terminal
+  shows only the path of the spec it wrote (``-v`` shows the notes too)
 
 The hidden layers are wide (1024) on purpose: digits needs far less, so structured
 pruning can remove most units and the speed-up is real, which is what the example shows.
@@ -33,6 +35,7 @@ N_FEATURES = 64
 N_CLASSES = 10
 HIDDEN = (1024, 1024)
 CALIBRATION_SAMPLES = 200
+LOG_NAME = "digits-example.log"
 
 
 class DigitsMLP(nn.Module):
@@ -111,6 +114,7 @@ def build(out_dir: Path, seed: int = 0) -> Path:
 
     handle = ModelHandle([INPUT_NAME], [OUTPUT_NAME], module=model, dynamic_axes={INPUT_NAME: {0: "batch"}})
     onnx_handle = to_onnx(handle, {INPUT_NAME: x_val[:8]})
+    assert onnx_handle.onnx_model is not None  # to_onnx's result always holds the ONNX graph
     (out_dir / "model.onnx").write_bytes(onnx_handle.onnx_model.SerializeToString())
 
     np.savez(out_dir / "val.npz", x=x_val, y=y_val)
@@ -159,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out_dir", type=Path, help="directory to write the model, data and compressedmodel.yaml into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the exporter's log here too")
     args = parser.parse_args(argv)
+    from modelpress.jobs.entrypoint import configure_logging
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / LOG_NAME).write_text("")
+    configure_logging(args.out_dir / LOG_NAME, console=args.verbose)  # after torch's import: its loggers too
     print(build(args.out_dir, args.seed))
     return 0
 

@@ -28,7 +28,7 @@ from modelpress.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
-FINAL_TARGETS = ("operator", "job")
+FINAL_TARGETS = ("operator", "job", "serving")
 RUNTIME_UID = "10001"
 
 
@@ -198,13 +198,14 @@ def assert_real_command(argv: list[str]) -> None:
     (script,) = entry_points(group="console_scripts", name=argv[0])
     assert script.value == "modelpress.cli:main"
     assert argv[1] in COMMANDS, f"modelpress has no subcommand {argv[1]!r}"
-    module = COMMANDS[argv[1]][0].split(":")[0]
+    module = COMMANDS[argv[1]].target.split(":")[0]
     assert importlib.util.find_spec(module) is not None, f"modelpress {argv[1]} -> {module} is missing"
 
 
 def test_targets_exist_with_real_entrypoints() -> None:
     assert entrypoint("operator") == ["modelpress", "operator"]
     assert entrypoint("job") == ["python", "-m", "modelpress.jobs"]
+    assert entrypoint("serving") == ["python", "-m", "modelpress.jobs.serving"]
     for target in FINAL_TARGETS:
         assert_real_command(entrypoint(target))
 
@@ -220,6 +221,7 @@ def test_exposed_ports_are_the_ones_the_processes_listen_on() -> None:
 
     assert exposed("operator") == {Settings.metrics_port, Settings.liveness_port}
     assert exposed("job") == {8080}  # KServe ModelServer's default HTTP port
+    assert exposed("serving") == {8080}
 
 
 def test_serving_runtime_command_exists_in_the_job_image() -> None:
@@ -258,6 +260,20 @@ def test_operator_image_installs_no_ml_stack() -> None:
     assert "'.[operator]'" in runs and "[jobs]" not in runs
     job_runs = " ".join(args for word, args in BY_NAME["build-job"].instructions if word == "RUN")
     assert "'.[jobs]'" in job_runs and "onnxruntime-gpu" in job_runs
+
+
+def test_serving_image_installs_the_runtime_without_the_compression_stack() -> None:
+    """The serving target installs the `serving` extra only: no torch, transformers or onnx
+    (tests/serving/test_slim_runtime.py serves a model with those blocked)."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower() for d in extras["serving"]}
+    assert {"kserve", "onnxruntime", "numpy", "tokenizers"} <= names
+    assert not names & {"torch", "transformers", "onnx", "onnxscript", "scikit-learn", "safetensors"}
+    runs = " ".join(args for word, args in BY_NAME["build-serving"].instructions if word == "RUN")
+    assert "'.[serving]'" in runs and "[jobs]" not in runs
+    assert [a for w, a in BY_NAME["serving"].instructions if w == "COPY"] == [
+        "--from=build-serving /opt/modelpress /opt/modelpress"
+    ]
 
 
 def test_package_builds_from_exactly_the_copied_files(tmp_path: Path) -> None:
