@@ -55,9 +55,16 @@ system-packages:
 test: $(LINKED) system-packages
 	$(BIN)/pytest
 
+# mypy checks the installed package ([tool.mypy] in pyproject.toml says why); its report
+# names files in the link tree under build/, mapped back here to the files you edit.
+MYPY_PATHS := -e 's|build/__editable__[^/]*/modelpress/operator/|operator/|' \
+	-e 's|build/__editable__[^/]*/modelpress/jobs/|jobs/|' -e 's|build/__editable__[^/]*/modelpress/|src/modelpress/|'
+
 lint: $(LINKED)
 	$(BIN)/ruff check src operator jobs tests benchmarks
 	$(BIN)/ruff format --check src operator jobs tests benchmarks
+	@echo "$(BIN)/mypy -p modelpress"; $(BIN)/mypy -p modelpress > $(VENV)/mypy.out 2>&1; status=$$?; \
+		sed $(MYPY_PATHS) $(VENV)/mypy.out; exit $$status
 
 # Mutation testing of the decision modules against their fast tests (tests/mutation/run.py;
 # writes benchmarks/results/mutation.json). Minutes, not seconds: not part of `make test`.

@@ -27,7 +27,7 @@ CONFIG_RELPATH = "model/config.pbtxt"
 TRITON_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,256}")
 
 # ONNX elem type -> Triton data type
-_TRITON_TYPES = {
+_TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
     onnx.TensorProto.FLOAT16: "TYPE_FP16",
     onnx.TensorProto.DOUBLE: "TYPE_FP64",

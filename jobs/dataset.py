@@ -70,6 +70,7 @@ def collate(
         target = tuple(max(dim) for dim in zip(*(a.shape for a in arrays), strict=True))
         batch = np.full((len(arrays), *target), pad_values.get(name, 0), dtype=arrays[0].dtype)
         for i, a in enumerate(arrays):
-            batch[(i, *(slice(0, d) for d in a.shape))] = a
+            corner: tuple[int | slice, ...] = (i, *(slice(0, d) for d in a.shape))
+            batch[corner] = a
         out[name] = batch
     return out

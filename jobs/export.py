@@ -56,6 +56,7 @@ def to_onnx(handle: ModelHandle, sample: dict[str, np.ndarray], opset: int = 17)
             )
         except Exception as exc:  # the exporter raises many private types; give one readable error
             raise ValueError(f"could not export the model to ONNX: {first_line(exc)}") from exc
+    assert program is not None  # torch.onnx.export returns None only without dynamo=True
     model = program.model_proto
     _name_dynamic_dims(model, handle)
     _check_dynamic(model, handle, kwargs)

@@ -239,7 +239,7 @@ class KeywordInputs(torch.nn.Module):
             return KeywordInputs.forward(this, *args, **kwargs)
 
         forward.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        self.forward = types.MethodType(forward, self)
+        self.forward = types.MethodType(forward, self)  # type: ignore[method-assign]  # per instance, on purpose
 
     def train(self, mode: bool = True) -> KeywordInputs:
         """Exported programs refuse ``train()`` (their graph is fixed at export time:

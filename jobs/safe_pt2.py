@@ -38,6 +38,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +289,8 @@ class _Checker:
             self._symbol_call(node)
         elif name == "Float":
             _only(node, 1, {"precision"})
-            if not (_is_str(node.args[0]) and FLOAT_TEXT.fullmatch(node.args[0].value)):
+            text = _str_value(node.args[0])
+            if text is None or not FLOAT_TEXT.fullmatch(text):
                 raise _BadExpression("Float of a non-number")
             if any(kw.value.value > MAX_FLOAT_PRECISION for kw in node.keywords):  # type: ignore[attr-defined]
                 raise _BadExpression(f"Float precision above {MAX_FLOAT_PRECISION} bits")
@@ -305,10 +307,11 @@ class _Checker:
 
     def _symbol_call(self, node: ast.Call) -> None:
         _only(node, 1, ASSUMPTIONS)
-        if not _is_str(node.args[0]):
+        symbol = _str_value(node.args[0])
+        if symbol is None:
             raise _BadExpression("Symbol name is not a string")
-        if not SYMBOL.fullmatch(node.args[0].value):
-            raise _BadExpression(f"symbol name {node.args[0].value[:40]!r}")
+        if not SYMBOL.fullmatch(symbol):
+            raise _BadExpression(f"symbol name {symbol[:40]!r}")
 
     def _guards(self, guards: Any) -> list[str]:
         """The guards that fit :func:`_guard_node`'s grammar, re-printed from the parsed tree;
@@ -386,7 +389,7 @@ class _BadExpression(Exception):
     """What in an expression is outside the grammar (caught and reported by _Checker)."""
 
 
-def _only(node: ast.Call, nargs: int | None, keywords: set[str]) -> None:
+def _only(node: ast.Call, nargs: int | None, keywords: AbstractSet[str]) -> None:
     """``node`` has ``nargs`` positional arguments (any number for None) and only the
     given keywords, each a literal bool or int (sympy's assumptions and Float precision)."""
     if (nargs is not None and len(node.args) != nargs) or any(k.arg not in keywords for k in node.keywords):
@@ -398,8 +401,9 @@ def _only(node: ast.Call, nargs: int | None, keywords: set[str]) -> None:
         raise _BadExpression("starred argument")
 
 
-def _is_str(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+def _str_value(node: ast.AST) -> str | None:
+    """The text of a string literal; None for any other node."""
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
 def _exponent(node: ast.AST) -> int:

@@ -125,12 +125,12 @@ def _archives_kept() -> Iterator[None]:
         log.info("leaving archive %s packed for the compress step", file_path)
         return target_dir or os.path.dirname(file_path)
 
-    Storage._unpack_archive_file = staticmethod(keep)  # type: ignore[method-assign,assignment]
-    kserve_module.gzip = types.SimpleNamespace(GzipFile=lambda fileobj: fileobj)  # type: ignore[assignment]
+    Storage._unpack_archive_file = staticmethod(keep)
+    kserve_module.gzip = types.SimpleNamespace(GzipFile=lambda fileobj: fileobj)
     try:
         yield
     finally:
-        Storage._unpack_archive_file = original  # type: ignore[method-assign]
+        Storage._unpack_archive_file = original
         kserve_module.gzip = original_gzip
 
 

@@ -86,6 +86,7 @@ def _scaling_metric(index: int, metric: api.ScalingMetric, prometheus_url: str |
             target = {"type": "AverageValue", "averageValue": r.average_value}
         return {"type": "Resource", "resource": {"name": r.name, "target": target}}
     p = metric.prometheus
+    assert p is not None  # ScalingMetric validates exactly one of resource, prometheus
     address = p.server_address or prometheus_url
     if not address:
         raise ServingConfigError(
@@ -119,7 +120,7 @@ def _predictor(serving: api.Serving, storage_uri: str, settings: Settings) -> di
 
 
 def _annotations(serving: api.Serving) -> dict[str, str]:
-    annotations = {DEPLOYMENT_MODE_ANNOTATION: serving.deployment_mode}
+    annotations: dict[str, str] = {DEPLOYMENT_MODE_ANNOTATION: serving.deployment_mode}
     if any(m.prometheus is not None for m in serving.autoscaling.metrics):
         annotations[AUTOSCALER_CLASS_ANNOTATION] = "keda"
     return annotations
@@ -157,18 +158,18 @@ def build_inference_service(
     }
     if owned and (owners := owner_reference(model)):
         metadata["ownerReferences"] = owners
-    canary = traffic.canary_uri is not None
+    canary_uri = traffic.canary_uri
     if serving.deployment_mode == api.DeploymentMode.Knative.value:
-        predictor = _predictor(serving, traffic.canary_uri if canary else traffic.stable_uri, settings)
-        if canary:
+        predictor = _predictor(serving, traffic.stable_uri if canary_uri is None else canary_uri, settings)
+        if canary_uri is not None:
             predictor["canaryTrafficPercent"] = traffic.canary_percent
         spec: dict[str, Any] = {"predictor": predictor}
     else:
         spec = {"predictor": _predictor(serving, traffic.stable_uri, settings)}
-        if canary:
+        if canary_uri is not None:
             spec["canary"] = [
                 {
-                    "predictor": _predictor(serving, traffic.canary_uri, settings),
+                    "predictor": _predictor(serving, canary_uri, settings),
                     "trafficPercent": traffic.canary_percent,
                 }
             ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeGuard
 
 from modelpress.api import AnalysisResult, Rollout, RolloutEvent, RolloutStatus
 
@@ -70,7 +71,8 @@ def desired_traffic(status: RolloutStatus | None) -> Traffic | None:
     return Traffic(status.stable_storage_uri)
 
 
-def is_active(status: RolloutStatus | None) -> bool:
+def is_active(status: RolloutStatus | None) -> TypeGuard[RolloutStatus]:
+    """A canary is running (a step and a canary artifact); True also tells the type checker status is set."""
     return status is not None and status.step is not None and bool(status.canary_storage_uri)
 
 

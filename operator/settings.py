@@ -18,7 +18,8 @@ from dataclasses import field
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationError, create_model
-from pydantic.dataclasses import dataclass
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "MODELPRESS_"
@@ -298,6 +299,12 @@ def load(environ: Mapping[str, str] | None = None, flags: Mapping[str, Any] | No
         raise SettingsError(_explain(exc, values, set(flags or ()))) from None
 
 
+def _fields() -> dict[str, FieldInfo]:
+    """Settings' pydantic fields (``is_pydantic_dataclass`` tells the type checker it has them)."""
+    assert is_pydantic_dataclass(Settings)
+    return Settings.__pydantic_fields__
+
+
 def _explain(exc: ValidationError, values: Mapping[str, Any], flagged: set[str]) -> str:
     """One line: each bad setting, by the variable or flag that set it, and what it accepts."""
     lines: dict[str, str] = {}
@@ -310,6 +317,6 @@ def _explain(exc: ValidationError, values: Mapping[str, Any], flagged: set[str])
         if isinstance(reason, _Refused):
             lines[name] = f"{where}: {reason}"
         else:
-            allowed = Settings.__pydantic_fields__[name].description
+            allowed = _fields()[name].description
             lines[name] = f"{where} must be {allowed}, got {values.get(name)!r}"
     return "; ".join(lines.values())

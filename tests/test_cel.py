@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from crd_check import CelEvaluator, api_server_verdict, apply_defaults, cel_rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelpress.crd import open_api_schema
-from modelpress.crd_check import CelEvaluator, api_server_verdict, apply_defaults, cel_rules
 from modelpress.validate import check_object
 
 ROOT = Path(__file__).resolve().parents[1]

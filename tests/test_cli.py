@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from modelpress import __version__
-from modelpress.cli import main
+from modelpress.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -143,3 +144,84 @@ def test_render_reads_stdin(monkeypatch, capsys):
     assert main(["render", "-", "-o", "json"]) == 0
     kinds = [o["kind"] for o in json.loads(capsys.readouterr().out)["items"]]
     assert kinds[:2] == ["ConfigMap", "Job"]
+
+
+def _help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_version_flag_matches_version_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    flag = capsys.readouterr().out.strip()
+    assert main(["version"]) == 0
+    assert flag == capsys.readouterr().out.strip() == f"modelpress {__version__} (API modelpress.io/v1alpha1)"
+
+
+def test_version_yaml(capsys):
+    assert main(["version", "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"version": __version__, "apiVersion": "modelpress.io/v1alpha1"}
+
+
+# Every command but the long-running operator prints an object (or a list of them).
+PRINTS_OBJECTS = [name for name in COMMANDS if name != "operator"]
+
+
+@pytest.mark.parametrize("command", PRINTS_OBJECTS)
+def test_every_command_that_prints_objects_takes_o_json_and_yaml(command, capsys):
+    match = re.search(r"-o \{([a-z,]+)\}, --output", _help([command], capsys))
+    assert match, f"`modelpress {command}` has no -o/--output"
+    assert {"json", "yaml"} <= set(match.group(1).split(","))
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_lists_each_commands_exit_codes(command, capsys):
+    epilog = _help([command], capsys).split("exit codes:\n", 1)[1]
+    listed = {int(line.split()[0]) for line in epilog.splitlines() if line.strip()}
+    assert listed == set(COMMANDS[command].exit_codes()) | {2, 130}
+
+
+def test_overall_help_covers_every_commands_exit_codes(capsys):
+    epilog = _help([], capsys).split("exit codes:\n", 1)[1]
+    listed = {int(line.split()[0]) for line in epilog.splitlines() if line[:3].strip().isdigit()}
+    assert listed == set().union(*(c.exit_codes() for c in COMMANDS.values())) | {2, 130}
+
+
+def test_job_exit_codes_in_help_are_the_documented_ones():
+    from modelpress.summary import ExitCode
+
+    assert set(COMMANDS["run"].exit_codes()) == set(COMMANDS["job"].exit_codes()) == {int(c) for c in ExitCode}
+
+
+def test_validate_yaml_output_is_the_json_output(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD + "---\n" + EXAMPLES[0].read_text())
+    assert main(["validate", "-o", "json", str(bad)]) == 1
+    as_json = json.loads(capsys.readouterr().out)
+    assert main(["validate", "-o", "yaml", str(bad)]) == 1
+    assert yaml.safe_load(capsys.readouterr().out) == as_json
+
+
+@pytest.mark.parametrize(("command", "output"), [("run", "json"), ("job", "yaml")])
+def test_run_and_job_print_the_summary_object(tmp_path, command, output):
+    """A spec that cannot be read fails fast: the summary is the only thing on stdout."""
+    missing = tmp_path / "missing.yaml"
+    extra = ["--termination-log", str(tmp_path / "termination-log")] if command == "job" else []
+    script = Path(sys.executable).with_name("modelpress")
+    spec_flag = ["--spec", str(missing)] if command == "job" else [str(missing)]
+    done = subprocess.run(
+        [str(script), command, *spec_flag, "--workdir", str(tmp_path / "work"), "-o", output, *extra],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout) if output == "json" else yaml.safe_load(done.stdout)
+    assert summary["outcome"] == "Failed" and "missing.yaml" in summary["reason"]
+    if command == "job":  # the kubelet still gets compact JSON
+        assert json.loads((tmp_path / "termination-log").read_text()) == summary

@@ -7,10 +7,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from crd_check import apply_defaults, schema_errors, structural_problems
 
 from modelpress import api
 from modelpress.crd import PRINTER_COLUMNS, build_crd, open_api_schema, render
-from modelpress.crd_check import apply_defaults, structural_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "crds" / "compressedmodels.modelpress.io.yaml"
@@ -81,12 +81,91 @@ def test_crd_is_structural():
             lambda s: s["properties"]["spec"]["properties"]["source"]["properties"]["format"].update(default="tf"),
             "default",
         ),
+        (lambda s: _conditions(s)["items"]["required"].remove("type"), "map key type must be required"),
+        (lambda s: _conditions(s).update({"x-kubernetes-list-map-keys": ["nope"]}), "map key nope must be a scalar"),
+        (lambda s: _conditions(s).update({"x-kubernetes-list-type": "bag"}), "x-kubernetes-list-type must be"),
     ],
 )
 def test_structural_checker_catches_violations(break_it, expected):
     schema = copy.deepcopy(open_api_schema())
     break_it(schema)
     assert any(expected in p for p in structural_problems(schema)), structural_problems(schema)
+
+
+def _conditions(schema: dict) -> dict:
+    return schema["properties"]["status"]["properties"]["conditions"]
+
+
+def _undescribed(node: dict, path: str = "") -> list[str]:
+    """Every property (at any depth, in spec and status) whose schema has no description."""
+    out = []
+    for key, sub in node.get("properties", {}).items():
+        if not str(sub.get("description", "")).strip():
+            out.append(f"{path}.{key}")
+        out += _undescribed(sub, f"{path}.{key}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            out += _undescribed(node[key], f"{path}[]" if key == "items" else f"{path}.*")
+    return out
+
+
+def test_every_field_is_described_for_kubectl_explain():
+    """`kubectl explain compressedmodel.spec...` prints these: none may be blank."""
+    schema = open_api_schema()
+    assert _undescribed(schema) == []
+    assert schema["properties"]["spec"]["description"] and schema["properties"]["status"]["description"]
+    # the walk does look everywhere: a nested status field without one is found
+    broken = copy.deepcopy(schema)
+    del _conditions(broken)["items"]["properties"]["lastTransitionTime"]["description"]
+    assert _undescribed(broken) == [".status.conditions[].lastTransitionTime"]
+
+
+def test_descriptions_come_from_the_api_types():
+    props = _spec_schema()["properties"]
+    assert props["validation"]["properties"]["maxSizeMB"]["description"] == (
+        api.Validation.model_fields["max_size_mb"].description
+    )
+    assert props["compression"]["description"] == api.CompressedModelSpec.model_fields["compression"].description
+    # a model-typed field without its own description takes the model's docstring
+    step = props["compression"]["properties"]["steps"]["items"]
+    assert step["description"] == api.Step.__doc__
+
+
+def test_conditions_are_a_map_keyed_by_type():
+    conditions = _conditions(open_api_schema())
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]
+    assert conditions["items"]["properties"]["lastTransitionTime"]["format"] == "date-time"
+
+
+@pytest.mark.parametrize(
+    ("conditions", "error"),
+    [
+        ([{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-02T03:04:05Z"}], None),
+        ([{"type": "Ready", "status": "True"}, {"type": "SpecValid", "status": "True"}], None),
+        (
+            [{"type": "Ready", "status": "True"}, {"type": "Ready", "status": "False"}],
+            ".conditions[1]: Duplicate value: type='Ready'",
+        ),
+        ([{"type": "Ready", "status": "True", "lastTransitionTime": "yesterday"}], "is not a 'date-time'"),
+    ],
+)
+def test_api_server_refuses_duplicate_conditions_and_bad_times(conditions, error):
+    status = open_api_schema()["properties"]["status"]
+    errors = schema_errors(status, apply_defaults(status, {"conditions": conditions}))
+    if error is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and error in errors[0], errors
+
+
+def test_operator_timestamps_are_valid_date_times():
+    from modelpress.operator.handlers import now
+
+    status = open_api_schema()["properties"]["status"]
+    condition = {"type": "Ready", "status": "True", "lastTransitionTime": now()}
+    assert schema_errors(status, {"conditions": [condition]}) == []
 
 
 def test_crd_is_a_valid_customresourcedefinition():

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from crd_check import CelEvaluator, apply_defaults, schema_errors
 
 from modelpress import api
 from modelpress.crd import open_api_schema
-from modelpress.crd_check import CelEvaluator, apply_defaults, schema_errors
 from modelpress.validate import check_documents
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,3 +31,19 @@ def test_repo_root_operator_directory_never_shadows_the_standard_library():
     probe = f"import sys; sys.path.insert(0, {str(root)!r}); import operator; print(operator.__file__)"
     out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, check=True).stdout
     assert not out.strip().startswith(str(root)), out
+
+
+def test_core_and_operator_work_without_rich():
+    """rich is in the jobs extra (`modelpress run`'s progress bars): the core CLI and the
+    operator must neither import it nor need it."""
+    root = Path(__file__).resolve().parents[1]
+    probe = PROBE.replace(
+        "import importlib, pkgutil, sys", "import importlib, pkgutil, sys\nsys.modules['rich'] = None"
+    )
+    probe += (
+        "from modelpress.cli import main\n"
+        f"assert main(['validate', {str(root / 'examples' / 'quantize-dynamic.yaml')!r}]) == 0\n"
+        "assert main(['crd', '-o', 'json']) == 0\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -257,8 +257,9 @@ def test_arbitrary_text_never_crashes_the_validator(text):
 
 def test_objects_read_back_from_the_api_server_are_valid():
     """What the operator gets: defaults applied, server metadata and an operator-written status."""
+    from crd_check import apply_defaults
+
     from modelpress.crd import open_api_schema
-    from modelpress.crd_check import apply_defaults
 
     obj = apply_defaults(open_api_schema(), BASE)
     obj["metadata"].update(uid="0b6f", resourceVersion="42", generation=3, creationTimestamp="2026-01-01T00:00:00Z")

@@ -223,7 +223,9 @@ class Prune(Spec):
     )
     sparsity: float = Field(ge=0.0, le=0.95, description="Fraction of weights (or units) removed.")
     fine_tune_epochs: int = Field(default=0, ge=0, le=100, description="Epochs of fine-tuning after pruning.")
-    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    learning_rate: float = Field(
+        default=1e-3, gt=0, le=1.0, description="Adam learning rate of fine-tuning; unused when fineTuneEpochs is 0."
+    )
 
 
 class StudentSpec(Spec):
@@ -246,7 +248,7 @@ class StudentSpec(Spec):
 class Distill(Spec):
     """Knowledge distillation: the source model is the teacher."""
 
-    student: StudentSpec
+    student: StudentSpec = Field(description="The smaller model trained to imitate the source.")
     # Defaults measured on the digits MLP against labels-only training of the same student from the
     # same init (tests/methods/test_distill.py): T=1, alpha=0.5 matches or beats it; T=4 lost ~1 point.
     temperature: float = Field(
@@ -255,8 +257,13 @@ class Distill(Spec):
     alpha: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Weight of the soft (teacher) loss against the labels' loss."
     )
-    epochs: int = Field(default=10, ge=1, le=1000)
-    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    epochs: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Passes over the training data: validation.calibration, else a split of validation.dataset.",
+    )
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Adam learning rate of the student.")
 
 
 class LowRank(Spec):
@@ -297,10 +304,10 @@ METHOD_FORMATS: dict[str, tuple[str, ...]] = {
 class Step(Spec):
     """One compression step; exactly one key."""
 
-    quantize: Quantize | None = None
-    prune: Prune | None = None
-    distill: Distill | None = None
-    low_rank: LowRank | None = None
+    quantize: Quantize | None = Field(default=None, description="Post-training quantization; must be the last step.")
+    prune: Prune | None = Field(default=None, description="Magnitude pruning, unstructured or of whole units.")
+    distill: Distill | None = Field(default=None, description="Train a smaller student (torch sources only).")
+    low_rank: LowRank | None = Field(default=None, description="Replace weight matrices by two thinner SVD factors.")
     cel_rules: ClassVar = [cel(one_of_rule(*METHODS), "each step has exactly one of quantize, prune, distill, lowRank")]
 
     @model_validator(mode="after")
@@ -333,21 +340,39 @@ class SearchObjective(str, Enum):
 class Search(Spec):
     """Accuracy-aware search around the recipe: keep the best candidate that passes."""
 
-    enabled: bool = False
-    max_trials: int = Field(default=8, ge=1, le=64)
-    objective: SearchObjective = SearchObjective.latency
+    enabled: bool = Field(
+        default=False,
+        description="false: run the recipe as written. true: also try milder variants of each step (lower "
+        "sparsity, higher rank, sensitive nodes kept in float) and keep the best one within the budget.",
+    )
+    max_trials: int = Field(
+        default=8, ge=1, le=64, description="Most candidates compressed and measured, the written recipe included."
+    )
+    objective: SearchObjective = Field(
+        default=SearchObjective.latency,
+        description="How passing candidates are ranked: latency (lowest p50) or size (fewest bytes).",
+    )
 
 
 class Compression(Spec):
-    steps: list[Step] = Field(min_length=1, max_length=16)
-    search: Search = Field(default_factory=Search)
+    """The compression recipe and whether to search around it."""
+
+    steps: list[Step] = Field(
+        min_length=1, max_length=16, description="Applied in order to the source model; quantize, if any, comes last."
+    )
+    search: Search = Field(default_factory=Search, description="Accuracy-aware search around steps; off by default.")
 
 
 # --------------------------------------------------------------------------- validation
 
 
 class Dataset(Spec):
-    storage_uri: str = Field(pattern=STORAGE_URI_PATTERN)
+    """Held-out data the source and every candidate are scored and timed on."""
+
+    storage_uri: str = Field(
+        pattern=STORAGE_URI_PATTERN,
+        description="Where the data file lives: s3://, gs://, pvc://, https:// or file://.",
+    )
     format: DatasetFormat = Field(
         description="npz with arrays x (inputs) and y (labels/targets, optional), or "
         "jsonl with {text[, label]} per line."
@@ -355,7 +380,16 @@ class Dataset(Spec):
 
 
 class Calibration(Dataset):
-    samples: int = Field(default=200, ge=1, le=100_000)
+    """Data the methods learn from (quantization ranges, smoothing, fine-tuning, distillation), kept apart
+    from the scored dataset; without it the methods use a split of validation.dataset."""
+
+    samples: int = Field(
+        default=200,
+        ge=1,
+        le=100_000,
+        description="How many samples (the first ones) static quantization and smoothing calibrate on; "
+        "fine-tuning and distillation train on the whole file.",
+    )
 
 
 class AccuracyDrop(Spec):
@@ -372,14 +406,32 @@ class AccuracyDrop(Spec):
 
 
 class Validation(Spec):
-    dataset: Dataset
-    calibration: Calibration | None = None
-    metric: Metric
-    max_accuracy_drop: AccuracyDrop
-    min_speedup: float | None = Field(default=None, gt=0.0)
-    max_latency_ms: float | None = Field(default=None, gt=0.0, description="p95 at batchSize.")
-    max_size_mb: float | None = Field(default=None, gt=0.0, alias="maxSizeMB")
-    batch_size: int = Field(default=1, ge=1, le=4096)
+    """The gate: data, metric and thresholds a compressed model must meet to be served."""
+
+    dataset: Dataset = Field(description="Held-out data both models are scored and timed on.")
+    calibration: Calibration | None = Field(
+        default=None, description="Needed by quantize mode static and smoothing; separate from dataset."
+    )
+    metric: Metric = Field(
+        description="Score compared against the baseline: accuracy, top5 or f1 (classification), mse "
+        "(regression, embedding) or cosine (embedding, similarity to the source's outputs)."
+    )
+    max_accuracy_drop: AccuracyDrop = Field(description="How much worse than the source the score may get.")
+    min_speedup: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Least source p50 / compressed p50 latency ratio, e.g. 1.5; unset: no minimum.",
+    )
+    max_latency_ms: float | None = Field(
+        default=None, gt=0.0, description="Most p95 latency in milliseconds per batch of batchSize; unset: no limit."
+    )
+    max_size_mb: float | None = Field(
+        default=None,
+        gt=0.0,
+        alias="maxSizeMB",
+        description="Most artifact size in decimal megabytes (1 MB = 1,000,000 bytes); unset: no limit.",
+    )
+    batch_size: int = Field(default=1, ge=1, le=4096, description="Samples per inference call when timing and scoring.")
 
 
 # --------------------------------------------------------------------------- job
@@ -478,15 +530,28 @@ class Toleration(Spec):
 class JobSpec(Spec):
     """How the compression Job runs. Unset fields take the operator's defaults."""
 
-    image: str | None = Field(default=None, min_length=1)
-    gpu: int | None = Field(default=None, ge=0, le=16, description="nvidia.com/gpu; 0 = CPU.")
-    resources: Resources | None = None
+    image: str | None = Field(
+        default=None, min_length=1, description="Compression image; unset: the operator's --job-image."
+    )
+    gpu: int | None = Field(
+        default=None, ge=0, le=16, description="nvidia.com/gpu per pod; 0 = CPU only; unset: the operator's default."
+    )
+    resources: Resources | None = Field(
+        default=None, description="Requests and limits of the compression container; unset: the operator's defaults."
+    )
     node_selector: dict[str, LabelValue] | None = Field(
         default=None, description="Node labels the compression pod must run on (keys and values are label syntax)."
     )
     # Bounded so the per-item CEL rules stay within the API server's cost budget.
-    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
-    priority_class_name: str | None = Field(default=None, pattern=DNS1123_SUBDOMAIN, max_length=253)
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Taints the compression pod tolerates (e.g. of a GPU node pool)."
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="PriorityClass of the compression pod; unset: the cluster's default priority.",
+    )
     queue_name: str | None = Field(
         default=None, pattern=LABEL_VALUE_PATTERN, max_length=63, description="Kueue LocalQueue name."
     )
@@ -496,8 +561,18 @@ class JobSpec(Spec):
         max_length=253,
         description="Identity used to read and write storage.",
     )
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
-    backoff_limit: int | None = Field(default=None, ge=0, le=20)
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Wall-clock seconds before the Job is stopped as Failed; unset: operator default.",
+    )
+    backoff_limit: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="Retries after a pod failure (bad input and broken thresholds are never retried); "
+        "unset: the operator's default.",
+    )
 
     @model_validator(mode="after")
     def _node_selector_keys(self) -> JobSpec:
@@ -539,6 +614,8 @@ class Limits(Spec):
 
 
 class Output(Spec):
+    """Where the validated artifact and its reports are written."""
+
     storage_uri: str = Field(
         pattern=OUTPUT_URI_PATTERN,
         description="Artifacts go under <storageUri>/<recipeHash>/.",
@@ -563,7 +640,7 @@ class ScalingResource(str, Enum):
 class ResourceScaling(Spec):
     """An HPA resource metric: scale on the pods' CPU or memory."""
 
-    name: ScalingResource
+    name: ScalingResource = Field(description="The pod resource scaled on: cpu or memory.")
     average_utilization: int | None = Field(
         default=None, ge=1, le=1000, description="Target percent of the pods' resource requests."
     )
@@ -617,10 +694,21 @@ class ScalingMetric(Spec):
 
 
 class Autoscaling(Spec):
-    min_replicas: int = Field(default=1, ge=0, le=1000)
-    max_replicas: int = Field(default=3, ge=1, le=1000)
-    metric: AutoscalingMetric = AutoscalingMetric.concurrency
-    target: int = Field(default=8, ge=1)
+    """Replica bounds and what the predictor scales on."""
+
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest predictor replicas; 0 lets Knative or KEDA scale to zero."
+    )
+    max_replicas: int = Field(default=3, ge=1, le=1000, description="Most predictor replicas.")
+    metric: AutoscalingMetric = Field(
+        default=AutoscalingMetric.concurrency,
+        description="KServe's scaleMetric: concurrency or rps (Knative), cpu or memory (HPA, utilization).",
+    )
+    target: int = Field(
+        default=8,
+        ge=1,
+        description="KServe's scaleTarget per replica: in-flight requests, requests/s, or percent of the request.",
+    )
     metrics: list[ScalingMetric] = Field(
         default_factory=list,
         max_length=8,
@@ -639,10 +727,16 @@ class Autoscaling(Spec):
 
 
 class PromQuery(Spec):
-    name: str = Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=63)
-    query: str = Field(min_length=1)
-    max: float | None = None
-    min: float | None = None
+    """A custom canary check: a PromQL query and the range its value must stay in."""
+
+    name: str = Field(
+        pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+        max_length=63,
+        description="Names the value in status.rollout.lastAnalysis.values and in failure messages.",
+    )
+    query: str = Field(min_length=1, description="PromQL returning one number for the canary.")
+    max: float | None = Field(default=None, description="The analysis fails when the value is above this.")
+    min: float | None = Field(default=None, description="The analysis fails when the value is below this.")
     cel_rules: ClassVar = [cel("has(self.max) || has(self.min)", "set max, min or both")]
 
     @model_validator(mode="after")
@@ -653,14 +747,24 @@ class PromQuery(Spec):
 
 
 class Analysis(Spec):
+    """Checks run on the canary's Prometheus metrics after every interval."""
+
     prometheus_url: str | None = Field(
         default=None, pattern=r"^https?://.+", description="Default: the operator's setting."
     )
-    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
-    max_latency_ratio: float = Field(default=1.2, gt=0.0, description="canary p95 / stable p95")
+    max_error_rate: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Most fraction of canary requests answered with an error."
+    )
+    max_latency_ratio: float = Field(
+        default=1.2, gt=0.0, description="Most canary p95 / stable p95 latency over the interval (1.2 = 20% slower)."
+    )
     min_requests: int = Field(default=50, ge=1, description="Fewer canary requests in an interval is no verdict.")
-    queries: list[PromQuery] = Field(default_factory=list, max_length=16)
-    failure_limit: int = Field(default=2, ge=1, le=100)
+    queries: list[PromQuery] = Field(
+        default_factory=list, max_length=16, description="Extra PromQL checks; every one must stay in range."
+    )
+    failure_limit: int = Field(
+        default=2, ge=1, le=100, description="Failed analyses (not necessarily in a row) that roll the canary back."
+    )
 
 
 def _steps_increasing_rule(n: int = MAX_CANARY_STEPS) -> str:
@@ -680,18 +784,30 @@ class Baseline(str, Enum):
 
 
 class Rollout(Spec):
-    strategy: RolloutStrategy = RolloutStrategy.canary
+    """How a new artifact replaces what the InferenceService serves."""
+
+    strategy: RolloutStrategy = Field(
+        default=RolloutStrategy.canary,
+        description="canary: shift traffic step by step behind analysis; immediate: serve 100% at once.",
+    )
     baseline: Baseline = Field(
         default=Baseline.previous,
         description="previous: what the InferenceService serves now; source: serve the "
         "uncompressed model first and canary the compressed one against it.",
     )
     steps: list[Annotated[int, Field(ge=1, le=99)]] = Field(
-        default_factory=lambda: [10, 25, 50], min_length=1, max_length=MAX_CANARY_STEPS
+        default_factory=lambda: [10, 25, 50],
+        min_length=1,
+        max_length=MAX_CANARY_STEPS,
+        description="Canary traffic percentages, strictly increasing; promotion to 100% follows the last.",
     )
-    interval: str = Field(default="5m", pattern=DURATION_PATTERN)
-    analysis: Analysis = Field(default_factory=Analysis)
-    paused: bool = False
+    interval: str = Field(
+        default="5m",
+        pattern=DURATION_PATTERN,
+        description="How long each step runs before it is analysed, e.g. 30s, 5m, 1h30m.",
+    )
+    analysis: Analysis = Field(default_factory=Analysis, description="What a step must pass to advance.")
+    paused: bool = Field(default=False, description="true holds the canary at its current step until set false.")
     cel_rules: ClassVar = [
         cel(_steps_increasing_rule(), "steps must be strictly increasing percentages below 100", ".steps")
     ]
@@ -714,16 +830,24 @@ class DeploymentMode(str, Enum):
 
 
 class Serving(Spec):
-    enabled: bool = True
+    """How the validated model is served with KServe; omit to stop at Validated."""
+
+    enabled: bool = Field(default=True, description="false: compress and validate only; no InferenceService.")
     inference_service: str | None = Field(
         default=None, pattern=DNS1123_LABEL, max_length=63, description="Default: metadata.name."
     )
-    runtime: Runtime = Runtime.modelpress_onnx
-    deployment_mode: DeploymentMode = DeploymentMode.Standard
-    resources: Resources = Field(default_factory=Resources)
-    gpu: int = Field(default=0, ge=0, le=16)
-    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
-    rollout: Rollout = Field(default_factory=Rollout)
+    runtime: Runtime = Field(
+        default=Runtime.modelpress_onnx,
+        description="KServe ServingRuntime: modelpress-onnx (installed by the chart) or kserve-tritonserver.",
+    )
+    deployment_mode: DeploymentMode = Field(
+        default=DeploymentMode.Standard,
+        description="Standard (Deployment + HPA/KEDA) or Knative (serverless, scales on requests).",
+    )
+    resources: Resources = Field(default_factory=Resources, description="Requests and limits of each predictor pod.")
+    gpu: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per predictor pod; 0 = CPU.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Replica bounds and scaling metric.")
+    rollout: Rollout = Field(default_factory=Rollout, description="How a new artifact replaces the served one.")
     cel_rules: ClassVar = [
         cel(
             "!has(self.autoscaling) || !has(self.autoscaling.metrics) || size(self.autoscaling.metrics) == 0 "
@@ -744,13 +868,15 @@ class Serving(Spec):
 
 
 class CompressedModelSpec(Spec):
-    source: Source
-    compression: Compression
-    validation: Validation
-    job: JobSpec = Field(default_factory=JobSpec)
-    output: Output
-    serving: Serving | None = None
-    limits: Limits = Field(default_factory=Limits)
+    """What to compress, how to validate it and how to serve it."""
+
+    source: Source = Field(description="The model to compress.")
+    compression: Compression = Field(description="The compression recipe and whether to search around it.")
+    validation: Validation = Field(description="The gate a compressed model must pass to be served.")
+    job: JobSpec = Field(default_factory=JobSpec, description="Scheduling of the compression Job.")
+    output: Output = Field(description="Where the artifact is written.")
+    serving: Serving | None = Field(default=None, description="KServe serving and rollout; omit to stop at Validated.")
+    limits: Limits = Field(default_factory=Limits, description="Bounds on what the inputs may make the Job spend.")
 
     cel_rules: ClassVar = [
         cel(
@@ -860,81 +986,119 @@ class ConditionStatus(str, Enum):
 class Condition(Spec):
     """A Kubernetes API convention condition."""
 
-    type: str
-    status: ConditionStatus
+    type: str = Field(description="SpecValid, Compressed, Validated, RolledOut or Ready; one entry per type.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase, machine-readable.")
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
+    message: str = Field(default="", description="Human-readable details of the last transition.")
+    last_transition_time: str | None = Field(
+        default=None, description="When status last changed (RFC 3339, UTC); unchanged while status stays."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation of the spec this condition was computed from."
+    )
 
 
 class Artifact(Spec):
-    storage_uri: str = ""
-    sha256: str = ""
-    size_bytes: int = 0
+    """The validated model the Job wrote."""
+
+    storage_uri: str = Field(default="", description="Directory holding the model and its reports, under output.")
+    sha256: str = Field(
+        default="", description="Hex SHA-256 of model.onnx; the canary analysis checks the served model against it."
+    )
+    size_bytes: int = Field(default=0, description="Size of model.onnx in bytes.")
 
 
 class ModelMetrics(Spec):
     """Measurements of one model on the validation data (same code for every model)."""
 
-    score: float | None = None
-    latency_p50_ms: float | None = None
-    latency_p95_ms: float | None = None
+    score: float | None = Field(default=None, description="validation.metric on validation.dataset.")
+    latency_p50_ms: float | None = Field(default=None, description="Median latency of one batch, milliseconds.")
+    latency_p95_ms: float | None = Field(
+        default=None, description="95th-percentile latency of one batch, milliseconds."
+    )
     throughput: float | None = Field(default=None, description="Samples per second.")
-    size_bytes: int | None = None
-    parameters: int | None = None
+    size_bytes: int | None = Field(default=None, description="Size of the serialized ONNX model in bytes.")
+    parameters: int | None = Field(default=None, description="Number of weights (initializer elements).")
 
 
 class Results(Spec):
-    passed: bool | None = None
-    metric: str | None = None
-    baseline: ModelMetrics | None = None
-    compressed: ModelMetrics | None = None
-    accuracy_drop: float | None = None
-    speedup: float | None = None
+    """The gate's measurements of the chosen candidate against the source."""
+
+    passed: bool | None = Field(default=None, description="Whether every validation threshold was met.")
+    metric: str | None = Field(default=None, description="The validation.metric the scores are in.")
+    baseline: ModelMetrics | None = Field(default=None, description="The source model, measured by the same code.")
+    compressed: ModelMetrics | None = Field(default=None, description="The chosen compressed model.")
+    accuracy_drop: float | None = Field(
+        default=None, description="Baseline score minus compressed score in metric units; positive = worse."
+    )
+    speedup: float | None = Field(default=None, description="Baseline p50 / compressed p50 latency; above 1 = faster.")
     size_ratio: float | None = Field(default=None, description="compressed / baseline bytes")
-    failed_thresholds: list[str] = Field(default_factory=list)
-    trials: int | None = None
-    chosen_recipe: list[dict[str, Any]] | None = None
-    hardware: str | None = None
+    failed_thresholds: list[str] = Field(
+        default_factory=list, description="One line per broken threshold (empty when passed)."
+    )
+    trials: int | None = Field(default=None, description="Candidates measured (1 without search).")
+    chosen_recipe: list[dict[str, Any]] | None = Field(
+        default=None, description="The steps of the chosen candidate, in spec.compression.steps form."
+    )
+    hardware: str | None = Field(default=None, description="CPU, GPU and runtime providers the numbers come from.")
 
 
 class AnalysisResult(Spec):
     """One canary analysis verdict."""
 
-    time: str | None = None
-    verdict: Literal["Pass", "Fail", "Inconclusive"] | None = None
-    values: dict[str, float] = Field(default_factory=dict)
-    message: str = ""
+    time: str | None = Field(default=None, description="When the analysis ran (ISO 8601).")
+    verdict: Literal["Pass", "Fail", "Inconclusive"] | None = Field(
+        default=None, description="Pass advances, Fail counts towards failureLimit, Inconclusive holds the step."
+    )
+    values: dict[str, float] = Field(
+        default_factory=dict, description="Measured values by name (custom queries by their name)."
+    )
+    message: str = Field(default="", description="Why: the broken checks, or what was missing.")
 
 
 class RolloutEvent(Spec):
-    time: str
-    event: str
-    percent: int | None = None
-    message: str = ""
+    """One entry of the rollout history."""
+
+    time: str = Field(description="When it happened (ISO 8601).")
+    event: str = Field(description="Started, StepAdvanced, Promoted, RolledBack, ...")
+    percent: int | None = Field(default=None, description="Canary traffic percent after the event.")
+    message: str = Field(default="", description="Details, e.g. the analysis that decided it.")
 
 
 class RolloutStatus(Spec):
-    inference_service: str | None = None
-    stable_storage_uri: str | None = None
-    canary_storage_uri: str | None = None
-    canary_percent: int | None = None
-    step: int | None = None
-    failures: int = 0
-    last_analysis: AnalysisResult | None = None
-    history: list[RolloutEvent] = Field(default_factory=list, max_length=50)
+    """Where the rollout of the artifact stands."""
+
+    inference_service: str | None = Field(default=None, description="Name of the InferenceService served.")
+    stable_storage_uri: str | None = Field(default=None, description="Artifact serving the stable traffic.")
+    canary_storage_uri: str | None = Field(default=None, description="Artifact on canary; unset when no canary runs.")
+    canary_percent: int | None = Field(default=None, description="Percent of traffic sent to the canary now.")
+    step: int | None = Field(default=None, description="Index into serving.rollout.steps; unset when no canary runs.")
+    failures: int = Field(default=0, description="Failed analyses of this canary so far (see failureLimit).")
+    last_analysis: AnalysisResult | None = Field(default=None, description="The latest canary analysis.")
+    history: list[RolloutEvent] = Field(
+        default_factory=list, max_length=50, description="Rollout events, oldest first; the last 50 are kept."
+    )
 
 
 class CompressedModelStatus(Spec):
-    observed_generation: int | None = None
-    phase: Phase | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    recipe_hash: str | None = None
-    job_name: str | None = None
-    artifact: Artifact | None = None
-    results: Results | None = None
-    rollout: RolloutStatus | None = None
+    """Written by the operator only."""
+
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation of the spec the operator last acted on."
+    )
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending, Queued, Compressing, then Validated, Rejected or Failed; with serving, "
+        "RollingOut, then Serving or RolledBack.",
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Kubernetes conditions, one per type.")
+    recipe_hash: str | None = Field(
+        default=None, description="Content hash of source, compression and validation; names the artifact directory."
+    )
+    job_name: str | None = Field(default=None, description="The compression Job of this recipe.")
+    artifact: Artifact | None = Field(default=None, description="The validated model, once written.")
+    results: Results | None = Field(default=None, description="Measurements of the last compression.")
+    rollout: RolloutStatus | None = Field(default=None, description="Canary rollout state, when serving is enabled.")
 
 
 class ObjectMeta(BaseModel):

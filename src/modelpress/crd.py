@@ -38,7 +38,38 @@ _KEPT_KEYS = (
     "maxLength",
     "required",
     "format",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 )
+
+# Kubernetes schema keywords that pydantic's types have no word for, by (model, wire
+# field name). Kept here next to the other CRD-only additions (printer columns, root
+# rules) rather than as json_schema_extra on the API types, so that api.py stays plain
+# pydantic; :func:`_check_field_extensions` fails the build when a named field is gone.
+FIELD_EXTENSIONS: dict[tuple[type[BaseModel], str], dict[str, Any]] = {
+    # One entry per condition type: server-side apply and strategic merges key on it,
+    # and the API server refuses two conditions of the same type.
+    (api.CompressedModelStatus, "conditions"): {
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+    },
+    # RFC 3339 (the operator writes UTC with a Z); the API server checks the format.
+    (api.Condition, "lastTransitionTime"): {"format": "date-time"},
+}
+
+# The Kubernetes type metadata, described as every built-in type's schema describes it.
+TYPE_META: dict[str, dict[str, Any]] = {
+    "apiVersion": {
+        "type": "string",
+        "description": f"Versioned schema of this object: {api.API_VERSION}.",
+    },
+    "kind": {"type": "string", "description": f"The REST resource this object represents: {api.KIND}."},
+    "metadata": {
+        "type": "object",
+        "description": f"Standard object metadata; name is at most {api.MAX_NAME_LENGTH} characters "
+        "(the compression Job is named <name>-<hash8>).",
+    },
+}
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -111,6 +142,7 @@ class _Converter:
         self.defs: dict[str, Any] = schema.get("$defs", {})
         self.models = models
         self.factory_defaults = _factory_defaults(models)
+        self.extensions = {(model.__name__, field): extra for (model, field), extra in FIELD_EXTENSIONS.items()}
 
     def convert(self, node: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
         node = dict(node)
@@ -150,6 +182,7 @@ class _Converter:
                 converted = self.convert(sub)
                 if key in defaults:
                     converted["default"] = defaults[key]
+                converted.update(self.extensions.get((model_name or "", key), {}))
                 out["properties"][key] = converted
         extra = node.get("additionalProperties")
         if isinstance(extra, dict) and extra:  # dict[str, X]
@@ -202,6 +235,14 @@ def _sorted(value: Any) -> Any:
     return value
 
 
+def _check_field_extensions() -> None:
+    """Every :data:`FIELD_EXTENSIONS` entry names a field that exists (a rename must not drop it)."""
+    for model, field in FIELD_EXTENSIONS:
+        wire = {f.alias or name for name, f in model.model_fields.items()}
+        if field not in wire:
+            raise ValueError(f"FIELD_EXTENSIONS: {model.__name__} has no field {field!r}")
+
+
 def _schema_for(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True)
     return _Converter(raw, _models(model)).convert(raw, model_name=model.__name__)
@@ -209,20 +250,16 @@ def _schema_for(model: type[BaseModel]) -> dict[str, Any]:
 
 def open_api_schema() -> dict[str, Any]:
     """The ``openAPIV3Schema`` of the CRD's single version."""
-    spec = _schema_for(api.CompressedModelSpec)
-    spec["description"] = "What to compress, how to validate it and how to serve it."
-    status = _schema_for(api.CompressedModelStatus)
-    status["description"] = "Written by the operator only."
+    _check_field_extensions()
+    # spec and status take their descriptions from the models' docstrings.
     return {
         "type": "object",
         "description": "A model to compress, validate against an accuracy budget and roll out on KServe.",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
+            **{key: dict(value) for key, value in TYPE_META.items()},
+            "spec": _schema_for(api.CompressedModelSpec),
+            "status": _schema_for(api.CompressedModelStatus),
         },
         "x-kubernetes-validations": [dict(r) for r in ROOT_RULES],
     }

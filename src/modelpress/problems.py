@@ -109,10 +109,10 @@ def _unwrap(tp: Any, constraints: list[Any]) -> Any:
             constraints.extend(_flatten_metadata(args[1:]))
             tp = args[0]
         elif origin in _UNIONS:
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) != 1:
                 return tp
-            tp = args[0]
+            tp = members[0]
         else:
             return tp
 
@@ -240,8 +240,8 @@ def _explain(root: type[BaseModel], error: dict[str, Any]) -> Problem:
         values = allowed_values(node.annotation) or [ctx.get("expected", "")]
         return Problem(node.path, f"got {_shown(value)}", f"use one of: {', '.join(values)}")
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        allowed = _range(node.constraints) or error["msg"].replace("Input should be ", "")
-        return Problem(node.path, f"got {_shown(value)}; out of range", f"allowed: {allowed}")
+        bounds = _range(node.constraints) or error["msg"].replace("Input should be ", "")
+        return Problem(node.path, f"got {_shown(value)}; out of range", f"allowed: {bounds}")
     if kind in TYPE_WORDS:
         got = "got null" if value is None else f"got {_type_name(value)} {_shown(value)}"
         return Problem(node.path, got, f"must be {TYPE_WORDS[kind]}")

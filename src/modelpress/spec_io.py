@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import yaml
 
@@ -164,13 +164,20 @@ def check_data(obj: Any) -> None:
             _check_string(value, path)
 
 
-def _check_string(value: str, path: str, mark: yaml.Mark | None = None) -> None:
+class _Mark(Protocol):
+    """Where in the text: PyYAML's pure-Python and libyaml marks both carry these."""
+
+    line: int
+    column: int
+
+
+def _check_string(value: str, path: str, mark: _Mark | None = None) -> None:
     """Refuse one string (value or key) over :data:`MAX_STRING_CHARS`."""
     if len(value) > MAX_STRING_CHARS:
         raise _error(path, f"string of {len(value)} characters, more than {MAX_STRING_CHARS} (limit)", _SMALLER, mark)
 
 
-def _error(path: str, message: str, fix: str, mark: yaml.Mark | None = None) -> SpecError:
+def _error(path: str, message: str, fix: str, mark: _Mark | None = None) -> SpecError:
     """A limit problem at a field path and/or a line of the text."""
     if len(path) > 160:  # keys of a hostile spec can be long, and the path has up to MAX_DEPTH of them
         path = f"{path[:70]}...{path[-70:]}"
@@ -199,12 +206,12 @@ class SpecLoader(yaml.SafeLoader):
         self._sizes: dict[int, _Size] = {}  # id(node) -> its size, for this document
         self._composed = 0  # nodes of this document, aliases not expanded
 
-    def compose_document(self) -> yaml.Node:
+    def compose_document(self) -> yaml.Node | None:
         self._sizes.clear()
         self._composed = 0
         return super().compose_document()
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             if event.anchor in self._open_anchors:
@@ -226,7 +233,8 @@ class SpecLoader(yaml.SafeLoader):
         if event.anchor is not None:
             self._open_anchors.append(event.anchor)
         node = super().compose_node(parent, index)
-        self._sizes[id(node)] = self._measure(node, event)
+        if node is not None:  # PyYAML's signature allows None; composing an event always gives a node
+            self._sizes[id(node)] = self._measure(node, event)
         if event.anchor is not None:
             self._open_anchors.pop()
         self._path.pop()

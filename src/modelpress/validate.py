@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError, model_validator
 
 from modelpress import api, spec_io
+from modelpress.output import add_output_argument, dump
 from modelpress.problems import PATTERN_HINTS, Problem, from_validation_error
 
 
@@ -228,7 +229,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files", nargs="+", metavar="FILE", help="YAML/JSON files (multi-document allowed); - for stdin"
     )
-    parser.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format")
+    add_output_argument(parser)
 
 
 def validate_command(args: argparse.Namespace) -> int:
@@ -242,8 +243,8 @@ def validate_command(args: argparse.Namespace) -> int:
             )
         else:
             results.extend(check_text(text, source))
-    if args.output == "json":
-        print(json.dumps([r.as_dict() for r in results], indent=2))
+    if args.output != "text":
+        print(dump([r.as_dict() for r in results], args.output), end="")
     else:
         multi = {r.source for r in results if r.document > 1}
         for r in results:

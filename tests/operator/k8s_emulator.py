@@ -412,7 +412,8 @@ class ApiServer(kmock.KubernetesEmulator):
         """Decoding (unknown ObjectMeta fields; nulls pruned where not nullable), then the CRD's
         schema with defaults and its CEL rules
         (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#validation)."""
-        from modelpress.crd_check import CelEvaluator, api_server_verdict
+        from crd_check import CelEvaluator, api_server_verdict
+
         from modelpress.validate import OBJECT_META_FIELDS
 
         kind, version, schema = self.crd_schemas[(group, plural)]

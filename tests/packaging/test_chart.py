@@ -7,6 +7,11 @@ published CRDs in ../shared/schemas/kserve, kopf's peering CRDs shipped in crds/
 
 from __future__ import annotations
 
+import http.server
+import re
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,15 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     (obj,) = by_kind(objects, kind)
     return obj
+
+
+def hook(obj: dict[str, Any]) -> str | None:
+    return (obj["metadata"].get("annotations") or {}).get("helm.sh/hook")
+
+
+def installed(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What `helm install` leaves running: the rendered objects less the hooks (`helm test`'s)."""
+    return [o for o in objects if hook(o) is None]
 
 
 def crd_schema(crd: dict[str, Any], version: str) -> dict[str, Any]:
@@ -224,7 +238,7 @@ def test_probes_hit_the_operator_liveness_endpoint(scenario: str, render) -> Non
 def test_metrics_service_selects_the_operator_pod_port(scenario: str, render) -> None:
     objects = render(SCENARIOS[scenario])
     pod = one(objects, "Deployment")["spec"]["template"]
-    service = one(objects, "Service")
+    service = one(installed(objects), "Service")
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     (port,) = service["spec"]["ports"]
     container_ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
@@ -233,7 +247,7 @@ def test_metrics_service_selects_the_operator_pod_port(scenario: str, render) ->
 
 def test_service_monitor_scrapes_the_metrics_service(render) -> None:
     objects = render(NON_DEFAULT)
-    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
+    monitor, service = one(objects, "ServiceMonitor"), one(installed(objects), "Service")
     assert monitor["metadata"]["labels"]["release"] == "kps"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
@@ -286,7 +300,12 @@ def test_serving_runtime_starts_the_real_runtime_with_valid_flags(render) -> Non
     (container,) = runtime["spec"]["containers"]
     assert container["name"] == "kserve-container"
     assert container["command"] == ["python", "-m", "modelpress.jobs.serving"]
-    assert container["image"] == settings_mod.DEFAULT_JOB_IMAGE
+    # The slim serving image (Dockerfile target `serving`), not the job image with torch.
+    app_version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+    assert container["image"] == f"ghcr.io/modelpress/modelpress-serving:{app_version}"
+    digest = "sha256:" + "a" * 64
+    pinned = one(render({"servingImage": {"repository": "r.example/serve", "digest": digest}}), "ClusterServingRuntime")
+    assert pinned["spec"]["containers"][0]["image"] == f"r.example/serve@{digest}"
     args = [a.replace("{{.Name}}", "digits") for a in container["args"]]
     parsed = serving.build_parser().parse_args(args)
     assert (str(parsed.model_dir), parsed.model_name) == ("/mnt/models", "digits")
@@ -361,3 +380,63 @@ def test_peering_patch_is_limited_to_our_peering_object(render) -> None:
                              for r in patch)  # fmt: skip
     assert not [r for r in rules_of(render({})) if r["apiGroups"] == ["kopf.dev"]]
     assert not by_kind(render({}), "ClusterKopfPeering")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_test_hook_calls_the_operator_liveness_endpoint(scenario: str, render) -> None:
+    """`helm test`: a Service onto the operator's healthz port, created first, and a Pod calling it."""
+    objects = render(SCENARIOS[scenario])
+    tests = [o for o in objects if hook(o) == "test"]
+    service, pod = one(tests, "Service"), one(tests, "Pod")
+    weight = {o["kind"]: int(o["metadata"]["annotations"].get("helm.sh/hook-weight", "0")) for o in tests}
+    assert weight["Service"] < weight["Pod"]
+    for obj in tests:
+        assert "hook-succeeded" in obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    operator = one(objects, "Deployment")["spec"]["template"]
+    assert service["spec"]["selector"].items() <= operator["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    container_ports = {p["name"]: p["containerPort"] for p in operator["spec"]["containers"][0]["ports"]}
+    assert container_ports[port["targetPort"]] == int(deployment_env(objects)["MODELPRESS_LIVENESS_PORT"])
+    (probe,) = pod["spec"]["containers"]
+    assert probe["image"] == operator["spec"]["containers"][0]["image"]  # no extra image to pull
+    assert pod["spec"]["restartPolicy"] == "Never"
+    url = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port['port']}/healthz"
+    assert url in probe["args"][0]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_test_pod_meets_restricted_pod_security(scenario: str, render) -> None:
+    (pod,) = [o for o in by_kind(render(SCENARIOS[scenario]), "Pod") if hook(o) == "test"]
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False  # it calls no Kubernetes API
+    (container,) = spec["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"] and container["resources"]["limits"]["memory"]
+
+
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_helm_test_probe_script_passes_against_a_healthz_endpoint(render, tmp_path) -> None:
+    """The Pod's Python, run as is against a local /healthz (its Service URL pointed at it)."""
+    (pod,) = [o for o in by_kind(render({}), "Pod") if hook(o) == "test"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["python", "-c"]
+    script = container["args"][0]
+    (url,) = re.findall(r'"(http://[^"]+)/healthz"', script)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthz) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        local = script.replace(url, f"http://127.0.0.1:{server.server_address[1]}")
+        done = subprocess.run([sys.executable, "-c", local], capture_output=True, text=True, timeout=60)
+        server.shutdown()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("/healthz 200")

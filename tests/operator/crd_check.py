@@ -7,7 +7,8 @@ structural ``openAPIV3Schema`` closely enough for that comparison:
 * :func:`structural_problems` — the "structural schema" rules a CRD must obey;
 * :func:`apply_defaults` — null pruning and defaulting, applied before validation;
 * :func:`schema_errors` — OpenAPI validation (OpenAPI v3.0 is JSON Schema draft 4 with
-  a few Kubernetes extensions, so ``jsonschema``'s Draft4Validator does the work);
+  a few Kubernetes extensions, so ``jsonschema``'s Draft4Validator does the work; the
+  uniqueness of ``x-kubernetes-list-type: map`` keys is checked by hand);
 * :func:`cel_failures` — every ``x-kubernetes-validations`` rule evaluated with
   ``cel-python`` (imported lazily: it is a development dependency only).
 
@@ -21,7 +22,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft4Validator
+from jsonschema import Draft4Validator, FormatChecker
 
 # The OpenAPI keys a structural CRD schema may use (plus the x-kubernetes-* ones).
 ALLOWED_KEYS = {
@@ -46,7 +47,10 @@ ALLOWED_KEYS = {
     "x-kubernetes-validations",
     "x-kubernetes-int-or-string",
     "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }
+LIST_TYPES = {"atomic", "set", "map"}
 
 
 def structural_problems(node: dict[str, Any], path: str = "") -> list[str]:
@@ -69,6 +73,7 @@ def structural_problems(node: dict[str, Any], path: str = "") -> list[str]:
             out.append(f"{where}: array without a single items schema")
         else:
             out += structural_problems(node["items"], f"{path}[]")
+            out += _list_type_problems(node, where)
     if node.get("type") == "object" and not ("properties" in node or "additionalProperties" in node or preserve):
         if path != ".metadata":  # the root's metadata is the one untyped-content object allowed
             out.append(f"{where}: object without properties, additionalProperties or preserve-unknown-fields")
@@ -83,6 +88,29 @@ def structural_problems(node: dict[str, Any], path: str = "") -> list[str]:
         errors = schema_errors(node, node["default"])
         if errors:
             out.append(f"{where}: default does not validate: {errors[0]}")
+    return out
+
+
+def _list_type_problems(node: dict[str, Any], where: str) -> list[str]:
+    """The API server's rules for ``x-kubernetes-list-type`` (map keys: required or defaulted scalars)."""
+    list_type = node.get("x-kubernetes-list-type")
+    keys = node.get("x-kubernetes-list-map-keys")
+    if list_type is None:
+        return [f"{where}: x-kubernetes-list-map-keys without x-kubernetes-list-type: map"] if keys else []
+    if list_type not in LIST_TYPES:
+        return [f"{where}: x-kubernetes-list-type must be one of {sorted(LIST_TYPES)}"]
+    if list_type != "map":
+        return [f"{where}: x-kubernetes-list-map-keys needs x-kubernetes-list-type: map"] if keys else []
+    items = node["items"]
+    if items.get("type") != "object" or not keys:
+        return [f"{where}: a list of type map needs object items and x-kubernetes-list-map-keys"]
+    out = []
+    for key in keys:
+        prop = items.get("properties", {}).get(key)
+        if prop is None or prop.get("type") not in ("string", "integer", "number", "boolean"):
+            out.append(f"{where}: map key {key} must be a scalar property of the items")
+        elif key not in items.get("required", []) and "default" not in prop:
+            out.append(f"{where}: map key {key} must be required or have a default")
     return out
 
 
@@ -134,13 +162,44 @@ def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The API server checks the formats of its strfmt registry; date-time is the one this CRD uses.
+FORMATS = FormatChecker(formats=["date-time"])
+
+
 def schema_errors(node: dict[str, Any], value: Any) -> list[str]:
-    """OpenAPI validation errors of ``value`` (as ``path: message``), sorted."""
-    validator = Draft4Validator(to_json_schema(node))
-    return sorted(
+    """OpenAPI validation errors of ``value`` (as ``path: message``), sorted; list-map duplicates included."""
+    validator = Draft4Validator(to_json_schema(node), format_checker=FORMATS)
+    errors = [
         f"{''.join(f'[{p}]' if isinstance(p, int) else f'.{p}' for p in e.absolute_path) or '.'}: {e.message}"
         for e in validator.iter_errors(value)
-    )
+    ]
+    return sorted(errors + _duplicate_map_keys(node, value, ""))
+
+
+def _duplicate_map_keys(node: dict[str, Any], value: Any, path: str) -> list[str]:
+    """Entries of an ``x-kubernetes-list-type: map`` list that repeat another's keys (the API server's
+    "Duplicate value"); JSON Schema cannot say "unique by these keys", so it is checked here."""
+    out: list[str] = []
+    if isinstance(value, dict):
+        for key, sub in node.get("properties", {}).items():
+            if key in value:
+                out += _duplicate_map_keys(sub, value[key], f"{path}.{key}")
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, item in value.items():
+                out += _duplicate_map_keys(extra, item, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        keys = node.get("x-kubernetes-list-map-keys") if node.get("x-kubernetes-list-type") == "map" else None
+        seen: set[tuple[Any, ...]] = set()
+        for i, item in enumerate(value):
+            if keys and isinstance(item, dict):
+                identity = tuple(item.get(k) for k in keys)
+                if identity in seen:
+                    named = ", ".join(f"{k}={v!r}" for k, v in zip(keys, identity, strict=True))
+                    out.append(f"{path}[{i}]: Duplicate value: {named}")
+                seen.add(identity)
+            out += _duplicate_map_keys(node["items"], item, f"{path}[{i}]")
+    return out
 
 
 @dataclass(frozen=True)
