@@ -32,6 +32,8 @@ RETRIES = 6
 # Projected service-account tokens rotate; the kubelet rewrites this file before expiry.
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 BACKOFF_S = 0.1
+# The longest one call may take; also how long a session replaced by a new login stays open.
+SESSION_TIMEOUT_S = 30.0
 BACKOFF_MAX_S = 2.0
 FIELD_MANAGER = "modelpress-operator"
 # Writes ask the server to refuse unknown fields rather than drop them with a warning (its
@@ -51,13 +53,46 @@ PLURALS: dict[tuple[str, str], str] = {
 
 
 class ApiError(Exception):
+    """The API server's answer to a call, when not a success; callers catch the subclass
+    that means what they handle (:class:`NotFound`, :class:`Conflict`...), never the number."""
+
     def __init__(self, status: int, reason: str, message: str):
         self.status, self.reason, self.message = status, reason, message
         super().__init__(f"{status} {reason}: {message}")
 
 
+class BadRequest(ApiError):
+    """400: the server cannot decode the object (e.g. an unknown field under ``fieldValidation=Strict``)."""
+
+
+class Forbidden(ApiError):
+    """403: RBAC does not allow the call, or admission (a ResourceQuota) refused it for now."""
+
+
+class NotFound(ApiError):
+    """404: no such object (or no such resource type)."""
+
+
 class Conflict(ApiError):
-    """A precondition (resourceVersion) did not hold: someone wrote in between."""
+    """409: a precondition (resourceVersion) did not hold: someone wrote in between."""
+
+
+class AlreadyExists(ApiError):
+    """409 with reason AlreadyExists: a create met an object of that name."""
+
+
+class Invalid(ApiError):
+    """422: the object as written breaks the resource's schema or validation rules."""
+
+
+# HTTP status -> the error raised for it; anything else is a plain ApiError.
+_ERRORS: dict[int, type[ApiError]] = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict, 422: Invalid}
+
+
+def api_error(status: int, reason: str, message: str) -> ApiError:
+    """The typed error for one failed call (409 splits on the reason, as Kubernetes' own clients do)."""
+    cls = AlreadyExists if status == 409 and reason == "AlreadyExists" else _ERRORS.get(status, ApiError)
+    return cls(status, reason, message)
 
 
 def resource_path(
@@ -89,6 +124,12 @@ class Kube:
     token_path = SERVICE_ACCOUNT_TOKEN
 
     def __init__(self, conn: kopf.ConnectionInfo):
+        self._session: aiohttp.ClientSession | None = None
+        # Sessions replaced by a new login, each with the task that closes it after the grace.
+        self._retired: dict[aiohttp.ClientSession, asyncio.Task[None]] = {}
+        self._use(conn)
+
+    def _use(self, conn: kopf.ConnectionInfo) -> None:
         self.base = conn.server.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "modelpress-operator"}
         if conn.token:
@@ -96,7 +137,24 @@ class Kube:
         auth = aiohttp.BasicAuth(conn.username, conn.password or "") if conn.username else None
         self._session_args: dict[str, Any] = {"headers": headers, "auth": auth}
         self._ssl = _ssl_context(conn) if self.base.startswith("https") else False
-        self._session: aiohttp.ClientSession | None = None
+
+    def login(self, conn: kopf.ConnectionInfo) -> None:
+        """Use new credentials (kopf logged in again) for every call from now on.
+
+        The old session is not closed at once: calls that started on it keep it until they
+        end, which :data:`SESSION_TIMEOUT_S` bounds, and it is closed after that grace period
+        (at once by :meth:`close`). Calls from now on open a session with the new credentials.
+        """
+        self._use(conn)
+        old, self._session = self._session, None
+        if old is not None:
+            loop = asyncio.get_running_loop()
+            self._retired[old] = loop.create_task(self._close_later(old), name="modelpress-old-session")
+
+    async def _close_later(self, session: aiohttp.ClientSession) -> None:
+        await asyncio.sleep(SESSION_TIMEOUT_S)
+        self._retired.pop(session, None)
+        await session.close()
 
     def _reload_token(self) -> bool:
         """Pick up a rotated service-account token; True when it changed (worth a retry)."""
@@ -114,6 +172,11 @@ class Kube:
         return True
 
     async def close(self) -> None:
+        """Close the session, and any left from before the last :meth:`login`."""
+        retired, self._retired = self._retired, {}
+        for session, task in retired.items():
+            task.cancel()
+            await session.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -122,7 +185,7 @@ class Kube:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
-                timeout=aiohttp.ClientTimeout(total=30),
+                timeout=aiohttp.ClientTimeout(total=SESSION_TIMEOUT_S),
                 **self._session_args,
             )
         return self._session
@@ -162,8 +225,7 @@ class Kube:
                 status >= 500 or status == 429 or (status == 409 and retry_conflicts and reason != "AlreadyExists")
             )
             if not transient or attempt == RETRIES - 1:
-                cls = Conflict if status == 409 else ApiError
-                raise cls(status, reason, message)
+                raise api_error(status, reason, message)
             delay = min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt)
             log.debug("%s %s -> %s %s; retrying in %.1fs", method, path, status, reason, delay)
             await asyncio.sleep(delay)
@@ -176,9 +238,8 @@ class Kube:
         path = resource_path(obj["apiVersion"], plural, meta.get("namespace"))
         try:
             return await self.request("POST", path, obj, params=WRITE_PARAMS), True
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
+        except (AlreadyExists, Conflict):  # a 409: names are deterministic, so it is ours
+            pass
         existing = await self.request(
             "GET", resource_path(obj["apiVersion"], plural, meta.get("namespace"), meta["name"])
         )
@@ -191,10 +252,8 @@ class Kube:
         """The object, or None when it does not exist (404)."""
         try:
             return await self.get(api_version, kind, namespace, name)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def merge_patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
@@ -219,10 +278,8 @@ class Kube:
             await self.request(
                 "DELETE", resource_path(api_version, PLURALS[(api_version, kind)], namespace, name), body
             )
-        except ApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
         return True
 
     async def list(
@@ -257,7 +314,7 @@ class Kube:
         """A core/v1 Event on the object (best effort: an Event is never worth failing for)."""
         meta = involved["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
+        event: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace") or "default"},

@@ -25,7 +25,7 @@ def operator_command(args: argparse.Namespace) -> int:
     import modelpress.operator.rollout_handlers  # noqa: F401  (registers the rollout timer)
     from modelpress.operator import handlers  # registers the handlers with kopf
 
-    handlers.configure(settings)
+    memo = handlers.configure(settings)  # passed to every handler by kopf
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if not args.verbose:
@@ -37,5 +37,6 @@ def operator_command(args: argparse.Namespace) -> int:
         clusterwide=settings.cluster_wide,
         namespaces=list(settings.namespaces),
         liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,
+        memo=memo,
     )
     return 0

@@ -22,7 +22,9 @@ When serving is disabled or removed while ``status.rollout`` is set, :func:`rele
 deletes the InferenceService if ModelPress created it (owner reference), or leaves a
 user's own InferenceService as it is and says so once; either way ``status.rollout`` is
 cleared, so the loop stops looking at the model.
-Talks to the API only through :class:`modelpress.operator.kube.Kube`.
+Talks to the API only through :class:`modelpress.operator.kube.Kube`, the one the
+handlers' :class:`~modelpress.operator.context.Context` (kopf's memo) holds; phase changes
+and their conditions are :mod:`~modelpress.operator.phases`'.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ import kopf
 
 from modelpress import api
 from modelpress.operator import analysis as analysis_mod
-from modelpress.operator import handlers
+from modelpress.operator import context as context_mod
+from modelpress.operator import handlers, phases
 from modelpress.operator import inference_service as isvc_mod
 from modelpress.operator import rollout as rollout_mod
 from modelpress.operator import status as st
+from modelpress.operator.context import Context
 from modelpress.operator.kube import Conflict
 from modelpress.operator.validation import SpecInvalid, parse_model
 
@@ -49,29 +53,20 @@ log = logging.getLogger(__name__)
 
 # How often rollouts are looked at; the analysis itself runs once per spec interval.
 ROLLOUT_TICK_SECONDS = float(os.environ.get("MODELPRESS_ROLLOUT_TICK_SECONDS", "10"))
-# Phases from which serving may proceed (compression finished with an artifact).
-SERVABLE_PHASES = frozenset(
-    {
-        api.Phase.Validated.value,
-        api.Phase.RollingOut.value,
-        api.Phase.Serving.value,
-        api.Phase.RolledBack.value,
-    }
-)
-SETTLED_PHASES = frozenset({api.Phase.Serving.value, api.Phase.RolledBack.value})
-# The complaint about a spec no InferenceService can be built from (see tick).
-CONFIG_INVALID = "ServingConfigInvalid"
-WARNING_REASONS = frozenset({"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive", CONFIG_INVALID})
 # Predictor fields that say how to scale: a field the desired InferenceService leaves
 # out is removed (null in the merge patch) so KServe does not see two ways to scale.
 SCALING_FIELDS = ("autoScaling", "scaleMetric", "scaleTarget", "scaleMetricType")
 
 
 def wants_rollout(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    """Serving enabled, compression validated, an artifact to serve."""
+    """Serving enabled, compression validated, an artifact to serve.
+
+    Asked of every model each tick, so it reads the raw status (no parsing), like
+    :func:`wants_release` and :func:`is_settled`; what a tick then decides reads API types.
+    """
     return (
         st.serving_enabled(spec)
-        and status.get("phase") in SERVABLE_PHASES
+        and status.get("phase") in phases.SERVABLE_PHASES
         and bool((status.get("artifact") or {}).get("storageUri"))
     )
 
@@ -88,7 +83,7 @@ def is_settled(status: Mapping[str, Any]) -> bool:
     the raw status and only ``status.rollout`` is parsed, never the whole model; the
     judgement itself is :func:`rollout.settled`'s.
     """
-    if status.get("phase") not in SETTLED_PHASES or not status.get("rollout"):
+    if status.get("phase") not in phases.SETTLED_PHASES or not status.get("rollout"):
         return False
     try:
         rollout = api.RolloutStatus.model_validate(status["rollout"])
@@ -99,48 +94,42 @@ def is_settled(status: Mapping[str, Any]) -> bool:
 
 
 @kopf.on.startup()
-async def start_rollout_loop(models: kopf.Index, **_: Any) -> None:
+async def start_rollout_loop(memo: kopf.Memo, models: kopf.Index, **_: Any) -> None:
     """One background loop over the handlers' index of models.
 
     Not a ``kopf.timer``: kopf gives every timed object a finalizer (a write to the
     object itself), while this operator writes only status, owned objects and Events.
     """
-    LOOP.task = asyncio.create_task(rollout_loop(models), name="modelpress-rollout")
+    ctx = context_mod.ensure(memo)
+    ctx.rollout_loop = asyncio.create_task(rollout_loop(ctx, models), name="modelpress-rollout")
 
 
 @kopf.on.cleanup()
-async def stop_rollout_loop(**_: Any) -> None:
-    await handlers.stop_loop(LOOP.task)
-    LOOP.task = None
+async def stop_rollout_loop(memo: kopf.Memo, **_: Any) -> None:
+    if context_mod.MEMO_KEY in memo:
+        ctx = context_mod.of(memo)
+        await handlers.stop_loop(ctx.rollout_loop)
+        ctx.rollout_loop = None
 
 
-class _Loop:
-    task: asyncio.Task | None = None
-    # uid -> the generation whose InferenceService a settled model was last checked
-    # against; in memory only, so after a restart each settled model is checked once.
-    checked: dict[str, int | None] = {}
-
-
-LOOP = _Loop()
-
-
-async def rollout_loop(models: kopf.Index) -> None:
+async def rollout_loop(ctx: Context, models: kopf.Index) -> None:
     """Every tick, one :func:`tick` per model that wants serving; one model's error is
     logged and retried next tick, never stops the others."""
     while True:
         await asyncio.sleep(ROLLOUT_TICK_SECONDS)
         bodies = [body for _, store in list(models.items()) for body in store]
         live = {body["metadata"].get("uid") for body in bodies}
-        LOOP.checked = {uid: gen for uid, gen in LOOP.checked.items() if uid in live}  # deleted models go
+        # Deleted models go.
+        ctx.rollout_checked = {uid: gen for uid, gen in ctx.rollout_checked.items() if uid in live}
         for body in bodies:
             spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body["metadata"]
             try:
                 if wants_rollout(spec, status):
-                    if is_settled(status) and LOOP.checked.get(meta.get("uid")) == meta.get("generation"):
+                    if is_settled(status) and ctx.rollout_checked.get(meta.get("uid")) == meta.get("generation"):
                         continue  # nothing new: no parsing, no API call
-                    await tick(body)
+                    await tick(ctx, body)
                 elif wants_release(spec, status):
-                    await release(body)
+                    await release(ctx, body)
             except Exception as exc:  # keep rolling the other models
                 log.warning("rollout of %s/%s: %s", meta.get("namespace"), meta["name"], exc)
 
@@ -149,8 +138,8 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
-async def _get_isvc(namespace: str, name: str) -> dict[str, Any] | None:
-    return await handlers.kube().find(isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, namespace, name)
+async def _get_isvc(ctx: Context, namespace: str, name: str) -> dict[str, Any] | None:
+    return await ctx.kube().find(isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, namespace, name)
 
 
 def _traffic_fields(isvc: Mapping[str, Any] | None) -> tuple[Any, ...]:
@@ -179,12 +168,12 @@ def _matches(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     return _traffic_fields(existing) == _traffic_fields(desired) and _contains(existing, desired)
 
 
-async def _apply_isvc(desired: dict[str, Any], existing: Mapping[str, Any] | None) -> None:
+async def _apply_isvc(ctx: Context, desired: dict[str, Any], existing: Mapping[str, Any] | None) -> None:
     """Create, or merge-patch so the managed fields match exactly (null removes a canary
     or a way of scaling the desired InferenceService no longer uses)."""
     meta = desired["metadata"]
     if existing is None:
-        await handlers.kube().create(desired)
+        await ctx.kube().create(desired)
         return
     if _matches(existing, desired):
         return
@@ -197,9 +186,7 @@ async def _apply_isvc(desired: dict[str, Any], existing: Mapping[str, Any] | Non
     if old_annotations.get(keda) == "keda" and keda not in annotations:
         annotations[keda] = None  # no prometheus metric any more: back to KServe's default autoscaler
     patch = {"metadata": {"labels": meta["labels"], "annotations": annotations}, "spec": spec}
-    await handlers.kube().merge_patch(
-        isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, meta["namespace"], meta["name"], patch
-    )
+    await ctx.kube().merge_patch(isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, meta["namespace"], meta["name"], patch)
 
 
 def _owned_by(isvc: Mapping[str, Any] | None, uid: str | None) -> bool:
@@ -210,10 +197,10 @@ def _owned_by(isvc: Mapping[str, Any] | None, uid: str | None) -> bool:
 
 
 async def _analyse(
-    model: api.CompressedModel, status: api.CompressedModelStatus, now: datetime.datetime
+    ctx: Context, model: api.CompressedModel, status: api.CompressedModelStatus, now: datetime.datetime
 ) -> api.AnalysisResult:
     rollout = model.spec.serving.rollout
-    url = rollout.analysis.prometheus_url or handlers.STATE.settings.prometheus_url
+    url = rollout.analysis.prometheus_url or ctx.settings.prometheus_url
     if not url:
         return api.AnalysisResult(
             time=now.isoformat(), verdict="Inconclusive",
@@ -225,7 +212,7 @@ async def _analyse(
         scope=analysis_mod.scope(
             isvc_mod.isvc_name(model),
             model.metadata.namespace or "default",
-            handlers.STATE.settings.analysis_namespace_label,
+            ctx.settings.analysis_namespace_label,
         ),
         window=rollout.interval,
     )
@@ -233,7 +220,7 @@ async def _analyse(
     return await asyncio.to_thread(analysis_mod.analyse, rollout.analysis, url, target, now)
 
 
-async def tick(body: Mapping[str, Any]) -> None:
+async def tick(ctx: Context, body: Mapping[str, Any]) -> None:
     """One rollout step for one model (see the module docstring)."""
     meta = body["metadata"]
     ns = meta.get("namespace") or "default"
@@ -246,50 +233,49 @@ async def tick(body: Mapping[str, Any]) -> None:
         return
     serving, now = model.spec.serving, _now()
     try:  # a spec no InferenceService can be built from stops here, before any traffic decision
-        isvc_mod.build_inference_service(
-            model, rollout_mod.Traffic(status.artifact.storage_uri), handlers.STATE.settings
-        )
+        isvc_mod.build_inference_service(model, rollout_mod.Traffic(status.artifact.storage_uri), ctx.settings)
     except isvc_mod.ServingConfigError as exc:
-        await _report(body, status, status.phase, CONFIG_INVALID, str(exc), None)
+        await _report(ctx, body, status, status.phase, phases.CONFIG_INVALID, str(exc), None)
         return
     # It builds now: conditions still carrying that complaint are rewritten below even
     # when the rollout itself has nothing new to say.
-    fixed = _rolled_out_reason(body.get("status") or {}) == CONFIG_INVALID
+    fixed = _rolled_out_reason(status) == phases.CONFIG_INVALID
     name = isvc_mod.isvc_name(model)
-    isvc = await _get_isvc(ns, name)
+    isvc = await _get_isvc(ctx, ns, name)
     if is_settled(body.get("status") or {}):
         # Nothing to decide; a serving change (autoscaling, resources) may still need
         # applying to the InferenceService that is there (never re-created here).
         if isvc is not None:
-            await _converge(body, model, status.rollout, isvc)
+            await _converge(ctx, body, model, status.rollout, isvc)
         said = rollout_mod.settled(status.rollout, status.artifact.storage_uri)
-        if fixed and said and not await _report(body, status, said.phase, said.reason, said.message, None):
+        if fixed and said and not await _report(ctx, body, status, said.phase, said.reason, said.message, None):
             return  # stale body: the next tick says it again
-        LOOP.checked[meta.get("uid")] = meta.get("generation")
+        ctx.rollout_checked[meta.get("uid")] = meta.get("generation")
         return
     analysis = None
     if rollout_mod.analysis_due(serving.rollout, status.rollout, now):
-        analysis = await _analyse(model, status, now)
+        analysis = await _analyse(ctx, model, status, now)
     try:
         decision = rollout_mod.plan(
             serving.rollout, status.rollout, status.artifact.storage_uri, isvc_mod.serving_uri(isvc), now,
             source_uri=model.spec.source.storage_uri, analysis=analysis, serving_ready=isvc_mod.is_ready(isvc),
         )  # fmt: skip
     except rollout_mod.BaselineMissing as exc:
-        await _report(body, status, status.phase, "BaselineMissing", str(exc), None)
+        await _report(ctx, body, status, status.phase, "BaselineMissing", str(exc), None)
         return
     new_rollout = decision.status.model_copy(update={"inference_service": name})
     if decision.changed or new_rollout != status.rollout or fixed:
-        if not await _report(body, status, decision.phase, decision.reason, decision.message, new_rollout):
+        if not await _report(ctx, body, status, decision.phase, decision.reason, decision.message, new_rollout):
             return  # decided on a stale body: the next tick decides on the current one
-    await _converge(body, model, new_rollout, isvc)
+    await _converge(ctx, body, model, new_rollout, isvc)
 
 
-def _rolled_out_reason(status: Mapping[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "RolledOut"), None)
+def _rolled_out_reason(status: api.CompressedModelStatus) -> str | None:
+    return next((c.reason for c in status.conditions if c.type == "RolledOut"), None)
 
 
 async def _converge(
+    ctx: Context,
     body: Mapping[str, Any],
     model: api.CompressedModel,
     rollout: api.RolloutStatus | None,
@@ -299,26 +285,27 @@ async def _converge(
     traffic = rollout_mod.desired_traffic(rollout)
     if traffic is not None:
         desired = isvc_mod.build_inference_service(
-            model, traffic, handlers.STATE.settings, owned=_owned_by(isvc, body["metadata"].get("uid"))
+            model, traffic, ctx.settings, owned=_owned_by(isvc, body["metadata"].get("uid"))
         )
-        await _apply_isvc(desired, isvc)
+        await _apply_isvc(ctx, desired, isvc)
 
 
-async def release(body: Mapping[str, Any]) -> None:
+async def release(ctx: Context, body: Mapping[str, Any]) -> None:
     """Serving was disabled or removed: take back what ModelPress put out.
 
     An InferenceService this CompressedModel owns is deleted (only that exact object: a
     uid precondition); someone else's is left as it is, said once in an Event. Either
     way ``status.rollout`` is cleared (which also ends this model's turns in the loop)
     and a model that was serving (or validated, waiting for its rollout) is ``Validated``,
-    Ready as without serving.
+    Ready as without serving (:func:`phases.serving_released`).
     """
-    meta, status = body["metadata"], body.get("status") or {}
+    meta = body["metadata"]
+    status = handlers.read_status(body)
     ns = meta.get("namespace") or "default"
-    name = (status.get("rollout") or {}).get("inferenceService") or meta["name"]
-    isvc = await _get_isvc(ns, name)
+    name = (status.rollout.inference_service if status.rollout else None) or meta["name"]
+    isvc = await _get_isvc(ctx, ns, name)
     if isvc is not None and _owned_by(isvc, meta.get("uid")):
-        deleted = await handlers.kube().delete(
+        deleted = await ctx.kube().delete(
             isvc_mod.ISVC_API_VERSION, isvc_mod.ISVC_KIND, ns, name, uid=isvc["metadata"].get("uid")
         )
         done = "deleted" if deleted else "is already gone"  # gone between the read and the delete
@@ -331,26 +318,18 @@ async def release(body: Mapping[str, Any]) -> None:
         )
     else:
         reason, message = "ServingRemoved", f"serving disabled: InferenceService {ns}/{name} is already gone"
-    fields: dict[str, Any] = {"rollout": None}
-    # Not while a new recipe compresses; Validated too, whose Ready may still wait for the rollout.
-    if status.get("phase") in SERVABLE_PHASES:
-        conds = [
-            st.condition("Ready", True, "Validated", st.SERVING_DISABLED_MESSAGE),
-            st.condition("RolledOut", False, "ServingDisabled", message),
-        ]
-        fields.update(
-            phase=api.Phase.Validated.value,
-            conditions=st.merge_conditions(status.get("conditions"), conds, meta.get("generation"), handlers.now()),
-        )
+    change = phases.serving_released(status, reason, message)
+    fields = change.patch(status, meta.get("generation"), handlers.now())
     try:
-        await handlers.kube().patch_model_status(ns, meta["name"], fields, resource_version=meta.get("resourceVersion"))
+        await ctx.kube().patch_model_status(ns, meta["name"], fields, resource_version=meta.get("resourceVersion"))
     except Conflict:
         return  # decided on a stale body; the next tick sees the current one
-    LOOP.checked.pop(meta.get("uid"), None)
-    await handlers.kube().post_event(body, "Normal", reason, message)
+    ctx.rollout_checked.pop(meta.get("uid"), None)
+    await handlers.announce(ctx, body, change)
 
 
 async def _report(
+    ctx: Context,
     body: Mapping[str, Any],
     status: api.CompressedModelStatus,
     phase: str | None,
@@ -365,26 +344,20 @@ async def _report(
     Returns False when it did not land.
     """
     meta = body["metadata"]
-    ns, gen = meta.get("namespace") or "default", meta.get("generation")
-    ready = phase == api.Phase.Serving.value
-    conds = [
-        st.condition("Ready", ready, reason if not ready else "Serving", message),
-        st.condition("RolledOut", ready, reason, message),
-    ]
-    old_conditions = (body.get("status") or {}).get("conditions")
-    fields: dict[str, Any] = {
-        "phase": phase,
-        "conditions": st.merge_conditions(old_conditions, conds, gen, handlers.now()),
-    }
+    change = phases.rollout_report(status, phase, reason, message)
+    same = st.same_conditions(phases.conditions_of(status), change.conditions)
+    if rollout is None and status.phase == phase and same:
+        return True  # the same complaint again: no write, no Event
+    fields = change.patch(status, meta.get("generation"), handlers.now())
     if rollout is not None:
         # Nones stay in: a merge patch removes a field only when it says null.
         fields["rollout"] = rollout.model_dump(by_alias=True, mode="json")
-    if rollout is None and status.phase == phase and st.same_conditions(old_conditions, conds):
-        return True  # the same complaint again: no write, no Event
     try:
-        await handlers.kube().patch_model_status(ns, meta["name"], fields, resource_version=meta.get("resourceVersion"))
+        await ctx.kube().patch_model_status(
+            meta.get("namespace") or "default", meta["name"], fields, resource_version=meta.get("resourceVersion")
+        )
     except Conflict:
         return False
-    if reason not in ("Waiting", "Paused", "Serving") or not st.same_conditions(old_conditions, conds):
-        await handlers.kube().post_event(body, "Warning" if reason in WARNING_REASONS else "Normal", reason, message)
+    if reason not in ("Waiting", "Paused", "Serving") or not same:
+        await handlers.announce(ctx, body, change)
     return True

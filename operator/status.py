@@ -1,6 +1,8 @@
-"""Pure status logic: conditions by API conventions and the outcome of a finished Job.
+"""Pure status logic: conditions by API conventions, and what a Job and its pods say
+(a finished Job's outcome, a pod that cannot start).
 
-No API calls: the handlers pass in what they observed and write what comes back.
+No API calls: the handlers pass in what they observed and write what comes back. Which
+phase may follow which, and the conditions of each change, are :mod:`phases`'.
 """
 
 from __future__ import annotations
@@ -12,19 +14,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelpress import api
+from modelpress.operator.kube import ApiError, BadRequest, Invalid
 from modelpress.summary import JobSummary, Outcome
 
-# Phases after which the current recipe needs no more compression work.
-DONE_PHASES = frozenset(
-    {
-        api.Phase.Validated.value,
-        api.Phase.Rejected.value,
-        api.Phase.Failed.value,
-        api.Phase.RollingOut.value,
-        api.Phase.Serving.value,
-        api.Phase.RolledBack.value,
-    }
-)
 # Ready's message for a validated model nobody asked to serve (here and when serving is turned off).
 SERVING_DISABLED_MESSAGE = "validated; serving is disabled"
 # Pod states that explain a failure better than the Job's own condition.
@@ -60,19 +52,10 @@ _FAILED_CREATE_HINTS = (
     ("PriorityClass", "set spec.job.priorityClassName to an existing PriorityClass"),
     ("exceeded quota", "the namespace's ResourceQuota is used up: lower spec.job.resources or raise the quota"),
 )
-# Reasons the Compressed condition carries while the Job is unfinished.
-SUSPENDED_REASON = "WaitingForKueue"
-RUNNING_REASON = "JobRunning"
-REFUSED_REASON = "JobRefused"
 
 
 def condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
     return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message[:1024]}
-
-
-def spec_valid() -> dict[str, Any]:
-    """SpecValid=True: stamped with the generation of every status write made for a spec that parsed."""
-    return condition("SpecValid", True, "Valid", "")
 
 
 def merge_conditions(
@@ -100,28 +83,10 @@ def same_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mappi
     )
 
 
-def is_refusal(http_status: int) -> bool:
+def is_refusal(exc: ApiError) -> bool:
     """400 (cannot be decoded) and 422 (invalid) are the API server refusing an object as
     built: retrying the same write cannot succeed. Others (403 quota, 409, 5xx) may pass later."""
-    return http_status in (400, 422)
-
-
-def refused_status(http_status: int, message: str) -> tuple[dict[str, Any], list[dict[str, Any]], tuple[str, str, str]]:
-    """(status fields, conditions, event) when the API server refused the compression Job."""
-    text = f"the API server refused the compression Job ({http_status}): {message}; fix spec.job and apply again"
-    fields = {"phase": api.Phase.Failed.value, "jobName": None, "artifact": None, "results": None}
-    conds = [
-        condition("Compressed", False, REFUSED_REASON, text),
-        condition("Validated", False, REFUSED_REASON, "nothing was compressed, so nothing was validated"),
-        condition("Ready", False, REFUSED_REASON, text),
-    ]
-    return fields, conds, ("Warning", REFUSED_REASON, text)
-
-
-def refused_by_server(status: Mapping[str, Any]) -> bool:
-    """The last attempt ended with the API server refusing the Job (see :func:`refused_status`)."""
-    compressed = next((c for c in status.get("conditions") or [] if c.get("type") == "Compressed"), {})
-    return status.get("phase") == api.Phase.Failed.value and compressed.get("reason") == REFUSED_REASON
+    return isinstance(exc, (BadRequest, Invalid))
 
 
 def job_finished(job: Mapping[str, Any]) -> str | None:
@@ -135,31 +100,6 @@ def job_finished(job: Mapping[str, Any]) -> str | None:
 def job_suspended(job: Mapping[str, Any]) -> bool:
     """Held back by ``spec.suspend`` (Kueue creates and preempts by suspending) and not yet finished."""
     return bool((job.get("spec") or {}).get("suspend")) and job_finished(job) is None
-
-
-def progress_phase(suspended: bool) -> str:
-    return api.Phase.Queued.value if suspended else api.Phase.Compressing.value
-
-
-def progress_status(job_name: str, suspended: bool, queue: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """(phase, conditions) of a model whose Job exists but has not finished.
-
-    A suspended Job has no pod and uses no quota yet, so the model shows ``Queued``
-    rather than ``Compressing`` until Kueue admits (unsuspends) it.
-    """
-    phase = progress_phase(suspended)
-    if suspended:
-        where = f" in LocalQueue {queue}" if queue else ""
-        message = f"compression Job {job_name} is suspended until Kueue admits it{where}"
-        return phase, [
-            condition("Compressed", False, SUSPENDED_REASON, message),
-            condition("Ready", False, "Queued", message),
-        ]
-    message = f"compression Job {job_name} is running"
-    return phase, [
-        condition("Compressed", False, RUNNING_REASON, message),
-        condition("Ready", False, "Compressing", message),
-    ]
 
 
 def stuck_pod(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:

@@ -83,16 +83,19 @@ MODULES = [
         "operator/status.py",
         [
             "condition",
-            "spec_valid",
             "merge_conditions",
             "same_conditions",
-            "progress_phase",
-            "progress_status",
             "serving_enabled",
             "termination_message",
             "outcome_status",
         ],
         ["tests/operator/test_conditions.py", "tests/operator/test_status_logic.py"],
+    ),
+    Module(
+        "phases",
+        "operator/phases.py",
+        ["transition", "spec_valid", "progress_phase", "progress_conditions", "decide"],
+        ["tests/operator/test_phases.py", "tests/operator/test_conditions.py"],
     ),
     Module(
         "api",
@@ -128,6 +131,7 @@ EQUIVALENT: dict[str, dict[tuple[str, str, str], str]] = {
         ("analysis_due", "1", "2"): IN_TIME_ORDER,
     },
     "status": {},
+    "phases": {},
     "api": {},
     "gate": {},
 }

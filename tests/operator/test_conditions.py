@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from modelpress.operator import phases
 from modelpress.operator import status as st
 from modelpress.summary import JobSummary
 
@@ -62,23 +63,23 @@ def test_condition_is_a_string_status_and_a_bounded_message() -> None:
     assert st.condition("Ready", True, "Validated") == cond("Ready", "True", "Validated")
     assert st.condition("Ready", False, "Queued", "m") == cond("Ready", "False", "Queued", "m")
     assert st.condition("Ready", False, "X", "y" * 2000)["message"] == "y" * 1024
-    assert st.spec_valid() == cond("SpecValid", "True", "Valid")
+    assert phases.spec_valid() == cond("SpecValid", "True", "Valid")
 
 
 def test_queued_and_compressing() -> None:
     queued = "compression Job m-1 is suspended until Kueue admits it in LocalQueue team"
-    assert st.progress_status("m-1", True, "team") == (
-        "Queued",
-        [cond("Compressed", "False", "WaitingForKueue", queued), cond("Ready", "False", "Queued", queued)],
-    )
+    assert phases.progress_conditions("m-1", True, "team") == [
+        cond("Compressed", "False", "WaitingForKueue", queued),
+        cond("Ready", "False", "Queued", queued),
+    ]
     plain = "compression Job m-1 is suspended until Kueue admits it"
-    assert st.progress_status("m-1", True)[1][0]["message"] == plain
+    assert phases.progress_conditions("m-1", True)[0]["message"] == plain
     running = "compression Job m-1 is running"
-    assert st.progress_status("m-1", False, "team") == (
-        "Compressing",
-        [cond("Compressed", "False", "JobRunning", running), cond("Ready", "False", "Compressing", running)],
-    )
-    assert (st.progress_phase(True), st.progress_phase(False)) == ("Queued", "Compressing")
+    assert phases.progress_conditions("m-1", False, "team") == [
+        cond("Compressed", "False", "JobRunning", running),
+        cond("Ready", "False", "Compressing", running),
+    ]
+    assert (phases.progress_phase(True), phases.progress_phase(False)) == ("Queued", "Compressing")
 
 
 @pytest.mark.parametrize(
@@ -190,11 +191,11 @@ def test_same_conditions(old, new, same: bool) -> None:
 
 def test_merge_keeps_other_conditions_and_moves_time_only_on_a_flip() -> None:
     old = [{**COMPRESSED, "lastTransitionTime": "t0", "observedGeneration": 1}, {**READY, "lastTransitionTime": "t0"}]
-    merged = st.merge_conditions(old, [{**READY, "reason": "Queued"}, st.spec_valid()], 2, "t1")
+    merged = st.merge_conditions(old, [{**READY, "reason": "Queued"}, phases.spec_valid()], 2, "t1")
     assert merged == [
         {**COMPRESSED, "lastTransitionTime": "t0", "observedGeneration": 1},
         {**READY, "reason": "Queued", "lastTransitionTime": "t0", "observedGeneration": 2},
-        {**st.spec_valid(), "lastTransitionTime": "t1", "observedGeneration": 2},
+        {**phases.spec_valid(), "lastTransitionTime": "t1", "observedGeneration": 2},
     ]
     assert st.merge_conditions(None, [READY], None, "t2") == [
         {**READY, "lastTransitionTime": "t2", "observedGeneration": None}

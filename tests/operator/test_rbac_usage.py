@@ -10,6 +10,7 @@ EXPECTED = [
     ("create", "", "configmaps", "", NAMESPACE),
     ("create", "", "events", "", NAMESPACE),
     ("create", "batch", "jobs", "", NAMESPACE),
+    ("list", "", "events", "", NAMESPACE),  # the pod check's FailedCreate Events
     ("list", "", "namespaces", "", ""),
     ("list", "", "pods", "", NAMESPACE),
     ("list", "batch", "jobs", "", NAMESPACE),

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st_
 
 from modelpress import api
+from modelpress.operator import phases
 from modelpress.operator import settings as settings_mod
 from modelpress.operator import status as st
 from modelpress.operator.validation import SpecInvalid, format_problems, parse_model
@@ -177,10 +178,12 @@ def test_suspended_job_is_queued_admitted_job_is_compressing() -> None:
     suspended = {"spec": {"suspend": True}, "status": {}}
     assert st.job_suspended(suspended) and not st.job_suspended({"spec": {"suspend": False}})
     assert not st.job_suspended({"spec": {"suspend": True}, **job("Failed", "DeadlineExceeded")})
-    phase, conds = st.progress_status("m-1234abcd", True, "gpus")
-    assert phase == "Queued" and conds[0]["reason"] == "WaitingForKueue" and "LocalQueue gpus" in conds[0]["message"]
-    phase, conds = st.progress_status("m-1234abcd", False)
-    assert phase == "Compressing" and [c["reason"] for c in conds] == ["JobRunning", "Compressing"]
+    conds = phases.progress_conditions("m-1234abcd", True, "gpus")
+    assert phases.progress_phase(True) == "Queued"
+    assert conds[0]["reason"] == "WaitingForKueue" and "LocalQueue gpus" in conds[0]["message"]
+    conds = phases.progress_conditions("m-1234abcd", False)
+    assert phases.progress_phase(False) == "Compressing"
+    assert [c["reason"] for c in conds] == ["JobRunning", "Compressing"]
 
 
 def stuck(reason: str, phase: str = "Pending", message: str = "") -> dict:

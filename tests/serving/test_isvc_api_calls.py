@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import kopf
 import pytest
 from cluster import Cluster
 
@@ -30,7 +29,7 @@ def test_find_patch_and_delete_with_a_uid_precondition(tmp_path: Path) -> None:
         c.sync(c.server.declare, "serving.kserve.io", "v1beta1", "inferenceservices", ISVC_KIND)
 
         async def go() -> None:
-            kube = Kube(kopf.ConnectionInfo(server=c.url, token="t"))
+            kube = Kube(c.connection(token="t"))
             try:
                 assert await kube.find(ISVC_API_VERSION, ISVC_KIND, NS, "digits") is None
                 first, created = await kube.create(isvc("s3://a/"))
