@@ -36,7 +36,9 @@ def call(
 
 def watch(c: Cluster, path: str, timeout_s: int = 1) -> list[dict[str, Any]]:
     sep = "&" if "?" in path else "?"
-    with urllib.request.urlopen(f"{c.url}{path}{sep}watch=true&timeoutSeconds={timeout_s}", timeout=10, context=c.ssl_context()) as resp:
+    with urllib.request.urlopen(
+        f"{c.url}{path}{sep}watch=true&timeoutSeconds={timeout_s}", timeout=10, context=c.ssl_context()
+    ) as resp:
         return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
 
 
