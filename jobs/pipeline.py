@@ -321,7 +321,7 @@ class Runner:
         rankable = method.rankable_nodes(handle, variant.config)
         probe = self.data.calibration if len(self.data.calibration) else self.data.train
         probe = probe.take(SENSITIVITY_PROBE)
-        reference = measure.run_outputs(measure.session(self.to_onnx(handle, key).onnx_model), probe)
+        reference = measure.run_outputs(measure.session(self.to_onnx(handle, key).proto), probe)
         errors: dict[str, float] = {}
         for name in rankable[:SENSITIVITY_MAX_NODES]:
             try:
@@ -331,7 +331,7 @@ class Runner:
             except ValueError as e:  # e.g. a node the quantizer's pre-processing fused away
                 log.warning("cannot rank node %s for %s: %s", name, variant.key, first_line(e))
                 continue
-            out = measure.run_outputs(measure.session(changed.onnx_model), probe)
+            out = measure.run_outputs(measure.session(changed.proto), probe)
             errors[name] = self._error(out, reference)
         ranked = sorted(errors, key=lambda n: -errors[n])
         log.info(
@@ -394,7 +394,7 @@ def fetch_inputs(spec: CompressedModelSpec, workdir: Path, progress: Progress | 
         else:
             path.unlink(missing_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    students = sorted({s.distill.student.storage_uri for s in spec.compression.steps if _student_uri(s)})
+    students = sorted({uri for s in spec.compression.steps if (uri := _student_uri(s))})
     total = 2 + (spec.validation.calibration is not None) + len(students)
 
     def get(uri: str, rel: str, field_: str) -> str:
@@ -470,27 +470,25 @@ def compress(spec: CompressedModelSpec, workdir: Path, inputs: Inputs, progress:
             f"cannot export the model to ONNX with a batch of the validation "
             f"data ({e}); check that validation.dataset fits the model's inputs",
         ) from e
-    check_fits(baseline_onnx.onnx_model, val, "validation.dataset")
+    check_fits(baseline_onnx.proto, val, "validation.dataset")
     if spec.validation.metric in LABEL_METRICS and val.labels is None:
         raise JobInputError(
             "validation.dataset", f"metric {spec.validation.metric} needs labels: add an array y of class indices"
         )
     progress("baseline", 0, 1)
     try:  # a model onnxruntime cannot even load is the model's fault, not the data's
-        measure.session(baseline_onnx.onnx_model)
+        measure.session(baseline_onnx.proto)
     except Exception as e:
         raise JobInputError("source.storageUri", f"onnxruntime cannot load the model: {first_line(e)}") from e
     try:
         with measure.time_limit(spec.limits.trial_timeout_seconds, _over_time(spec, "measuring the source model")):
-            baseline = measure.measure(
-                baseline_onnx.onnx_model, val, spec.validation.metric, spec.validation.batch_size
-            )
+            baseline = measure.measure(baseline_onnx.proto, val, spec.validation.metric, spec.validation.batch_size)
     except measure.TimeLimitExceeded as e:
         raise JobInputError("source.storageUri", f"{e}; raise the limit if the model is only slow") from e
     except measure.NonFiniteResult as e:  # the model's fault (the loader refuses NaN in the data)
         raise JobInputError("source.storageUri", f"{e} of validation.dataset; it cannot be a baseline") from e
     except Exception as e:
-        culprit = blame.data_independent_failure(baseline_onnx.onnx_model, str(e))
+        culprit = blame.data_independent_failure(baseline_onnx.proto, str(e))
         if culprit is not None:  # no input reaches the node: it fails on any data
             raise JobInputError(
                 "source.storageUri",
@@ -581,7 +579,7 @@ def _trial(
         with measure.time_limit(spec.limits.trial_timeout_seconds, _over_time(spec, "trial")):
             handle, trial.changes, trial.recipe = runner.apply(cand)
             measured = measure.measure(
-                handle.onnx_model,
+                handle.proto,
                 val,
                 spec.validation.metric,
                 spec.validation.batch_size,

@@ -92,7 +92,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return conn
 
 
-@kopf.on.startup()
+@kopf.on.startup()  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
 async def startup(
     settings: kopf.OperatorSettings, memo: kopf.Memo, models: kopf.Index, compression_jobs: kopf.Index, **_: Any
 ) -> None:
@@ -135,7 +135,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # --------------------------------------------------------------------------- indexes
 
 
-@kopf.index(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL)  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
 async def models(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """Latest body of every model, so a Job event needs no extra GET.
 
@@ -145,7 +145,7 @@ async def models(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[t
     return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}
 
 
-@kopf.index("batch", "v1", "jobs", labels=JOB_SELECTOR)
+@kopf.index("batch", "v1", "jobs", labels=JOB_SELECTOR)  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
 async def compression_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobState]:
     """Every compression Job's :class:`phases.JobState`."""
     return {(namespace, name): JobState(st.job_finished(body), str(body.metadata.uid), st.job_suspended(body))}
@@ -159,7 +159,7 @@ def _first(index: kopf.Index, key: Any) -> Any:
 # --------------------------------------------------------------------------- models
 
 
-@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
 async def model_event(
     event: Mapping[str, Any], memo: kopf.Memo, compression_jobs: kopf.Index, models: kopf.Index, **_: Any
 ) -> None:
@@ -174,7 +174,7 @@ async def model_event(
     if meta.get("deletionTimestamp"):
         return  # owned objects go by garbage collection; nothing to hold it for
     try:
-        for _ in range(CONFLICT_ATTEMPTS):
+        for _attempt in range(CONFLICT_ATTEMPTS):
             if await reconcile(ctx, body, compression_jobs, models):
                 return
             # Our status write met a newer version: decide again on the latest object.
@@ -203,6 +203,7 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], jobs: kopf.Index, mod
     decision = phases.decide(seen)
     match decision.step:
         case Step.RESTAMP:
+            assert decision.change is not None  # decide() sets the write for RESTAMP
             await _patch(ctx, body, status, decision.change)
         case Step.ENSURE_JOB:
             await _ensure_job(ctx, model, body, status, status.phase, jobs, models)
@@ -370,7 +371,7 @@ async def _report_invalid(ctx: Context, body: Mapping[str, Any], exc: SpecInvali
 # --------------------------------------------------------------------------- jobs
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=JOB_SELECTOR)
+@kopf.on.event("batch", "v1", "jobs", labels=JOB_SELECTOR)  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
 async def job_event(
     event: Mapping[str, Any], memo: kopf.Memo, compression_jobs: kopf.Index, models: kopf.Index, **_: Any
 ) -> None:

@@ -93,7 +93,7 @@ def is_settled(status: Mapping[str, Any]) -> bool:
     return rollout_mod.settled(rollout, artifact) is not None
 
 
-@kopf.on.startup()
+@kopf.on.startup()  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
 async def start_rollout_loop(memo: kopf.Memo, models: kopf.Index, **_: Any) -> None:
     """One background loop over the handlers' index of models.
 
@@ -199,6 +199,7 @@ def _owned_by(isvc: Mapping[str, Any] | None, uid: str | None) -> bool:
 async def _analyse(
     ctx: Context, model: api.CompressedModel, status: api.CompressedModelStatus, now: datetime.datetime
 ) -> api.AnalysisResult:
+    assert model.spec.serving is not None and status.artifact is not None  # only a serving model is analysed
     rollout = model.spec.serving.rollout
     url = rollout.analysis.prometheus_url or ctx.settings.prometheus_url
     if not url:

@@ -65,6 +65,13 @@ class ModelHandle:
     def stage(self) -> Stage:
         return "torch" if self.module is not None else "onnx"
 
+    @property
+    def proto(self) -> onnx.ModelProto:
+        """The ONNX graph, where the caller knows the handle is past export (ValueError otherwise)."""
+        if self.onnx_model is None:
+            raise ValueError("the model is still a torch module here; export it to ONNX first")
+        return self.onnx_model
+
     def with_model(
         self, *, module: torch.nn.Module | None = None, onnx_model: onnx.ModelProto | None = None
     ) -> ModelHandle:

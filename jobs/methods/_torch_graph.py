@@ -17,6 +17,7 @@ import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from torch import fx, nn
 from modelpress.jobs.dataset import Samples, collate
 from modelpress.jobs.export import export_dynamic_shapes, widen_dynamic_axes  # one rule for dynamic dims
 from modelpress.jobs.methods import ModelHandle
+
+M = TypeVar("M", bound=nn.Module)
 
 aten = torch.ops.aten
 LINEAR = aten.linear.default
@@ -289,7 +292,7 @@ def fit(
     module.to("cpu")
 
 
-def frozen(teacher: nn.Module) -> nn.Module:
+def frozen(teacher: M) -> M:
     """``teacher`` with gradients off: it only provides targets."""
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from modelpress.api import Distill
 from modelpress.jobs.dataset import collate
@@ -41,6 +41,7 @@ class DistillMethod(Method[Distill]):
         if config.student.width_multiplier is not None:
             student, widths = _shrunk_student(teacher, config.student.width_multiplier)
         else:
+            assert config.student.storage_uri is not None  # the API sets exactly one of the two
             student, widths = _loaded_student(model, config.student.storage_uri, data), {}
         _check_compatible(teacher, student, data)
         loss = distillation_loss(teacher, data.task, config.temperature, config.alpha, data.train.labels is not None)
@@ -67,7 +68,7 @@ class DistillMethod(Method[Distill]):
         return StepResult(model.with_model(module=student), changes)
 
 
-def _shrunk_student(teacher: nn.Module, width: float) -> tuple[nn.Module, dict[str, list[int]]]:
+def _shrunk_student(teacher: fx.GraphModule, width: float) -> tuple[nn.Module, dict[str, list[int]]]:
     student = tg.copy_module(teacher)
     for p in student.parameters():
         p.requires_grad_(True)

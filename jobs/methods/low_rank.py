@@ -101,7 +101,7 @@ class LowRankMethod(Method[LowRank]):
 
 
 def _onnx(model: ModelHandle, config: LowRank) -> StepResult:
-    proto = gemm_to_matmul(model.onnx_model)  # a copy; Gemm(transB) weights become plain [in, out]
+    proto = gemm_to_matmul(model.proto)  # a copy; Gemm(transB) weights become plain [in, out]
     before = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
     inits = initializers(proto)
     ranks: dict[str, list[int]] = {}

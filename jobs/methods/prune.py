@@ -17,7 +17,7 @@ import copy
 
 import numpy as np
 from onnx import numpy_helper
-from torch import nn
+from torch import fx
 from torch.nn.utils import prune
 
 from modelpress.api import Prune
@@ -84,7 +84,7 @@ class PruneMethod(Method[Prune]):
         return StepResult(model.with_model(module=gm), changes)
 
 
-def _unstructured_torch(gm: nn.Module, sparsity: float) -> dict:
+def _unstructured_torch(gm: fx.GraphModule, sparsity: float) -> dict:
     slots = tg.weight_slots(gm)
     if not slots:
         raise ValueError("prune: the model has no Linear or Conv weights to prune")
@@ -97,7 +97,7 @@ def _unstructured_torch(gm: nn.Module, sparsity: float) -> dict:
 
 
 def _unstructured_onnx(model: ModelHandle, config: Prune) -> StepResult:
-    proto = copy.deepcopy(model.onnx_model)
+    proto = copy.deepcopy(model.proto)
     inits = initializers(proto)
     names = sorted({name for _, name in matmul_weights(proto)})
     if not names:
