@@ -700,6 +700,25 @@ def sample_model(name: str = "digits", namespace: str = "ml", **spec: Any) -> di
     }
 
 
+def digits_model_doc(
+    digits: Path, out: Path, name: str = "digits", source: str | None = None, **validation: Any
+) -> dict[str, Any]:
+    """The sample model on the real digits files (tests/helpers.write_digits) with file:// storage."""
+    return sample_model(
+        name,
+        source={"storageUri": source or f"file://{digits}/model.onnx", "format": "onnx", "task": "classification"},
+        validation={
+            "dataset": {"storageUri": f"file://{digits}/val.npz", "format": "npz"},
+            "metric": "accuracy",
+            "maxAccuracyDrop": {"absolute": 0.05},
+            "batchSize": 16,
+            **validation,
+        },
+        job={"gpu": 0, "backoffLimit": 0},
+        output={"storageUri": f"file://{out}/"},
+    )
+
+
 class Gate:
     """A runner that holds Jobs "running" until opened, then succeeds with a real-shaped summary."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster, sample_model
+from cluster import Cluster, digits_model_doc, sample_model
 
 from modelpress import api
 from modelpress.operator import job_builder
@@ -22,20 +22,7 @@ from modelpress.operator.settings import Settings
 
 
 def digits_model(digits: Path, out: Path, source: str | None = None, **validation: Any) -> api.CompressedModel:
-    doc = sample_model(
-        "digits",
-        source={"storageUri": source or f"file://{digits}/model.onnx", "format": "onnx", "task": "classification"},
-        validation={
-            "dataset": {"storageUri": f"file://{digits}/val.npz", "format": "npz"},
-            "metric": "accuracy",
-            "maxAccuracyDrop": {"absolute": 0.05},
-            "batchSize": 16,
-            **validation,
-        },
-        job={"gpu": 0, "backoffLimit": 0},
-        output={"storageUri": f"file://{out}/"},
-    )
-    return api.CompressedModel.model_validate(doc)
+    return api.CompressedModel.model_validate(digits_model_doc(digits, out, source=source, **validation))
 
 
 def run_pod(cluster: Cluster, model: api.CompressedModel) -> tuple[dict[str, Any], dict[str, Any]]:

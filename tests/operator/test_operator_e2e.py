@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-from cluster import Cluster, running_operator, sample_model
+from cluster import Cluster, digits_model_doc, running_operator
 from helpers import condition, free_port
 from k8s_emulator import rbac_usage
 from prometheus_client import REGISTRY
@@ -20,30 +19,13 @@ from modelpress.operator import job_builder
 from modelpress.operator.settings import from_env
 
 
-def model_doc(digits: Path, out: Path, name: str = "digits", **validation: Any) -> dict[str, Any]:
-    """The sample model on the real digits files with file:// storage."""
-    return sample_model(
-        name,
-        source={"storageUri": f"file://{digits}/model.onnx", "format": "onnx", "task": "classification"},
-        validation={
-            "dataset": {"storageUri": f"file://{digits}/val.npz", "format": "npz"},
-            "metric": "accuracy",
-            "maxAccuracyDrop": {"absolute": 0.05},
-            "batchSize": 16,
-            **validation,
-        },
-        job={"gpu": 0, "backoffLimit": 0},
-        output={"storageUri": f"file://{out}/"},
-    )
-
-
 def test_happy_path_to_validated_with_real_metrics(cluster: Cluster, digits_onnx: Path, tmp_path: Path) -> None:
     port = free_port()
     durations = {"outcome": "Validated"}
     # The histogram is process-wide: other tests in this process may have observed Jobs already.
     before = REGISTRY.get_sample_value("modelpress_job_duration_seconds_count", durations) or 0
     with running_operator(cluster, metrics_port=str(port)):
-        created = cluster.apply_model(model_doc(digits_onnx, tmp_path / "artifacts"))
+        created = cluster.apply_model(digits_model_doc(digits_onnx, tmp_path / "artifacts"))
         obj = cluster.wait_phase("digits", "Validated", 180)
         status = obj["status"]
         rh = api.recipe_hash(api.CompressedModel.model_validate(created).spec)
@@ -98,7 +80,7 @@ def test_happy_path_to_validated_with_real_metrics(cluster: Cluster, digits_onnx
 
 def test_rejection_names_the_threshold(cluster: Cluster, digits_onnx: Path, tmp_path: Path) -> None:
     with running_operator(cluster):
-        cluster.apply_model(model_doc(digits_onnx, tmp_path / "artifacts", maxSizeMB=0.0001))
+        cluster.apply_model(digits_model_doc(digits_onnx, tmp_path / "artifacts", maxSizeMB=0.0001))
         obj = cluster.wait_phase("digits", {"Rejected", "Failed"}, 180)
         assert obj["status"]["phase"] == "Rejected", obj["status"]
         validated = condition(obj["status"], "Validated")
@@ -115,7 +97,7 @@ def test_rejection_names_the_threshold(cluster: Cluster, digits_onnx: Path, tmp_
 
 
 def test_job_failure_reports_the_reason(cluster: Cluster, digits_onnx: Path, tmp_path: Path) -> None:
-    doc = model_doc(digits_onnx, tmp_path / "artifacts")
+    doc = digits_model_doc(digits_onnx, tmp_path / "artifacts")
     doc["spec"]["source"]["storageUri"] = f"file://{tmp_path}/missing.onnx"
     with running_operator(cluster):
         cluster.apply_model(doc)
