@@ -152,7 +152,7 @@ class Kubelet:
         self.runner = runner
         self.tasks: set[asyncio.Task[None]] = set()
         self.logs: dict[str, str] = {}
-        self.started: list[str] = []
+        self.started: set[str] = set()  # "namespace/name" of every Job given a pod
         self.create_retry_s = 0.2  # the real controller backs off exponentially, from 10 s
         server.listeners.append(self._on_event)
 
@@ -163,7 +163,7 @@ class Kubelet:
         key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
         if spec.get("suspend") or status.get("startTime") or key in self.started:
             return
-        self.started.append(key)
+        self.started.add(key)
         task = asyncio.get_running_loop().create_task(self._run(copy.deepcopy(obj)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -248,7 +248,7 @@ class Kubelet:
         Repeats of the same message bump the Event's count, as the event recorder does."""
         meta = job["metadata"]
         event: dict[str, Any] | None = None
-        while self.server.get("batch", "jobs", meta["namespace"], meta["name"]) is not None:
+        while ("batch", "jobs", meta["namespace"], meta["name"]) in self.server.store:
             try:
                 return self._create_pod(job)
             except EmulatorApiError as exc:
@@ -362,7 +362,7 @@ class Kubelet:
         )
 
     def _job_status(self, ns: str, name: str, fields: dict[str, Any]) -> None:
-        if self.server.get("batch", "jobs", ns, name) is None:
+        if ("batch", "jobs", ns, name) not in self.server.store:
             return  # deleted meanwhile
         self.server.patch("batch", "jobs", ns, name, "status", {"status": fields}, "application/merge-patch+json")
 

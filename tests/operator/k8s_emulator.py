@@ -37,7 +37,7 @@ import datetime
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,8 @@ EVENT_LOG_SIZE = 200_000
 
 Key = tuple[str, str]  # (group, plural)
 ObjKey = tuple[str, str, str, str]  # (group, plural, namespace, name)
-LogEntry = tuple[int, str, dict[str, Any], bytes]  # (resourceVersion, type, object, watch line)
+# (resourceVersion, type, object, watch line); the log keeps b"" for the line and serialises it on replay
+LogEntry = tuple[int, str, dict[str, Any], bytes]
 
 
 @dataclass(frozen=True)
@@ -118,22 +119,22 @@ def parse_path(path: str) -> tuple[str, str, str | None, str, str | None, str] |
 _REQ = re.compile(r"^\s*(!?)([A-Za-z0-9./_-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
 
 
-def label_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
-    """Equality- and set-based selectors as kube-apiserver parses them."""
-    if not text:
-        return lambda obj: True
-    terms = []
-    for raw in re.split(r",(?![^(]*\))", text):
-        m = _REQ.match(raw)
-        if not m:
-            raise ApiError(400, "BadRequest", f"unable to parse requirement: {raw!r}")
-        neg, key, op, val, setop, setvals = m.groups()
-        values = {v.strip() for v in (setvals or "").split(",") if v.strip()}
-        terms.append((neg, key, op, val, setop, values))
+class LabelSelector:
+    """Equality- and set-based selectors as kube-apiserver parses them; called on an object, says if it matches."""
 
-    def match(obj: Mapping[str, Any]) -> bool:
+    def __init__(self, text: str | None):
+        self.terms: list[tuple[str, str, str | None, str | None, str | None, set[str]]] = []
+        for raw in re.split(r",(?![^(]*\))", text) if text else []:
+            m = _REQ.match(raw)
+            if not m:
+                raise ApiError(400, "BadRequest", f"unable to parse requirement: {raw!r}")
+            neg, key, op, val, setop, setvals = m.groups()
+            values = {v.strip() for v in (setvals or "").split(",") if v.strip()}
+            self.terms.append((neg, key, op, val, setop, values))
+
+    def __call__(self, obj: Mapping[str, Any]) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        for neg, key, op, val, setop, values in terms:
+        for neg, key, op, val, setop, values in self.terms:
             if op in ("=", "=="):
                 ok = labels.get(key) == val
             elif op == "!=":
@@ -148,7 +149,24 @@ def label_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
                 return False
         return True
 
-    return match
+    def index_keys(self) -> list[tuple[str, str | None]] | None:
+        """Label-index keys whose objects include every match (``(key, None)``: has the key), or None
+        when no term narrows it down (``!=``, ``notin``, ``!key``): then every object of the kind is a candidate."""
+        for _neg, key, op, val, _setop, _values in self.terms:
+            if op in ("=", "=="):
+                return [(key, val or "")]
+        for _neg, key, _op, _val, setop, values in self.terms:
+            if setop == "in":
+                return [(key, v) for v in sorted(values)]
+        for neg, key, op, _val, setop, _values in self.terms:
+            if not neg and not op and not setop:
+                return [(key, None)]
+        return None
+
+
+def label_selector(text: str | None) -> LabelSelector:
+    """Equality- and set-based selectors as kube-apiserver parses them."""
+    return LabelSelector(text)
 
 
 # Field selectors each kind supports besides metadata.name/namespace
@@ -240,11 +258,100 @@ def json_patch(doc: dict[str, Any], ops: Iterable[Mapping[str, Any]]) -> dict[st
     return doc
 
 
+class Store(MutableMapping[ObjKey, dict[str, Any]]):
+    """The stored objects, as one mapping ``(group, plural, namespace, name) -> object``, kept per kind
+    with a label index and an owner index, as etcd's key prefixes and the watch cache's indexes are.
+
+    Hand-written on purpose: with one flat dict, every list, watch and cascading delete scanned
+    every object of every kind, so the stand-in cost grew with the square of the number of
+    models and, not the operator, set the pace of the scale benchmark. Lists, watches and
+    owner look-ups now touch only the objects they return (in creation order, as before).
+    """
+
+    def __init__(self) -> None:
+        self._kinds: dict[Key, dict[tuple[str, str], dict[str, Any]]] = {}
+        self._seq: dict[ObjKey, int] = {}  # creation order, for listing in the order of a flat store
+        self._next = 0
+        # (group, plural) -> (label key, value or None for "has the key") -> objects carrying it
+        self._labels: dict[Key, dict[tuple[str, str | None], set[ObjKey]]] = {}
+        self._owned: dict[str, set[ObjKey]] = {}  # owner uid -> dependents
+
+    def __getitem__(self, key: ObjKey) -> dict[str, Any]:
+        return self._kinds[key[:2]][key[2:]]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._seq
+
+    def __setitem__(self, key: ObjKey, obj: dict[str, Any]) -> None:
+        kind = self._kinds.setdefault(key[:2], {})
+        old = kind.get(key[2:])
+        kind[key[2:]] = obj
+        if old is None:
+            self._seq[key] = self._next
+            self._next += 1
+        old_labels, new_labels = _label_keys(old), _label_keys(obj)
+        index = self._labels.setdefault(key[:2], {})
+        for lk in old_labels - new_labels:
+            index[lk].discard(key)
+        for lk in new_labels - old_labels:
+            index.setdefault(lk, set()).add(key)
+        old_owners, new_owners = _owner_uids(old), _owner_uids(obj)
+        for uid in old_owners - new_owners:
+            self._owned[uid].discard(key)
+        for uid in new_owners - old_owners:
+            self._owned.setdefault(uid, set()).add(key)
+
+    def __delitem__(self, key: ObjKey) -> None:
+        obj = self._kinds[key[:2]].pop(key[2:])
+        del self._seq[key]
+        for lk in _label_keys(obj):
+            self._labels[key[:2]][lk].discard(key)
+        for uid in _owner_uids(obj):
+            self._owned[uid].discard(key)
+
+    def __iter__(self) -> Iterator[ObjKey]:
+        return iter(sorted(self._seq, key=self._seq.__getitem__))
+
+    def __len__(self) -> int:
+        return len(self._seq)
+
+    def kind(self, group: str, plural: str, ns: str | None = None) -> list[dict[str, Any]]:
+        """Every object of one kind (in one namespace), in creation order."""
+        objects = self._kinds.get((group, plural), {})
+        return [o for (n, _), o in objects.items() if ns is None or n == ns]
+
+    def select(self, group: str, plural: str, ns: str | None, labels: LabelSelector) -> list[dict[str, Any]]:
+        """The objects of one kind (in one namespace) that ``labels`` selects, in creation order."""
+        index_keys = labels.index_keys()
+        if index_keys is None:
+            candidates = self.kind(group, plural, ns)
+        else:
+            index = self._labels.get((group, plural), {})
+            keys = set().union(*(index.get(k, ()) for k in index_keys))
+            ordered = sorted((k for k in keys if ns is None or k[2] == ns), key=self._seq.__getitem__)
+            candidates = [self[k] for k in ordered]
+        return [o for o in candidates if labels(o)]
+
+    def owned_by(self, uid: str) -> list[ObjKey]:
+        """The objects whose ownerReferences name ``uid``, in creation order."""
+        return sorted(self._owned.get(uid, ()), key=self._seq.__getitem__)
+
+
+def _label_keys(obj: Mapping[str, Any] | None) -> set[tuple[str, str | None]]:
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return {(k, str(v)) for k, v in labels.items()} | {(k, None) for k in labels}
+
+
+def _owner_uids(obj: Mapping[str, Any] | None) -> set[str]:
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return {r["uid"] for r in refs if isinstance(r, Mapping) and r.get("uid")}
+
+
 @attrs.define(kw_only=True)
 class ApiServer(kmock.KubernetesEmulator):
     """kmock's emulator with kube-apiserver semantics and an RBAC audit trail."""
 
-    store: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    store: Store = attrs.field(factory=Store, init=False)
     audit: list[Audit] = attrs.field(factory=list, init=False)
     faults: list[Fault] = attrs.field(factory=list, init=False)
     rv: int = attrs.field(default=1000, init=False)
@@ -310,7 +417,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 return _json(self._get(group, plural, ns, name, sub))
             strict = q.get("fieldValidation") == "Strict"
             if verb == "create":
-                return _json(self.create(group, plural, ns, data, version, strict_fields=strict), 201)
+                return _json(self.create(group, plural, ns, data, version, strict_fields=strict, owned=True), 201)
             if verb == "patch":
                 content_type = raw.headers.get("Content-Type", "")
                 return _json(self.patch(group, plural, ns, name, sub, data, content_type, strict_fields=strict))
@@ -335,17 +442,14 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def _emit(self, group: str, plural: str, type_: str, obj: dict[str, Any]) -> None:
         # Stored objects are never mutated in place (every write builds a new dict), so the
-        # log can share them; each event is serialised once for all watchers.
-        entry = (
-            int(obj["metadata"]["resourceVersion"]),
-            type_,
-            obj,
-            json.dumps({"type": type_, "object": obj}).encode() + b"\n",
-        )
+        # log can share them; each event is serialised once for all watchers, and the log
+        # keeps no serialised copy (a resumed watch serialises what it replays).
+        rv = int(obj["metadata"]["resourceVersion"])
+        entry = (rv, type_, obj, _watch_line(type_, obj))
         log = self.log[(group, plural)]
         if log.maxlen is not None and len(log) == log.maxlen:
             self.evicted[(group, plural)] = log[0][0]  # watches from before this are Gone
-        log.append(entry)
+        log.append((rv, type_, obj, b""))
         for w in self.watchers:
             if w.key == (group, plural):
                 w.queue.put_nowait(entry)
@@ -367,11 +471,7 @@ class ApiServer(kmock.KubernetesEmulator):
         return copy.deepcopy(obj) if obj is not None else None
 
     def objects(self, group: str, plural: str, ns: str | None = None) -> list[dict[str, Any]]:
-        return [
-            copy.deepcopy(o)
-            for (g, p, n, _), o in self.store.items()
-            if (g, p) == (group, plural) and (ns is None or n == ns)
-        ]
+        return [copy.deepcopy(o) for o in self.store.kind(group, plural, ns)]
 
     def list_objects(
         self,
@@ -383,11 +483,7 @@ class ApiServer(kmock.KubernetesEmulator):
         fields: str | None = None,
     ) -> dict[str, Any]:
         lsel, fsel = label_selector(labels), field_selector(fields, plural)
-        items = [
-            o
-            for (g, p, n, _), o in self.store.items()
-            if (g, p) == (group, plural) and (ns is None or n == ns) and lsel(o) and fsel(o)
-        ]
+        items = [o for o in self.store.select(group, plural, ns, lsel) if fsel(o)]
         return {
             "apiVersion": f"{group}/{version}" if group else version,
             "kind": "List",
@@ -457,11 +553,20 @@ class ApiServer(kmock.KubernetesEmulator):
             )
 
     def create(
-        self, group: str, plural: str, ns: str | None, data: Any, version: str = "v1", strict_fields: bool = True
+        self,
+        group: str,
+        plural: str,
+        ns: str | None,
+        data: Any,
+        version: str = "v1",
+        strict_fields: bool = True,
+        owned: bool = False,
     ) -> dict[str, Any]:
+        """``owned``: ``data`` is the server's own (a request body just decoded), so it is stored
+        without a copy; a caller's dict is copied, so the caller may keep changing it."""
         if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
             raise ApiError(400, "BadRequest", "object has no metadata")
-        obj = copy.deepcopy(data)
+        obj = data if owned else copy.deepcopy(data)
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
@@ -605,9 +710,8 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def _cascade(self, uid: str) -> None:
         """The garbage collector, in the background-propagation style."""
-        for (g, p, n, name), o in list(self.store.items()):
-            owners = (o.get("metadata") or {}).get("ownerReferences") or []
-            if any(ref.get("uid") == uid for ref in owners) and (g, p, n, name) in self.store:
+        for g, p, n, name in self.store.owned_by(uid):
+            if (g, p, n, name) in self.store:  # not gone with an earlier dependent
                 self.delete(g, p, n, name)
 
     # ------------------------------------------------------------------ watch
@@ -625,14 +729,8 @@ class ApiServer(kmock.KubernetesEmulator):
         backlog: list[LogEntry]
         if since in (None, "", "0"):
             backlog = [
-                (
-                    int(o["metadata"]["resourceVersion"]),
-                    "ADDED",
-                    o,
-                    json.dumps({"type": "ADDED", "object": o}).encode() + b"\n",
-                )
-                for (g, p, _, _), o in self.store.items()
-                if (g, p) == (group, plural)
+                (int(o["metadata"]["resourceVersion"]), "ADDED", o, b"")
+                for o in self.store.select(group, plural, ns, sel_l)
             ]
         else:
             log = self.log[(group, plural)]
@@ -659,7 +757,7 @@ class ApiServer(kmock.KubernetesEmulator):
         try:
             for _rv, type_, obj, line in backlog:
                 if type_ == "ERROR" or wanted(obj):
-                    await resp.write(line)
+                    await resp.write(line or _watch_line(type_, obj))
                 if type_ == "ERROR":
                     return resp
             seen = max((e[0] for e in backlog), default=0)
@@ -678,6 +776,10 @@ class ApiServer(kmock.KubernetesEmulator):
         finally:
             self.watchers.remove(watcher)
         return resp
+
+
+def _watch_line(type_: str, obj: Mapping[str, Any]) -> bytes:
+    return json.dumps({"type": type_, "object": obj}).encode() + b"\n"
 
 
 def _json(obj: Any, status: int = 200) -> aiohttp.web.Response:

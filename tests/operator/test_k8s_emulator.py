@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from cluster import Cluster
-from k8s_emulator import count_requests, rbac_usage
+from k8s_emulator import LabelSelector, Store, count_requests, rbac_usage
 
 BASE = "/apis/modelpress.io/v1alpha1/namespaces/ml/compressedmodels"
 
@@ -163,3 +163,28 @@ def test_too_old_resource_version_is_gone(c: Cluster) -> None:
     assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 410)]
     latest = watch(c, f"{BASE}?resourceVersion={first['metadata']['resourceVersion']}")
     assert [e["object"]["metadata"]["name"] for e in latest] == ["b", "c"]
+
+
+def test_store_indexes_follow_relabels_owners_and_deletes() -> None:
+    """Lists and cascades read the store's label and owner indexes: they must match a full scan."""
+    store = Store()
+
+    def pod(name: str, job: str, owner: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "labels": {"job-name": job}, "ownerReferences": [{"uid": owner}]}}
+
+    def names(selector: str, ns: str | None = "ml") -> list[str]:
+        return [o["metadata"]["name"] for o in store.select("", "pods", ns, LabelSelector(selector))]
+
+    store[("", "pods", "ml", "p1")] = pod("p1", "a", "u1")
+    store[("", "pods", "ml", "p2")] = pod("p2", "b", "u2")
+    store[("", "pods", "other", "p3")] = pod("p3", "a", "u1")
+    assert names("job-name=a") == ["p1"] and names("job-name=a", None) == ["p1", "p3"]
+    store[("", "pods", "ml", "p1")] = pod("p1", "b", "u2")  # relabelled and re-owned
+    assert names("job-name=a") == [] and names("job-name=b") == ["p1", "p2"]  # creation order, as before
+    assert names("job-name in (a,b)", None) == ["p1", "p2", "p3"] and names("job-name!=b", None) == ["p3"]
+    assert store.owned_by("u1") == [("", "pods", "other", "p3")]
+    assert store.owned_by("u2") == [("", "pods", "ml", "p1"), ("", "pods", "ml", "p2")]
+    del store[("", "pods", "ml", "p1")]
+    assert names("job-name") == ["p2"] and store.owned_by("u2") == [("", "pods", "ml", "p2")]
+    assert ("", "pods", "ml", "p1") not in store and len(store) == 2
+    assert list(store) == [("", "pods", "ml", "p2"), ("", "pods", "other", "p3")]
