@@ -308,11 +308,13 @@ class Step(Spec):
     prune: Prune | None = Field(default=None, description="Magnitude pruning, unstructured or of whole units.")
     distill: Distill | None = Field(default=None, description="Train a smaller student (torch sources only).")
     low_rank: LowRank | None = Field(default=None, description="Replace weight matrices by two thinner SVD factors.")
-    cel_rules: ClassVar = [cel(one_of_rule(*METHODS), "each step has exactly one of quantize, prune, distill, lowRank")]
+    # Derived from METHODS: a new method adds its config type, its field here and its METHODS /
+    # METHOD_FORMATS entries, and the rules follow.
+    cel_rules: ClassVar = [cel(one_of_rule(*METHODS), f"each step has exactly one of {', '.join(METHODS)}")]
 
     @model_validator(mode="after")
     def _one(self) -> Step:
-        exactly_one(self, "quantize", "prune", "distill", "low_rank")
+        exactly_one(self, *(Step.python_name(key) for key in METHODS))
         return self
 
     @property
