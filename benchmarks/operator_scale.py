@@ -6,11 +6,15 @@ this process with Jobs completing instantly (the kubelet stand-in writes a real-
 summary), so what is measured is the control plane alone.
 
     .venv/bin/python benchmarks/operator_scale.py --models 10000
+    .venv/bin/python benchmarks/operator_scale.py --models 1000 --max-concurrent-jobs 50
+
+With ``--max-concurrent-jobs`` the operator runs under that cap (``maxConcurrentJobs``), so
+most models wait Queued and each finished Job hands its slot to the next one.
 
 Targets: 10,000 models to final status in <= 120 s on 2 cores, <= 4 writes per model
 (not counting Events), operator peak RSS <= 400 MB; and per-model operator CPU flat from
 1,000 to 10,000 models (the table's "operator CPU ms per model"). Each run is recorded
-under its number of models in benchmarks/results/operator_scale.json.
+under its number of models (and cap, as ``1000-cap50``) in benchmarks/results/operator_scale.json.
 """
 
 from __future__ import annotations
@@ -80,11 +84,16 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return cpu, int(hwm.split()[1]) / 1024
 
 
-def run(n: int, timeout: float) -> dict[str, Any]:
+def run(n: int, timeout: float, cap: int = 0) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="operator-scale-"))
     with Cluster(work, runner=instant) as c:
         c.server.validate_builtin = False  # measure the operator, not the stand-in's schema validation
-        env = dict(os.environ, KUBECONFIG=str(c.kubeconfig), MODELPRESS_JOB_TTL_SECONDS="3600")
+        env = dict(
+            os.environ,
+            KUBECONFIG=str(c.kubeconfig),
+            MODELPRESS_JOB_TTL_SECONDS="3600",
+            MODELPRESS_MAX_CONCURRENT_JOBS=str(cap),
+        )
         op = subprocess.Popen(
             [
                 sys.executable,
@@ -142,6 +151,7 @@ def run(n: int, timeout: float) -> dict[str, Any]:
     reads = sum(v for (verb, _), v in verbs.items() if verb in ("get", "list", "watch"))
     return {
         "models": n,
+        "max_concurrent_jobs": cap,
         "seconds_to_all_jobs": None if t_jobs is None else round(t_jobs, 2),
         "seconds_to_final": None if t_final is None else round(t_final, 2),
         "models_final": counts["final"],
@@ -169,6 +179,7 @@ async def _progress(c: Cluster) -> dict[str, int]:
 def table(r: Mapping[str, Any]) -> str:
     rows = [
         ("models", r["models"], ""),
+        ("maxConcurrentJobs (0: no cap)", r.get("max_concurrent_jobs", 0), ""),
         ("seconds until every model has a Job", r["seconds_to_all_jobs"], ""),
         ("seconds until every model is Validated", r["seconds_to_final"], f"<= {TARGETS['seconds_to_final']:.0f}"),
         ("API reads per model", r["reads_per_model"], ""),
@@ -184,14 +195,25 @@ def table(r: Mapping[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value!s:>8}  {target}" for name, value, target in rows)
 
 
+def run_key(result: Mapping[str, Any]) -> str:
+    """Where a run is recorded: its number of models, and its cap when it had one."""
+    cap = result.get("max_concurrent_jobs", 0)
+    return f"{result['models']}-cap{cap}" if cap else str(result["models"])
+
+
+def _order(key: str) -> tuple[int, int]:
+    models, _, cap = key.partition("-cap")
+    return int(models), int(cap or 0)
+
+
 def record(path: Path, result: dict[str, Any]) -> dict[str, Any]:
-    """The results file with this run under its number of models, earlier runs of other sizes kept."""
+    """The results file with this run under :func:`run_key`, earlier runs of other sizes or caps kept."""
     try:
         runs = json.loads(path.read_text()).get("runs", {})
     except (OSError, ValueError, AttributeError):
         runs = {}
-    runs[str(result["models"])] = result
-    return {"runs": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))}
+    runs[run_key(result)] = result
+    return {"runs": dict(sorted(runs.items(), key=lambda kv: _order(kv[0])))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--max-concurrent-jobs", type=int, default=0, help="the operator's maxConcurrentJobs cap (0, the default: none)"
+    )
     args = parser.parse_args(argv)
-    result = run(args.models, args.timeout)
+    result = run(args.models, args.timeout, args.max_concurrent_jobs)
     print(table(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record(args.output, result), indent=2) + "\n")

@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from modelpress.operator import settings as settings_mod
+from modelpress.operator.job_slots import JobSlots
 from modelpress.operator.kube import Kube
 
 MEMO_KEY = "modelpress"
@@ -27,15 +28,17 @@ class Context:
 
     settings: settings_mod.Settings
     client: Kube | None = None
-    # Jobs created by this process, unfinished: whether each was created suspended (for Kueue).
-    started: dict[tuple[str, str], bool] = field(default_factory=dict)
-    collected: set[str] = field(default_factory=set)  # uids of Jobs whose outcome is in status
+    # Jobs created by this process and those holding a maxConcurrentJobs slot, models waiting for one.
+    slots: JobSlots = field(default_factory=JobSlots)
+    # uids of Jobs whose outcome is in status; a Job's uid goes with its DELETED event.
+    collected: set[str] = field(default_factory=set)
     cap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     metrics_server: Any = None
     pod_check: asyncio.Task[None] | None = None
     rollout_loop: asyncio.Task[None] | None = None
     # uid -> the generation whose InferenceService a settled model was last checked
     # against; in memory only, so after a restart each settled model is checked once.
+    # A model's uid goes with its DELETED event.
     rollout_checked: dict[str, int | None] = field(default_factory=dict)
 
     def kube(self) -> Kube:

@@ -31,6 +31,7 @@ from modelpress.operator import job_builder, metrics, phases
 from modelpress.operator import settings as settings_mod
 from modelpress.operator import status as st
 from modelpress.operator.context import Context
+from modelpress.operator.job_slots import JobSlots
 from modelpress.operator.kube import ApiError, Conflict, Kube, NotFound
 from modelpress.operator.phases import JobState, Step
 from modelpress.operator.validation import SpecInvalid, format_problems, parse_model
@@ -186,6 +187,17 @@ def _first(index: kopf.Index, key: Any) -> Any:
     return next(iter(store), None) if store is not None else None
 
 
+def _slots(ctx: Context, jobs: kopf.Index, models: kopf.Index) -> JobSlots:
+    """The cap's book-keeping, made from the indexes on first use (kopf runs no handler before
+    they are filled), so a restarted operator counts what the cluster runs; per event after that."""
+    if not ctx.slots.built:
+        ctx.slots.rebuild(
+            ((key, next(iter(store), None)) for key, store in list(jobs.items())),
+            ((key, body) for key, store in list(models.items()) for body in store),
+        )
+    return ctx.slots
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -196,8 +208,11 @@ async def model_event(
     ctx = context_mod.of(memo)
     body = event["object"]
     meta = body["metadata"]
-    if event.get("type") == "DELETED":
+    deleted = event.get("type") == "DELETED"
+    _slots(ctx, compression_jobs, models).model_seen(_key(body), None if deleted else body)
+    if deleted:
         metrics.forget_model(meta.get("namespace", ""), meta["name"])
+        ctx.rollout_checked.pop(meta.get("uid"), None)
         return
     metrics.RECONCILES.labels("model").inc()
     metrics.observe_model(meta.get("namespace", ""), meta["name"], body.get("status"))
@@ -266,7 +281,7 @@ def _observe(
         job_name=job_name,
         serving=model.spec.serving is not None and model.spec.serving.enabled,
         job=job,
-        created_here=(ns, job_name) in ctx.started,
+        created_here=(ns, job_name) in ctx.slots.started,
         collected=job is not None and job.uid in ctx.collected,
     )
 
@@ -282,45 +297,25 @@ async def _start(
 ) -> bool:
     """A new recipe: Queued while the cap is full, else its status first and then its Job."""
     key = (_key(body)[0], seen.job_name)
+    slots = _slots(ctx, jobs, models)
     async with ctx.cap_lock:
         job = job_builder.build_job(model, ctx.settings)
-        if _over_cap(ctx, jobs, key):
+        if slots.over_cap(ctx.settings.max_concurrent_jobs, key):
             queued = phases.cap_full(status, seen.generation, seen.recipe_hash, ctx.settings.max_concurrent_jobs)
             return queued is None or await _write(ctx, body, status, queued)
-        ctx.started[key] = st.job_suspended(job)
+        slots.start(key, st.job_suspended(job), _first(jobs, key))
     try:
         change = phases.job_created(
             status, seen.generation, seen.recipe_hash, seen.job_name, st.job_suspended(job), model.spec.job.queue_name
         )
         if not await _write(ctx, body, status, change):
-            ctx.started.pop(key, None)
+            slots.forget(key, _first(jobs, key))
             return False
         await _ensure_job(ctx, model, body, status, change.phase, jobs, models, job)
         return True
     except Exception:
-        ctx.started.pop(key, None)
+        slots.forget(key, _first(jobs, key))
         raise
-
-
-def _over_cap(ctx: Context, jobs: kopf.Index, key: tuple[str, str]) -> bool:
-    """``maxConcurrentJobs`` Jobs run already, so ``key`` must wait for a slot.
-
-    A suspended Job does not count: Kueue holds it (no pod, no quota), and counting it
-    would let Jobs waiting for Kueue keep the cap full, so nothing Kueue could admit
-    would ever be created. A Job this process just created counts as it was created
-    until its first event reaches the index.
-    """
-    cap = ctx.settings.max_concurrent_jobs
-    if cap <= 0:
-        return False
-    running = {
-        k for k, store in jobs.items() if not (job := next(iter(store), None)) or not (job.finished or job.suspended)
-    }
-    for k, created_suspended in ctx.started.items():
-        job = _first(jobs, k)
-        if not (job.suspended if job is not None else created_suspended):
-            running.add(k)
-    return key not in running and len(running) >= cap
 
 
 async def _write(
@@ -377,7 +372,8 @@ async def _ensure_job(
         if not st.is_refusal(exc):
             raise
         meta = job["metadata"]
-        ctx.started.pop((meta["namespace"], meta["name"]), None)
+        key = (meta["namespace"], meta["name"])
+        _slots(ctx, jobs, models).forget(key, _first(jobs, key))
         gen = body["metadata"].get("generation")
         change = phases.refused(written, gen, meta["labels"][job_builder.LABEL_HASH], exc.status, exc.message)
         fields = await _patch(ctx, body, status, change)
@@ -407,8 +403,18 @@ async def job_event(
 ) -> None:
     ctx = context_mod.of(memo)
     job = event["object"]
+    meta = job["metadata"]
+    key = (meta.get("namespace") or "default", meta["name"])
+    slots = _slots(ctx, compression_jobs, models)
     if event.get("type") == "DELETED":
+        # Gone, collected or not: nothing more to remember, and a slot if it held one.
+        held = key in slots.running
+        slots.forget(key, None)
+        ctx.collected.discard(meta.get("uid", meta["name"]))
+        if held:
+            await _release_queue(ctx, compression_jobs, models)
         return
+    slots.job_seen(key, _first(compression_jobs, key))  # before anything that can fail
     metrics.RECONCILES.labels("job").inc()
     try:
         if st.job_finished(job):
@@ -443,7 +449,7 @@ async def collect(
         return
     status = read_status(body)
     ctx.collected.add(uid)  # claimed before any await: a concurrent event must not collect it twice
-    ctx.started.pop((ns, jname), None)
+    _slots(ctx, jobs, models).forget((ns, jname), _first(jobs, (ns, jname)))
     if current != jhash or (status.recipe_hash == jhash and status.phase in phases.DONE_PHASES):
         return  # an old recipe's Job, or already collected before a restart
 
@@ -587,12 +593,19 @@ def _duration(job: Mapping[str, Any]) -> float:
 
 
 async def _release_queue(ctx: Context, jobs: kopf.Index, models: kopf.Index) -> None:
-    """A slot freed: give it to the longest-queued model (no event would wake it)."""
-    if ctx.settings.max_concurrent_jobs <= 0:
+    """A slot freed: give it to the longest-queued models while slots are free (no event would wake them).
+
+    Those taken out of line that still wait (their start lost a race) go back in their place.
+    """
+    cap = ctx.settings.max_concurrent_jobs
+    if cap <= 0:
         return
-    queued = [b for _, store in models.items() for b in store if _in_phase(b, api.Phase.Queued)]
-    queued.sort(key=lambda b: str(b["metadata"].get("creationTimestamp") or ""))
-    for body in queued:
-        if _over_cap(ctx, jobs, ("", "")):
-            return
-        await reconcile(ctx, body, jobs, models)
+    slots = _slots(ctx, jobs, models)
+    taken: set[tuple[str, str]] = set()
+    try:
+        while not slots.full(cap) and (key := slots.take_oldest(taken)) is not None:
+            body = _first(models, key)
+            if body is not None:
+                await reconcile(ctx, body, jobs, models)
+    finally:
+        slots.requeue(taken)

@@ -118,9 +118,11 @@ async def rollout_loop(ctx: Context, models: kopf.Index) -> None:
     while True:
         await asyncio.sleep(ROLLOUT_TICK_SECONDS)
         bodies = [body for _, store in list(models.items()) for body in store]
-        live = {body["metadata"].get("uid") for body in bodies}
-        # Deleted models go.
-        ctx.rollout_checked = {uid: gen for uid, gen in ctx.rollout_checked.items() if uid in live}
+        if len(ctx.rollout_checked) > len(bodies):
+            # A model's DELETED event takes its entry; one a tick wrote after that event
+            # (the tick was awaiting the API) goes here, so there are never more than models.
+            live = {body["metadata"].get("uid") for body in bodies}
+            ctx.rollout_checked = {uid: gen for uid, gen in ctx.rollout_checked.items() if uid in live}
         for body in bodies:
             spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body["metadata"]
             try:
