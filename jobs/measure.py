@@ -129,6 +129,7 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 class Measured:
     metrics: ModelMetrics
     outputs: np.ndarray  # the scored output for every validation sample, in order
+    per_sample: np.ndarray  # per_sample() of the outputs: the gate's confidence bound and slices read it
     session: ort.InferenceSession  # kept so a later candidate can be timed side by side
 
 
@@ -199,7 +200,8 @@ def measure(
     who = "the source model" if reference is None else "the compressed model"
     if bad:
         raise NonFiniteResult(f"{who} produced NaN or infinity on {bad} of {len(samples)} samples")
-    score = score_outputs(metric, outputs, samples.labels, outputs if reference is None else reference)
+    reference = outputs if reference is None else reference
+    score = score_outputs(metric, outputs, samples.labels, reference)
     if not math.isfinite(score):
         raise NonFiniteResult(f"{who} scores {metric} {score}: its outputs are finite but too large to score")
     p50 = p95 = throughput = None
@@ -210,7 +212,7 @@ def measure(
     metrics = ModelMetrics(
         score=score, latency_p50_ms=p50, latency_p95_ms=p95, throughput=throughput, size_bytes=size, parameters=params
     )
-    return Measured(metrics, outputs, sess)
+    return Measured(metrics, outputs, per_sample(metric, outputs, samples.labels, reference), sess)
 
 
 def side_by_side(
@@ -230,28 +232,49 @@ def side_by_side(
 
 def score_outputs(metric: str, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
     """The metric of ``outputs``: vs labels (accuracy/top5/f1, mse when labels exist) or vs ``reference``."""
-    if metric == "cosine":
-        a = outputs.reshape(len(outputs), -1).astype(np.float64)
-        b = reference.reshape(len(reference), -1).astype(np.float64)
-        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        return float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
     if metric == "mse":
         target = reference if labels is None else labels.reshape(outputs.shape).astype(np.float64)
         with np.errstate(over="ignore"):  # an overflow gives inf, which measure() reports
             return float(np.mean((outputs.astype(np.float64) - target) ** 2))
-    if labels is None:
-        raise ValueError(f"metric {metric} needs labels (y)")
-    logits = outputs.reshape(len(outputs), -1)
-    if metric == "accuracy":
-        return float(np.mean(np.argmax(logits, axis=1) == labels))
-    if metric == "top5":
-        top = np.argsort(-logits, axis=1)[:, :5]
-        return float(np.mean(np.any(top == labels[:, None], axis=1)))
     if metric == "f1":
         from sklearn.metrics import f1_score
 
-        return float(f1_score(labels, np.argmax(logits, axis=1), average="macro"))
+        return float(f1_score(_needs(labels, metric), per_sample(metric, outputs, labels, reference), average="macro"))
+    return float(np.mean(per_sample(metric, outputs, labels, reference)))
+
+
+def per_sample(metric: str, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> np.ndarray:
+    """What each sample contributes to the metric, for the gate's confidence bound and slices.
+
+    For accuracy, top5, cosine and mse the metric is the mean of these values; macro f1 is
+    not a mean over samples, so for f1 these are the predicted classes (the gate scores
+    f1 on each resample from them and the labels).
+    """
+    rows = outputs.reshape(len(outputs), -1)
+    if metric == "cosine":
+        a = rows.astype(np.float64)
+        b = reference.reshape(len(reference), -1).astype(np.float64)
+        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)
+    if metric == "mse":
+        target = reference if labels is None else labels.reshape(outputs.shape)
+        with np.errstate(over="ignore"):
+            return np.mean((rows.astype(np.float64) - target.reshape(len(rows), -1).astype(np.float64)) ** 2, axis=1)
+    if metric == "accuracy":
+        return (np.argmax(rows, axis=1) == _needs(labels, metric)).astype(np.float64)
+    if metric == "top5":
+        top = np.argsort(-rows, axis=1)[:, :5]
+        return np.any(top == _needs(labels, metric)[:, None], axis=1).astype(np.float64)
+    if metric == "f1":
+        _needs(labels, metric)
+        return np.argmax(rows, axis=1)
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def _needs(labels: np.ndarray | None, metric: str) -> np.ndarray:
+    if labels is None:
+        raise ValueError(f"metric {metric} needs labels (y)")
+    return labels
 
 
 def _latency(

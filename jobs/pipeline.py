@@ -169,6 +169,8 @@ class Trial:
     reason: str = ""
     changes: list[dict[str, Any]] = field(default_factory=list)
     accuracy_drop: float | None = None
+    accuracy_drop_bound: float | None = None  # upper confidence bound, with validation.confidence
+    slice_drops: dict[str, float] = field(default_factory=dict)  # validation.slices: "label=3" -> drop
     speedup: float | None = None
     size_ratio: float | None = None
     seconds: float = 0.0
@@ -188,6 +190,8 @@ class Trial:
             "reason": self.reason,
             "changes": self.changes,
             "accuracyDrop": self.accuracy_drop,
+            **({} if self.accuracy_drop_bound is None else {"accuracyDropBound": self.accuracy_drop_bound}),
+            **({"sliceDrops": self.slice_drops} if self.slice_drops else {}),
             "speedup": self.speedup,
             "sizeRatio": self.size_ratio,
             "seconds": round(self.seconds, 3),
@@ -599,10 +603,12 @@ def _trial(
         trial.reason = f"error: {first_line(e)}"
         trial.seconds = time.perf_counter() - t0
         return trial
-    verdict = gate.evaluate(spec.validation, base_now, cand_now)
+    paired = gate.Paired(baseline.per_sample, measured.per_sample, val.labels)
+    verdict = gate.evaluate(spec.validation, base_now, cand_now, paired)
     trial.metrics, trial.baseline_metrics, trial.model = cand_now, base_now, handle.onnx_model
     trial.passed, trial.failed = verdict.passed, verdict.failed
     trial.accuracy_drop, trial.speedup, trial.size_ratio = verdict.accuracy_drop, verdict.speedup, verdict.size_ratio
+    trial.accuracy_drop_bound, trial.slice_drops = verdict.drop_bound, verdict.slice_drops
     trial.reason = "passed" if verdict.passed else "; ".join(verdict.failed)
     trial.seconds = time.perf_counter() - t0
     log.info("trial %d %s: %s (%s)", i, "PASSED" if trial.passed else "failed", trial.recipe, trial.reason)
@@ -709,6 +715,7 @@ def _finish(
         baseline=chosen.baseline_metrics if chosen and chosen.baseline_metrics else baseline,
         compressed=chosen.metrics if chosen else None,
         accuracy_drop=chosen.accuracy_drop if chosen else None,
+        accuracy_drop_bound=chosen.accuracy_drop_bound if chosen else None,
         speedup=chosen.speedup if chosen else None,
         size_ratio=chosen.size_ratio if chosen else None,
         failed_thresholds=[] if outcome == Outcome.validated or chosen is None else chosen.failed,

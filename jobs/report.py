@@ -75,7 +75,8 @@ def render_html(report: dict[str, Any]) -> str:
     metric = report["metric"]
     baseline = report.get("baseline") or {}
     budget = budget_score(report)
-    rows = "\n".join(_trial_row(t, report.get("chosenTrial")) for t in report["trials"])
+    confidence = ((report.get("spec") or {}).get("validation") or {}).get("confidence")
+    rows = "\n".join(_trial_row(t, report.get("chosenTrial"), confidence) for t in report["trials"])
     charts = _chart(report, "sizeBytes", "size (MB)", 1e-6, budget) + _chart(
         report, "latencyP50Ms", "p50 latency (ms)", 1.0, budget
     )
@@ -233,7 +234,7 @@ def _sensitivity_table(sensitivity: dict[str, float]) -> str:
     )
 
 
-def _trial_row(t: dict[str, Any], chosen: int | None) -> str:
+def _trial_row(t: dict[str, Any], chosen: int | None, confidence: float | None = None) -> str:
     e = html.escape
     m = t.get("metrics") or {}
     b = t.get("baselineMetrics") or {}
@@ -244,9 +245,9 @@ def _trial_row(t: dict[str, Any], chosen: int | None) -> str:
         f"<code>{e(json.dumps(t['recipe']))}</code></details>"
     )
     size = None if m.get("sizeBytes") is None else m["sizeBytes"] / 1e6
-    cells = [m.get("score"), t.get("accuracyDrop"), m.get("latencyP50Ms"), b.get("latencyP50Ms")]
+    cells = [m.get("score"), drop_text(t, confidence), m.get("latencyP50Ms"), b.get("latencyP50Ms")]
     cells += [t.get("speedup"), m.get("latencyP95Ms"), size]
-    numbers = "".join(f'<td class="n">{_num(v)}</td>' for v in cells)
+    numbers = "".join(f'<td class="n">{e(_num(v))}</td>' for v in cells)
     return f"<tr{cls}><td>{t['index']}</td><td>{recipe}</td>{numbers}<td>{verdict}</td></tr>"
 
 
@@ -359,6 +360,15 @@ def _score_ticks(values: list[float], metric: str) -> list[float]:
 
 def _tick(v: float) -> str:
     return f"{v:.6g}"
+
+
+def drop_text(trial: dict[str, Any], confidence: float | None) -> str:
+    """The trial's drop, with its upper confidence bound where the gate judged one: ``0.004 [95% upper 0.009]``."""
+    text = _num(trial.get("accuracyDrop"))
+    if trial.get("accuracyDropBound") is not None:
+        level = "" if confidence is None else f"{confidence * 100:.4g}% "
+        text += f" [{level}upper {_num(trial['accuracyDropBound'])}]"
+    return text
 
 
 def _num(v: Any) -> str:

@@ -13,6 +13,13 @@ Verdicts, never a blind pass:
 * ``Inconclusive`` -- Prometheus unreachable, a PromQL error, an empty or NaN result, or
   fewer than ``minRequests`` canary requests in the window ("too little traffic is not
   a pass").
+
+The error rate is not judged on its raw ratio alone: a canary above ``maxErrorRate``
+fails only when it also errs significantly more than the stable model over the same
+window (one-sided two-proportion z-test, p below ``significance``, the stable model
+with at least ``minRequests`` requests). Otherwise it is Inconclusive: too few
+requests to tell, or the stable model errs as much (not the canary's doing). The
+counts, rates, z and p go into the verdict's values.
 * ``Pass`` -- every check had data and held.
 
 Plain urllib is used on purpose: the HTTP query API is one GET, and the operator image
@@ -109,6 +116,21 @@ def requests_query(t: Target, canary: bool = True, errors: bool = False) -> str:
     return f"sum(increase({REQUESTS_METRIC}{t.selector(canary, extra)}[{t.window}]))"
 
 
+def error_rate_test(
+    canary_errors: float, canary_requests: float, stable_errors: float, stable_requests: float
+) -> tuple[float, float]:
+    """(z, one-sided p) of the pooled two-proportion z-test that the canary's error rate
+    is above the stable model's. Hand-written (five lines of arithmetic) because the
+    operator image carries no statistics library; both request counts must be positive.
+    """
+    pooled = (canary_errors + stable_errors) / (canary_requests + stable_requests)
+    variance = pooled * (1.0 - pooled) * (1.0 / canary_requests + 1.0 / stable_requests)
+    difference = canary_errors / canary_requests - stable_errors / stable_requests
+    # No variance: no errors anywhere, or nothing but errors; either way no difference.
+    z = difference / math.sqrt(variance) if variance > 0 else 0.0
+    return z, 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
 def p95_query(t: Target, canary: bool) -> str:
     return f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}_bucket{t.selector(canary)}[{t.window}])))"
 
@@ -118,6 +140,33 @@ class _Checks:
     values: dict[str, float] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+
+
+def _compare_errors(
+    spec: Analysis, prometheus_url: str, target: Target, timeout: float, errors: float, requests: float, c: _Checks
+) -> None:
+    """A canary error rate above maxErrorRate, tested against the stable model's (module docstring)."""
+    head = f"error rate {errors / requests:.4f} > maxErrorRate {spec.max_error_rate}"
+    stable_requests = query(prometheus_url, requests_query(target, canary=False), timeout) or 0.0
+    c.values.update(canaryErrors=round(errors, 3), stableRequests=round(stable_requests, 3))
+    if stable_requests < spec.min_requests:
+        c.unknown.append(
+            f"{head}, but only {stable_requests:.0f} stable requests in {target.window} to compare with "
+            f"(minRequests is {spec.min_requests})"
+        )
+        return
+    stable_errors = query(prometheus_url, requests_query(target, canary=False, errors=True), timeout) or 0.0
+    z, p = error_rate_test(errors, requests, stable_errors, stable_requests)
+    stable_rate = stable_errors / stable_requests
+    c.values.update(
+        stableErrors=round(stable_errors, 3), stableErrorRate=round(stable_rate, 6),
+        errorRateZ=round(z, 4), errorRateP=round(p, 6),
+    )  # fmt: skip
+    numbers = f"{head} (stable {stable_rate:.4f}; z {z:.2f}, p {p:.2g})"
+    if p < spec.significance:
+        c.failed.append(numbers)
+    else:
+        c.unknown.append(f"{numbers}: not significantly above the stable model at significance {spec.significance}")
 
 
 def analyse(
@@ -149,7 +198,7 @@ def analyse(
         error_rate = errors / canary_requests
         c.values["canaryErrorRate"] = round(error_rate, 6)
         if error_rate > spec.max_error_rate:
-            c.failed.append(f"error rate {error_rate:.4f} > maxErrorRate {spec.max_error_rate}")
+            _compare_errors(spec, prometheus_url, target, timeout, errors, canary_requests, c)
 
         canary_p95 = query(prometheus_url, p95_query(target, canary=True), timeout)
         stable_p95 = query(prometheus_url, p95_query(target, canary=False), timeout)

@@ -407,6 +407,27 @@ class AccuracyDrop(Spec):
         return self
 
 
+class SliceBy(str, Enum):
+    label = "label"
+
+
+# Metrics that are a mean over samples, so they can be scored on a slice of the samples
+# (macro f1 of one class's samples is not that class's f1; mse and cosine have no classes).
+SLICE_METRICS = ("accuracy", "top5")
+
+
+class Slice(Spec):
+    """A part of the validation data judged on its own, so an average cannot hide a class the
+    compressed model breaks."""
+
+    by: SliceBy = Field(
+        description="label: one slice per class of the dataset's labels (y), each judged on validation.metric."
+    )
+    max_accuracy_drop: float = Field(
+        ge=0.0, le=1.0, description="Most drop of the metric on any one slice, absolute (in metric units)."
+    )
+
+
 class Validation(Spec):
     """The gate: data, metric and thresholds a compressed model must meet to be served."""
 
@@ -434,6 +455,36 @@ class Validation(Spec):
         description="Most artifact size in decimal megabytes (1 MB = 1,000,000 bytes); unset: no limit.",
     )
     batch_size: int = Field(default=1, ge=1, le=4096, description="Samples per inference call when timing and scoring.")
+    confidence: float | None = Field(
+        default=None,
+        ge=0.5,
+        le=0.999,
+        description="When set, e.g. 0.95: the drop must stay within maxAccuracyDrop at its one-sided upper "
+        "confidence bound (paired bootstrap over the validation samples, seeded), not only as a point "
+        "estimate; unset: the point estimate is judged.",
+    )
+    slices: list[Slice] | None = Field(
+        default=None,
+        max_length=8,
+        description="Parts of the data with their own drop budget (accuracy and top5 only); the worst failing "
+        "slice is named.",
+    )
+    cel_rules: ClassVar = [
+        cel(
+            f"!has(self.slices) || size(self.slices) == 0 || self.metric in {list(SLICE_METRICS)}",
+            f"validation.slices needs a per-sample metric: set metric to {' or '.join(SLICE_METRICS)}",
+            ".slices",
+        )
+    ]
+
+    @model_validator(mode="after")
+    def _slice_metric(self) -> Validation:
+        if self.slices and self.metric not in SLICE_METRICS:
+            raise ValueError(
+                f"validation.slices needs a per-sample metric: set metric to {' or '.join(SLICE_METRICS)} "
+                f"(got {self.metric})"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- job
@@ -760,7 +811,19 @@ class Analysis(Spec):
     max_latency_ratio: float = Field(
         default=1.2, gt=0.0, description="Most canary p95 / stable p95 latency over the interval (1.2 = 20% slower)."
     )
-    min_requests: int = Field(default=50, ge=1, description="Fewer canary requests in an interval is no verdict.")
+    min_requests: int = Field(
+        default=50,
+        ge=1,
+        description="Fewer canary requests in an interval is no verdict; an error rate above maxErrorRate is "
+        "also compared with the stable model's only when the stable model served at least this many.",
+    )
+    significance: float = Field(
+        default=0.05,
+        gt=0.0,
+        le=0.5,
+        description="An error rate above maxErrorRate fails only when a one-sided two-proportion z-test says "
+        "the canary errs more than the stable model with a p-value below this; otherwise Inconclusive.",
+    )
     queries: list[PromQuery] = Field(
         default_factory=list, max_length=16, description="Extra PromQL checks; every one must stay in range."
     )
@@ -1032,6 +1095,10 @@ class Results(Spec):
     compressed: ModelMetrics | None = Field(default=None, description="The chosen compressed model.")
     accuracy_drop: float | None = Field(
         default=None, description="Baseline score minus compressed score in metric units; positive = worse."
+    )
+    accuracy_drop_bound: float | None = Field(
+        default=None,
+        description="One-sided upper confidence bound of accuracyDrop at validation.confidence (when set).",
     )
     speedup: float | None = Field(default=None, description="Baseline p50 / compressed p50 latency; above 1 = faster.")
     size_ratio: float | None = Field(default=None, description="compressed / baseline bytes")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from modelpress.api import ModelMetrics, Validation
-from modelpress.jobs import gate
+from modelpress.jobs import gate, measure
 
 HIGHER_IS_BETTER = ["accuracy", "top5", "f1", "cosine"]
 
@@ -175,3 +176,205 @@ def test_ratios(base_p50, cand_p50, base_size, cand_size, speedup, size_ratio) -
 )
 def test_finite(value, finite) -> None:
     assert gate._finite(value) == finite
+
+
+# --------------------------------------------------------------------------- confidence bound and slices
+
+
+def paired(base: list[float], cand: list[float], labels: list[int] | None = None) -> gate.Paired:
+    return gate.Paired(np.array(base, float), np.array(cand, float), None if labels is None else np.array(labels))
+
+
+def judged(
+    base: list[float], cand: list[float], labels: list[int] | None = None, metric: str = "accuracy", **kw
+) -> gate.GateResult:
+    """The gate on per-sample values; the scores are their means, as measure computes them."""
+    return gate.evaluate(
+        validation(metric, **kw),
+        ModelMetrics(score=float(np.mean(base))),
+        ModelMetrics(score=float(np.mean(cand))),
+        paired(base, cand, labels),
+    )
+
+
+def test_a_point_drop_within_budget_whose_upper_bound_is_not_is_rejected() -> None:
+    # 4 of 128 samples lost: a drop of 0.03125 is within 0.05, but 128 samples cannot show it is not 0.06
+    budget = {"maxAccuracyDrop": {"absolute": 0.05}}
+    base, cand = [1.0] * 128, [0.0] * 4 + [1.0] * 124
+    assert judged(base, cand, **budget).passed  # the point estimate alone passes
+    result = judged(base, cand, confidence=0.95, **budget)
+    bound = gate.drop_upper_bound("accuracy", paired(base, cand), 0.95)
+    assert 0.05 < bound < 0.1 and result.drop_bound == bound
+    assert (result.passed, result.accuracy_drop) == (False, 0.03125)
+    assert result.failed == [f"maxAccuracyDrop: drop 0.03125 [95% upper {bound:.4g}] > 0.05 (absolute)"]
+
+
+def test_a_clearly_good_candidate_passes_at_its_upper_bound() -> None:
+    base, cand = [1.0] * 2000, [0.0] * 20 + [1.0] * 1980  # 1% lost on 2000 samples
+    result = judged(base, cand, confidence=0.95, maxAccuracyDrop={"absolute": 0.05})
+    assert result.passed and result.accuracy_drop < result.drop_bound < 0.02
+
+
+def test_the_bound_is_seeded_and_grows_with_the_confidence() -> None:
+    data = paired([1.0] * 50 + [0.0] * 50, [1.0] * 40 + [0.0] * 60)
+    at_95 = gate.drop_upper_bound("accuracy", data, 0.95)
+    assert at_95 == gate.drop_upper_bound("accuracy", data, 0.95)  # same data, same verdict
+    assert gate.drop_upper_bound("accuracy", data, 0.5) < at_95 < gate.drop_upper_bound("accuracy", data, 0.99)
+    assert gate.drop_upper_bound("accuracy", data, 0.95, seed=1) != at_95
+    assert at_95 == pytest.approx(0.1505, abs=1e-9)  # 1000 resamples, seed 0: pinned, so a change shows
+
+
+def test_the_bootstrap_is_paired_so_shared_misses_cancel() -> None:
+    # both models miss the same 30 samples: no drop on any resample, a bound of exactly 0
+    same = [0.0] * 30 + [1.0] * 70
+    assert gate.drop_upper_bound("accuracy", paired(same, same), 0.999) == 0.0
+    # lower is better for mse: a candidate whose error is higher on every sample has a positive drop
+    assert gate.drop_upper_bound("mse", paired([0.5] * 10, [0.75] * 10), 0.95) == 0.25
+
+
+def test_the_bootstrap_bounds_its_memory_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = paired([1.0] * 60 + [0.0] * 40, [1.0] * 50 + [0.0] * 50)
+    whole = gate.drop_upper_bound("accuracy", data, 0.9, resamples=7)
+    drawn: list[int] = []
+    real_rng = np.random.default_rng
+
+    class Spy:
+        def __init__(self, seed: int) -> None:
+            self.rng = real_rng(seed)
+
+        def multinomial(self, n: int, p: np.ndarray, size: int) -> np.ndarray:
+            drawn.append(size)
+            return self.rng.multinomial(n, p, size=size)
+
+    monkeypatch.setattr(gate.np.random, "default_rng", Spy)
+    for cells, chunks in [(300, [3, 3, 1]), (50, [1] * 7), (10_000, [7])]:  # 100 samples a resample
+        drawn.clear()
+        monkeypatch.setattr(gate, "BOOTSTRAP_CELLS", cells)
+        assert gate.drop_upper_bound("accuracy", data, 0.9, resamples=7) == whole
+        assert drawn == chunks
+
+
+def test_no_samples_is_an_unmeasured_bound_that_fails() -> None:
+    assert math.isnan(gate.drop_upper_bound("accuracy", paired([], []), 0.95))
+    v = validation(confidence=0.95)
+    result = gate.evaluate(v, ModelMetrics(score=0.75), ModelMetrics(score=0.75), paired([], []))
+    assert result.failed == ["maxAccuracyDrop: drop 0 [95% upper unmeasured] (no per-sample results to bound it)"]
+
+
+def test_confidence_without_per_sample_results_fails_rather_than_passing_unjudged() -> None:
+    result = scores("accuracy", 0.75, 0.75, confidence=0.95)
+    assert (result.passed, result.drop_bound) == (False, None)
+    assert result.failed == ["maxAccuracyDrop: drop 0 [95% upper unmeasured] (no per-sample results to bound it)"]
+
+
+def test_without_confidence_per_sample_results_change_nothing() -> None:
+    result = judged([1.0] * 128, [0.0] * 4 + [1.0] * 124, maxAccuracyDrop={"absolute": 0.05})
+    assert result == gate.GateResult(passed=True, accuracy_drop=0.03125, speedup=None, size_ratio=None, failed=[])
+
+
+def test_a_relative_budget_judges_the_bound_relative_to_the_baseline() -> None:
+    base, cand = [1.0] * 128, [0.0] * 4 + [1.0] * 124
+    bound = gate.drop_upper_bound("accuracy", paired(base, cand), 0.975)
+    result = judged(base, cand, confidence=0.975, maxAccuracyDrop={"relative": 0.05})
+    assert result.failed == [
+        f"maxAccuracyDrop: drop {bound:.4g} > 0.05 (relative; 0.03125 [97.5% upper {bound:.4g}] accuracy)"
+    ]
+    assert judged(base, cand, confidence=0.975, maxAccuracyDrop={"relative": bound}).passed  # exactly at it
+
+
+def test_f1_on_resamples_is_scikit_learns_macro_f1() -> None:
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(3)
+    labels, pred = rng.integers(0, 4, 60), rng.integers(0, 5, 60)  # class 4 is only ever predicted
+    weights = np.vstack([np.ones(60), rng.multinomial(60, np.full(60, 1 / 60))])
+    scores_ = gate._weighted_score("f1", pred, labels, weights)
+    drawn = np.repeat(np.arange(60), weights[1].astype(int))
+    expected = [f1_score(labels, pred, average="macro"), f1_score(labels[drawn], pred[drawn], average="macro")]
+    assert scores_ == pytest.approx(expected, abs=1e-12)
+    # a class left out of the resample does not count; one seen once (truth or prediction only) does
+    labels, pred = np.array([0, 0, 1, 1, 2, 3]), np.array([0, 1, 1, 1, 4, 3])
+    weights = np.array([[1.0, 1, 1, 1, 1, 0]])
+    expected = f1_score(labels[:5], pred[:5], average="macro")
+    assert gate._weighted_score("f1", pred, labels, weights) == pytest.approx([expected], abs=1e-12)
+
+
+def test_f1_is_bounded_by_rescoring_each_resample() -> None:
+    labels = np.array([0, 1, 2, 3] * 25)
+    worse = labels.copy()
+    worse[:8] = (worse[:8] + 1) % 4
+    data = gate.Paired(labels.copy(), worse, labels)
+    bound = gate.drop_upper_bound("f1", data, 0.95)
+    point = 1.0 - gate._weighted_score("f1", worse, labels, np.ones((1, 100)))[0]
+    assert point < bound < 0.2
+
+
+def test_a_label_slice_past_its_budget_fails_naming_the_worst_slice() -> None:
+    labels = [0] * 8 + [1] * 8 + [2] * 8
+    base = [1.0] * 24
+    cand = [1.0] * 8 + [0.0] * 2 + [1.0] * 6 + [0.0] * 4 + [1.0] * 4  # class 1 loses 0.25, class 2 loses 0.5
+    result = judged(base, cand, labels, slices=[{"by": "label", "maxAccuracyDrop": 0.125}])
+    assert result.slice_drops == {"label=0": 0.0, "label=1": 0.25, "label=2": 0.5}
+    assert result.failed == [
+        "maxAccuracyDrop: drop 0.25 > 0.125 (absolute)",
+        "slices[0]: slice label=2: drop 0.5 > 0.125 (worst of 2 failing slices)",
+    ]
+    whole = {"maxAccuracyDrop": {"absolute": 1}}
+    one = judged(base, cand, labels, slices=[{"by": "label", "maxAccuracyDrop": 0.25}], **whole)
+    assert one.failed == ["slices[0]: slice label=2: drop 0.5 > 0.25"]
+    assert judged(base, cand, labels, slices=[{"by": "label", "maxAccuracyDrop": 0.5}], **whole).passed  # at it
+    two = judged(
+        base,
+        cand,
+        labels,
+        slices=[{"by": "label", "maxAccuracyDrop": 0.5}, {"by": "label", "maxAccuracyDrop": 0.25}],
+        **whole,
+    )
+    assert two.failed == ["slices[1]: slice label=2: drop 0.5 > 0.25"]
+
+
+def test_label_slices_with_confidence_judge_each_slices_bound() -> None:
+    labels = [0] * 20 + [1] * 20
+    base, cand = [1.0] * 40, [1.0] * 20 + [0.0] + [1.0] * 19  # class 1 loses one of 20
+    result = judged(base, cand, labels, confidence=0.95, slices=[{"by": "label", "maxAccuracyDrop": 0.0625}])
+    bound = gate.drop_upper_bound("accuracy", paired([1.0] * 20, [0.0] + [1.0] * 19), 0.95)
+    assert result.slice_drops == {"label=0": 0.0, "label=1": bound} and bound > 0.0625
+    assert result.failed == [f"slices[0]: slice label=1: drop {bound:.4g} > 0.0625"]
+
+
+def test_slices_without_labelled_per_sample_results_fail_as_unmeasured() -> None:
+    v = validation(slices=[{"by": "label", "maxAccuracyDrop": 0.1}])
+    for data in (None, paired([1.0], [1.0])):
+        result = gate.evaluate(v, ModelMetrics(score=1.0), ModelMetrics(score=1.0), data)
+        assert result.failed == ["slices[0]: unmeasured (no per-sample results with labels)"]
+
+
+@pytest.mark.parametrize(("metric", "labels"), [("accuracy", True), ("top5", True), ("cosine", False), ("mse", True)])
+def test_per_sample_values_average_to_the_score(metric: str, labels: bool) -> None:
+    """What the gate resamples is what the score averages, so the bound is a bound of the score's drop."""
+    rng = np.random.default_rng(7)
+    outputs, reference = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
+    y = (rng.integers(0, 6, 40) if metric != "mse" else rng.normal(size=(40, 6))) if labels else None
+    values = measure.per_sample(metric, outputs, y, reference)
+    assert values.shape == (40,)
+    assert float(np.mean(values)) == pytest.approx(measure.score_outputs(metric, outputs, y, reference), abs=1e-12)
+
+
+def test_per_sample_f1_values_are_the_predicted_classes() -> None:
+    outputs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert measure.per_sample("f1", outputs, np.array([1, 1, 0]), outputs).tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="metric f1 needs labels"):
+        measure.per_sample("f1", outputs, None, outputs)
+
+
+@pytest.mark.parametrize("metric", ["f1", "mse", "cosine"])
+def test_slices_need_a_per_sample_metric(metric: str) -> None:
+    with pytest.raises(ValueError, match="validation.slices needs a per-sample metric: set metric to accuracy or top5"):
+        validation(metric, slices=[{"by": "label", "maxAccuracyDrop": 0.1}])
+    assert validation(metric, slices=[]).slices == []
+
+
+@pytest.mark.parametrize("confidence", [0.49, 0.9991])
+def test_confidence_outside_its_bounds_is_refused(confidence: float) -> None:
+    with pytest.raises(ValueError, match="confidence"):
+        validation(confidence=confidence)

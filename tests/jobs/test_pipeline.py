@@ -218,6 +218,31 @@ def test_search_finds_a_milder_recipe_when_the_asked_one_fails(tmp_path: Path, d
     assert [t["recipe"][0]["prune"]["sparsity"] for t in trials] == [0.95, 0.712, 0.475][: len(trials)]
 
 
+def test_gate_confidence_bound_and_label_slices_reach_the_report(tmp_path: Path, digits_dir: Path) -> None:
+    """validation.confidence and slices through the whole job: the bound and the slice drops
+    in report.json and the status results, the interval in report.html's drop column."""
+    from modelpress.jobs.entrypoint import run_job
+
+    doc = make_spec(
+        (digits_dir / "model.onnx").as_uri(),
+        (digits_dir / "val.npz").as_uri(),
+        (tmp_path / "out").as_uri(),
+        maxAccuracyDrop={"absolute": 0.05},
+        confidence=0.95,
+        slices=[{"by": "label", "maxAccuracyDrop": 0.5}],
+    )
+    summary = run_job(write_spec(tmp_path / "cm.yaml", doc), tmp_path / "work")
+    assert summary.outcome == "Validated", summary.reason
+    art = tmp_path / "out" / summary.recipe_hash
+    (trial,) = json.loads((art / "report.json").read_text())["trials"]
+    labels = np.load(digits_dir / "val.npz")["y"]
+    assert trial["accuracyDrop"] <= trial["accuracyDropBound"] <= 0.05
+    assert set(trial["sliceDrops"]) == {f"label={c}" for c in np.unique(labels)}
+    assert summary.results.accuracy_drop_bound == trial["accuracyDropBound"]
+    interval = f"{trial['accuracyDrop']:.4g} [95% upper {trial['accuracyDropBound']:.4g}]"
+    assert f'<td class="n">{interval}</td>' in (art / "report.html").read_text()
+
+
 def test_rejected_with_the_closest_trials_thresholds(tmp_path: Path, digits_dir: Path) -> None:
     doc = make_spec(
         (digits_dir / "model.onnx").as_uri(),

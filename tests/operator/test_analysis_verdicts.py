@@ -7,6 +7,7 @@ broken, empty series, a stable p95 of 0 and the minRequests boundary.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -25,12 +26,16 @@ def table(
     errors: float | None = 0.0,
     canary_p95: float | None = 0.1,
     stable_p95: float | None = 0.1,
+    stable_requests: float | None = 1000.0,
+    stable_errors: float | None = 0.0,
     **extra: float | None,
 ) -> dict[str, float | None]:
     """PromQL -> what Prometheus answers (None: an empty result)."""
     return {
         requests_query(TARGET): requests,
         requests_query(TARGET, errors=True): errors,
+        requests_query(TARGET, canary=False): stable_requests,
+        requests_query(TARGET, canary=False, errors=True): stable_errors,
         p95_query(TARGET, canary=True): canary_p95,
         p95_query(TARGET, canary=False): stable_p95,
         **extra,
@@ -102,7 +107,11 @@ def test_every_limit_exactly_met_passes(prometheus) -> None:
 @pytest.mark.parametrize(
     ("answers", "spec", "message"),
     [
-        (table(errors=3.0), Analysis(maxErrorRate=0.01), "error rate 0.0150 > maxErrorRate 0.01"),
+        (
+            table(errors=3.0),
+            Analysis(maxErrorRate=0.01),
+            "error rate 0.0150 > maxErrorRate 0.01 (stable 0.0000; z 3.88, p 5.3e-05)",
+        ),
         (
             table(canary_p95=0.3, stable_p95=0.2),
             Analysis(maxLatencyRatio=1.25),
@@ -139,7 +148,7 @@ def test_every_broken_check_is_named_and_a_failure_beats_missing_data(prometheus
     result = verdict(spec)
     assert result.verdict == "Fail"
     assert result.message == (
-        "error rate 0.1000 > maxErrorRate 0.01; "
+        "error rate 0.1000 > maxErrorRate 0.01 (stable 0.0000; z 10.08, p 3.2e-24); "
         "p95 latency ratio 4.00 (canary 400.00 ms / stable 100.00 ms) > maxLatencyRatio 1.2"
     )
     assert "q" not in result.values
@@ -222,3 +231,108 @@ def test_without_a_time_the_verdict_is_stamped_now(prometheus) -> None:
     before = datetime.now(UTC)
     result = analysis.analyse(Analysis(), URL, TARGET)
     assert before <= datetime.fromisoformat(result.time) <= datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- error rate vs stable
+
+
+@pytest.mark.parametrize(
+    ("counts", "z"),
+    [
+        ((3, 200, 0, 1000), 3.8778),  # pooled 3/1200: sqrt(0.0025 * 0.9975 * (1/200 + 1/1000)) = 0.003868
+        ((10, 1000, 10, 1000), 0.0),  # the same rate: no evidence either way
+        ((0, 100, 0, 100), 0.0),  # no errors anywhere: no variance, no difference
+        ((100, 100, 50, 50), 0.0),  # nothing but errors anywhere
+        ((0, 200, 3, 1000), -0.7756),  # the canary errs less: -0.003 / 0.003868
+    ],
+)
+def test_the_two_proportion_z_test(counts, z) -> None:
+    got_z, p = analysis.error_rate_test(*counts)
+    assert got_z == pytest.approx(z, abs=1e-4)
+    assert p == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), abs=1e-5)
+
+
+def test_an_error_rate_significantly_above_the_stable_models_fails_with_the_numbers(prometheus) -> None:
+    prometheus(table(requests=200.0, errors=3.0, stable_requests=1000.0, stable_errors=0.0))
+    result = verdict()
+    z, p = analysis.error_rate_test(3, 200, 0, 1000)
+    assert result.verdict == "Fail"
+    assert result.message == f"error rate 0.0150 > maxErrorRate 0.01 (stable 0.0000; z {z:.2f}, p {p:.2g})"
+    assert result.values == {
+        "canaryRequests": 200.0,
+        "canaryErrorRate": 0.015,
+        "canaryErrors": 3.0,
+        "stableRequests": 1000.0,
+        "stableErrors": 0.0,
+        "stableErrorRate": 0.0,
+        "errorRateZ": round(z, 4),
+        "errorRateP": round(p, 6),
+        "canaryP95Ms": 100.0,
+        "stableP95Ms": 100.0,
+        "latencyRatio": 1.0,
+    }
+
+
+def test_one_error_in_fifty_is_no_evidence_when_the_stable_model_errs_too(prometheus) -> None:
+    """The raw ratio (2% > 1%) failed this canary; against stable's 1% the test cannot tell them apart."""
+    prometheus(table(requests=50.0, errors=1.0, stable_requests=1000.0, stable_errors=10.0))
+    result = verdict()
+    z, p = analysis.error_rate_test(1, 50, 10, 1000)
+    assert result.verdict == "Inconclusive" and p > 0.05
+    assert result.message == (
+        f"error rate 0.0200 > maxErrorRate 0.01 (stable 0.0100; z {z:.2f}, p {p:.2g}): "
+        "not significantly above the stable model at significance 0.05"
+    )
+    assert (result.values["errorRateP"], result.values["stableErrorRate"]) == (round(p, 6), 0.01)
+
+
+def test_the_p_value_exactly_at_the_significance_is_not_significant(prometheus) -> None:
+    prometheus(table(requests=200.0, errors=6.0, stable_requests=1000.0, stable_errors=10.0))
+    _, p = analysis.error_rate_test(6, 200, 10, 1000)
+    assert verdict(Analysis(significance=p)).verdict == "Inconclusive"
+    assert verdict(Analysis(significance=p * 1.001)).verdict == "Fail"
+
+
+@pytest.mark.parametrize("stable_requests", [49.0, None])
+def test_too_little_stable_traffic_to_compare_with_is_inconclusive(prometheus, stable_requests) -> None:
+    asked = prometheus(table(requests=100.0, errors=5.0, stable_requests=stable_requests))
+    result = verdict(Analysis(minRequests=50))
+    assert result.verdict == "Inconclusive"
+    assert result.message == (
+        f"error rate 0.0500 > maxErrorRate 0.01, but only {stable_requests or 0:.0f} stable requests in 5m "
+        "to compare with (minRequests is 50)"
+    )
+    assert result.values["stableRequests"] == (stable_requests or 0.0) and "errorRateP" not in result.values
+    assert requests_query(TARGET, canary=False, errors=True) not in asked
+
+
+def test_stable_traffic_exactly_at_min_requests_is_compared(prometheus) -> None:
+    prometheus(table(requests=50.0, errors=10.0, stable_requests=50.0, stable_errors=None))
+    result = verdict(Analysis(minRequests=50))
+    assert result.verdict == "Fail" and result.values["stableErrors"] == 0.0
+
+
+def test_an_error_rate_within_the_limit_asks_nothing_of_the_stable_model(prometheus) -> None:
+    asked = prometheus(table(requests=100.0, errors=1.0, stable_requests=None, stable_errors=None))
+    result = verdict()
+    assert result.verdict == "Pass" and "stableRequests" not in result.values
+    assert requests_query(TARGET, canary=False) not in asked
+
+
+def test_the_error_comparison_values_are_rounded_like_the_others(prometheus) -> None:
+    """Prometheus' increase() extrapolates, so counts come back fractional."""
+    prometheus(table(requests=200.12345, errors=6.00449, stable_requests=1000.12345, stable_errors=1.23456))
+    result = verdict()
+    z, p = analysis.error_rate_test(6.00449, 200.12345, 1.23456, 1000.12345)
+    assert result.verdict == "Fail"
+    assert {k: v for k, v in result.values.items() if k.startswith(("stable", "error", "canaryErrors"))} == {
+        "canaryErrors": 6.004,
+        "stableRequests": 1000.123,
+        "stableErrors": 1.235,
+        "stableErrorRate": 0.001234,
+        "stableP95Ms": 100.0,
+        "errorRateZ": round(z, 4),
+        "errorRateP": round(p, 6),
+    }
+    assert result.values["errorRateZ"] not in (round(z, 3), round(z, 5))
+    assert result.values["errorRateP"] not in (round(p, 5), round(p, 7))
