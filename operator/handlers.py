@@ -450,7 +450,8 @@ async def collect(
     status = read_status(body)
     ctx.collected.add(uid)  # claimed before any await: a concurrent event must not collect it twice
     _slots(ctx, jobs, models).forget((ns, jname), _first(jobs, (ns, jname)))
-    if current != jhash or (status.recipe_hash == jhash and status.phase in phases.DONE_PHASES):
+    done = status.phase in phases.DONE_PHASES and not phases.refused_by_server(status)  # a refusal had no Job
+    if current != jhash or (status.recipe_hash == jhash and done):
         return  # an old recipe's Job, or already collected before a restart
 
     try:

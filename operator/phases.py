@@ -284,7 +284,10 @@ def job_finished(
 ) -> Change:
     """The outcome of a finished Job, as its pods' summary tells it (:func:`status.outcome_status`)."""
     fields, conds, event = st.outcome_status(spec, job, pods)
-    phase = transition(Event.JOB_FINISHED, phase_of(status, recipe_hash), fields.pop("phase"))
+    # A refusal created no Job, so a finished Job of the same recipe is a later attempt's
+    # (the spec edit that retried it may not have reached the index yet).
+    source = None if refused_by_server(status) else phase_of(status, recipe_hash)
+    phase = transition(Event.JOB_FINISHED, source, fields.pop("phase"))
     fields.update({"observedGeneration": generation, "recipeHash": recipe_hash, "jobName": job["metadata"]["name"]})
     return Change(phase, [spec_valid(), *conds], fields, event)
 

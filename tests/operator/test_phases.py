@@ -95,6 +95,10 @@ def test_a_job_outcome_counts_from_its_own_recipe_phase() -> None:
     assert phases.job_finished(status("Compressing"), 2, {}, job, [], "h1").phase == "Failed"
     with pytest.raises(Forbidden):  # a Serving model of this very recipe was collected already
         phases.job_finished(status("Serving"), 2, {}, job, [], "h1")
+    # A refusal of this recipe created no Job: a finished Job is the retry's, even before the index
+    # shows the retry's Compressing (a clean-clone CI run lost that race).
+    refused = refused_status()
+    assert phases.job_finished(refused, 2, {}, job, [], "h1").phase == "Failed"
 
 
 def test_kueue_moves_only_between_queued_and_compressing() -> None:
