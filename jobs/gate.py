@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from modelpress.api import ModelMetrics, Validation
+
+Score = TypeVar("Score", float, np.ndarray)  # one score, or the bootstrap's array of them
 
 # Threshold names as users write them (the API's wire aliases), for the messages.
 NAME = {f: info.alias or f for f, info in Validation.model_fields.items()}
@@ -57,8 +60,9 @@ class GateResult:
     slice_drops: dict[str, float] = field(default_factory=dict)  # "label=3" -> drop (its bound with confidence)
 
 
-def accuracy_drop(metric: str, baseline: float, candidate: float) -> float:
-    """How much worse the candidate scores, in metric units (positive = worse)."""
+def accuracy_drop(metric: str, baseline: Score, candidate: Score) -> Score:
+    """How much worse the candidate scores, in metric units (positive = worse); element-wise
+    for the bootstrap's arrays of resampled scores."""
     return baseline - candidate if HIGHER_IS_BETTER[metric] else candidate - baseline
 
 
