@@ -502,6 +502,7 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 Quantity = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
 LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
+DnsSubdomain = Annotated[str, Field(pattern=DNS1123_SUBDOMAIN, max_length=253)]  # names of Kubernetes objects
 
 
 def label_key_problems(field: str, keys: Any) -> list[str]:
@@ -599,20 +600,14 @@ class JobSpec(Spec):
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Taints the compression pod tolerates (e.g. of a GPU node pool)."
     )
-    priority_class_name: str | None = Field(
-        default=None,
-        pattern=DNS1123_SUBDOMAIN,
-        max_length=253,
-        description="PriorityClass of the compression pod; unset: the cluster's default priority.",
+    priority_class_name: DnsSubdomain | None = Field(
+        default=None, description="PriorityClass of the compression pod; unset: the cluster's default priority."
     )
     queue_name: str | None = Field(
         default=None, pattern=LABEL_VALUE_PATTERN, max_length=63, description="Kueue LocalQueue name."
     )
-    service_account_name: str | None = Field(
-        default=None,
-        pattern=DNS1123_SUBDOMAIN,
-        max_length=253,
-        description="Identity used to read and write storage.",
+    service_account_name: DnsSubdomain | None = Field(
+        default=None, description="Identity used to read and write storage."
     )
     active_deadline_seconds: int | None = Field(
         default=None,
