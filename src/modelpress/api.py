@@ -827,6 +827,95 @@ class Analysis(Spec):
     )
 
 
+# Which shadow agreement checks fit which task: (python field name, default bound or None).
+# Classification compares top-1 and the softmax distributions, embeddings their direction,
+# regression the values; a regression model's tolerable error is the user's to say.
+SHADOW_CHECKS_BY_TASK: dict[str, dict[str, float | None]] = {
+    Task.classification.value: {"min_agreement": 0.99, "max_kl_divergence": None},
+    Task.embedding.value: {"min_cosine": 0.99, "max_abs_error": None},
+    Task.regression.value: {"max_abs_error": None, "max_relative_error": None},
+}
+
+
+class Shadow(Spec):
+    """Shadow stage: before the first canary step (and, with duringCanary, at every step) the
+    runtime serving the stable model also runs a sample of live requests through the candidate,
+    off the request path, and compares the answers; users only ever get the stable answer."""
+
+    sample_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of the stable model's requests also run through the candidate.",
+    )
+    min_samples: int = Field(
+        default=500,
+        ge=1,
+        le=10_000_000,
+        description="Compared samples (rows) needed before agreement is judged; fewer is Inconclusive, never a pass.",
+    )
+    duration: str = Field(
+        default="5m",
+        pattern=DURATION_PATTERN,
+        description="Least time in shadow before the first canary step, even once minSamples are in.",
+    )
+    min_agreement: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="classification: least share of samples whose top-1 class matches the stable model's (default "
+        "0.99). Fails only when the one-sided Wilson upper bound at confidence is below it; a point estimate below "
+        "it that is not significant holds the stage for more samples.",
+    )
+    max_kl_divergence: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="classification: most mean KL divergence (nats) of the candidate's class distribution from "
+        "the stable model's (softmax of the outputs unless they already are probabilities).",
+    )
+    min_cosine: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="embedding: least mean cosine similarity of the candidate's output to the stable's (default 0.99).",
+    )
+    max_abs_error: float | None = Field(
+        default=None, ge=0.0, description="regression, embedding: most mean absolute difference per output value."
+    )
+    max_relative_error: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="regression: most mean relative error, sum |candidate - stable| / sum |stable| per sample.",
+    )
+    confidence: float = Field(
+        default=0.95, ge=0.5, le=0.999, description="Confidence of the agreement test (see minAgreement)."
+    )
+    during_canary: bool = Field(
+        default=True,
+        description="Keep shadowing while the canary takes traffic, so each step is also judged on agreement "
+        "(in Knative mode the stable revision keeps shadowing either way).",
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Sampled requests waiting for the candidate; more are dropped (and counted), never delayed.",
+    )
+
+    def checks(self, task: str) -> dict[str, float]:
+        """The bounds judged for ``task``: those set, else the task's defaults (wire names)."""
+        out: dict[str, float] = {}
+        for name, default in SHADOW_CHECKS_BY_TASK[task].items():
+            value = getattr(self, name)
+            value = default if value is None and not self._any_set(task) else value
+            if value is not None:
+                out[type(self).model_fields[name].alias or name] = value
+        return out
+
+    def _any_set(self, task: str) -> bool:
+        return any(getattr(self, name) is not None for name in SHADOW_CHECKS_BY_TASK[task])
+
+
 def _steps_increasing_rule(n: int = MAX_CANARY_STEPS) -> str:
     # Portable CEL (no list-library functions): unrolled pairwise comparisons,
     # bounded by maxItems so the API server's cost estimate stays small.
@@ -867,6 +956,11 @@ class Rollout(Spec):
         description="How long each step runs before it is analysed, e.g. 30s, 5m, 1h30m.",
     )
     analysis: Analysis = Field(default_factory=Analysis, description="What a step must pass to advance.")
+    shadow: Shadow | None = Field(
+        default=None,
+        description="Compare the candidate's answers with the stable model's on a sample of live traffic before "
+        "(and while) it takes any; unset: no shadow stage.",
+    )
     paused: bool = Field(default=False, description="true holds the canary at its current step until set false.")
     cel_rules: ClassVar = [
         cel(_steps_increasing_rule(), "steps must be strictly increasing percentages below 100", ".steps")
@@ -927,6 +1021,66 @@ class Serving(Spec):
 # --------------------------------------------------------------------------- spec
 
 
+def _shadow_tasks(wire_name: str) -> list[str]:
+    """The tasks whose shadow comparison has the check ``wire_name``."""
+    name = next(n for n, f in Shadow.model_fields.items() if f.alias == wire_name)
+    return [task for task, checks in SHADOW_CHECKS_BY_TASK.items() if name in checks]
+
+
+SHADOW_THRESHOLDS = ("minAgreement", "maxKlDivergence", "minCosine", "maxAbsError", "maxRelativeError")
+
+
+def _shadow_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
+    shadow = spec.serving.rollout.shadow if spec.serving else None
+    if shadow is None:
+        return []
+    out: list[tuple[str, str]] = []
+    task = spec.source.task
+    for wire in SHADOW_THRESHOLDS:
+        name = next(n for n, f in Shadow.model_fields.items() if f.alias == wire)
+        if getattr(shadow, name) is not None and task not in _shadow_tasks(wire):
+            fitting = [w for w in SHADOW_THRESHOLDS if task in _shadow_tasks(w)]
+            out.append(
+                (
+                    f"serving.rollout.shadow.{wire}",
+                    f"{wire} does not fit task {task!r}; its shadow checks are {', '.join(fitting)}",
+                )
+            )
+    if not shadow.checks(task):
+        out.append(
+            (
+                "serving.rollout.shadow",
+                f"a {task} model has no default agreement bound: set maxAbsError or maxRelativeError",
+            )
+        )
+    return out
+
+
+def shadow_cel_rules() -> list[dict[str, str]]:
+    """CEL twins of :func:`_shadow_problems`, on the spec (they need source.task)."""
+    has_shadow = "has(self.serving) && has(self.serving.rollout) && has(self.serving.rollout.shadow)"
+    rules = []
+    for wire in SHADOW_THRESHOLDS:
+        tasks = _shadow_tasks(wire)
+        rules.append(
+            cel(
+                f"!({has_shadow} && has(self.serving.rollout.shadow.{wire})) || self.source.task in {tasks}",
+                f"serving.rollout.shadow.{wire} fits only task {' or '.join(tasks)}",
+                ".serving.rollout.shadow",
+            )
+        )
+    rules.append(
+        cel(
+            f"!({has_shadow}) || self.source.task != 'regression' || has(self.serving.rollout.shadow.maxAbsError) "
+            "|| has(self.serving.rollout.shadow.maxRelativeError)",
+            "a regression model has no default agreement bound: set serving.rollout.shadow.maxAbsError or "
+            "maxRelativeError",
+            ".serving.rollout.shadow",
+        )
+    )
+    return rules
+
+
 class CompressedModelSpec(Spec):
     """What to compress, how to validate it and how to serve it."""
 
@@ -979,6 +1133,7 @@ class CompressedModelSpec(Spec):
             "nothing can follow quantize: make quantize the last step, and use it once",
             ".compression.steps",
         ),
+        *shadow_cel_rules(),
     ]
 
     @model_validator(mode="after")
@@ -1026,6 +1181,7 @@ def semantic_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
                     "for onnx use structure: unstructured",
                 )
             )
+    out.extend(_shadow_problems(spec))
     # Quantized graphs are ONNX-only: nothing torch-level can follow a quantize step.
     quantized_at = next((i for i, s in enumerate(steps) if s.quantize), None)
     if quantized_at is not None:
@@ -1129,14 +1285,26 @@ class RolloutEvent(Spec):
     message: str = Field(default="", description="Details, e.g. the analysis that decided it.")
 
 
+class RolloutStage(str, Enum):
+    Shadow = "Shadow"
+    Canary = "Canary"
+
+
 class RolloutStatus(Spec):
     """Where the rollout of the artifact stands."""
 
     inference_service: str | None = Field(default=None, description="Name of the InferenceService served.")
     stable_storage_uri: str | None = Field(default=None, description="Artifact serving the stable traffic.")
     canary_storage_uri: str | None = Field(default=None, description="Artifact on canary; unset when no canary runs.")
+    stage: RolloutStage | None = Field(
+        default=None,
+        description="Shadow: the candidate answers a sample of the stable model's requests off the request path "
+        "and serves no user; Canary: it serves canaryPercent. Unset when no rollout runs.",
+    )
     canary_percent: int | None = Field(default=None, description="Percent of traffic sent to the canary now.")
-    step: int | None = Field(default=None, description="Index into serving.rollout.steps; unset when no canary runs.")
+    step: int | None = Field(
+        default=None, description="Index into serving.rollout.steps; unset in shadow and when no canary runs."
+    )
     failures: int = Field(default=0, description="Failed analyses of this canary so far (see failureLimit).")
     last_analysis: AnalysisResult | None = Field(default=None, description="The latest canary analysis.")
     history: list[RolloutEvent] = Field(
