@@ -9,6 +9,9 @@ for an analysed canary:
   ``modelpress_inference_latency_seconds{model,artifact_digest}`` (sub-millisecond
   buckets). ``artifact_digest`` is the sha256 of the served ``model.onnx``, so stable
   and canary can be told apart in Prometheus whatever the deployment mode.
+* Shadow traffic (``--shadow_model_dir``, ``--shadow_fraction``, ``--shadow_task``,
+  ``--shadow_queue``): a candidate artifact run off the request path on a sample of the
+  requests and compared with the stable answers (``jobs/shadow.py``, its metrics).
 * Chaos options, **for tests of bad canaries only**: ``--chaos_error_rate`` (fraction of
   requests answered with HTTP 500) and ``--chaos_latency_ms`` (added to every request),
   or the env vars ``MODELPRESS_CHAOS_ERROR_RATE`` / ``MODELPRESS_CHAOS_LATENCY_MS``.
@@ -43,6 +46,9 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.logging import logger
 from kserve.model import InferenceVerb
 from prometheus_client import Counter, Histogram
+
+from modelpress.jobs.shadow import TASKS as SHADOW_TASKS
+from modelpress.jobs.shadow import ShadowConfig, ShadowError, ShadowRunner
 
 # The artifact layout of ModelPress is KServe's Triton model repository (model name
 # "model", version 1); a bare model.onnx is accepted for hand-made directories. Spelled
@@ -174,12 +180,15 @@ class OnnxModel(Model):
         device: str = "auto",
         intra_op_threads: int = 0,
         chaos: Chaos | None = None,
+        shadow: ShadowConfig | None = None,
     ) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.device = device
         self.intra_op_threads = intra_op_threads
         self.chaos = chaos or Chaos()
+        self.shadow_config = shadow
+        self.shadow: ShadowRunner | None = None
         self.digest = ""
         self.session: ort.InferenceSession | None = None
 
@@ -193,6 +202,10 @@ class OnnxModel(Model):
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._output_types = {o.name: ORT_TO_V2.get(o.type, o.type) for o in self.session.get_outputs()}
         self._warm_up()
+        if self.shadow_config is not None:  # after the warm-up: it must not feed the shadow
+            self.shadow = ShadowRunner(
+                self.shadow_config, self.name, self.digest, self.session, self.session.get_providers()
+            )
         # Series exist (at 0) from the first scrape on, so Prometheus' increase()/rate()
         # count the very first requests too instead of taking them as the starting value.
         LATENCY.labels(self.name, self.digest)
@@ -200,6 +213,12 @@ class OnnxModel(Model):
             REQUESTS.labels(self.name, self.digest, code)
         self.ready = True
         return self.ready
+
+    def stop(self) -> None:
+        """KServe's unload on shutdown: stop the shadow worker too."""
+        if self.shadow is not None:
+            self.shadow.close()
+        super().stop()
 
     @property
     def _session(self) -> ort.InferenceSession:
@@ -270,9 +289,12 @@ class OnnxModel(Model):
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return self._session.run(self._outputs, feed)
+            results = self._session.run(self._outputs, feed)
         except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as e:
             raise InvalidInput(f"model {self.name!r} rejected the input: {e}") from e
+        if self.shadow is not None:  # O(1), never raises: see ShadowRunner.offer
+            self.shadow.offer(feed, results)
+        return results
 
     def _v1_inputs(self, payload: dict) -> dict[str, np.ndarray]:
         """V1: ``{"instances": [...]}``; each instance is a tensor (one-input models) or
@@ -326,9 +348,11 @@ def serve(
     device: str = "auto",
     intra_op_threads: int = 0,
     chaos: Chaos | None = None,
+    shadow: ShadowConfig | None = None,
 ) -> None:
-    """Load the artifact and serve it until SIGTERM (blocks). gRPC only when a port is given."""
-    model = OnnxModel(model_name, Path(model_dir), device, intra_op_threads, chaos or Chaos.from_env())
+    """Load the artifact (and the shadow candidate, if any) and serve it until SIGTERM (blocks).
+    gRPC only when a port is given."""
+    model = OnnxModel(model_name, Path(model_dir), device, intra_op_threads, chaos or Chaos.from_env(), shadow)
     model.load()
     server = ModelServer(
         http_port=http_port,
@@ -357,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--chaos_latency_ms", type=float, default=chaos.latency_ms,
         help="TEST/CHAOS ONLY: latency added to every request (env MODELPRESS_CHAOS_LATENCY_MS)",
     )  # fmt: skip
+    # Shadow traffic (jobs/shadow.py); the chaos for it is env MODELPRESS_CHAOS_SHADOW_LATENCY_MS only.
+    parser.add_argument("--shadow_model_dir", type=Path, help="candidate artifact dir to shadow (same layouts)")
+    parser.add_argument("--shadow_fraction", type=float, default=0.1, help="share of requests shadowed, (0, 1]")
+    parser.add_argument("--shadow_task", choices=SHADOW_TASKS, help="how the answers are compared")
+    parser.add_argument("--shadow_queue", type=int, default=64, help="most requests waiting for the candidate")
     return parser
 
 
@@ -366,18 +395,26 @@ def main(argv: list[str] | None = None) -> int:
     try:  # bad options and a wrong directory get one readable line, not a traceback
         chaos = Chaos(args.chaos_error_rate, args.chaos_latency_ms)
         find_model_file(args.model_dir)
+        shadow = ShadowConfig.from_flags(
+            args.shadow_model_dir, args.shadow_task, args.shadow_fraction, args.shadow_queue
+        )
     except (ValueError, FileNotFoundError) as e:
         print(f"modelpress-onnx: {e}", file=sys.stderr)
         return 1
-    serve(
-        args.model_dir,
-        args.model_name,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port if args.enable_grpc else None,
-        device=args.device,
-        intra_op_threads=args.intra_op_threads,
-        chaos=chaos,
-    )
+    try:
+        serve(
+            args.model_dir,
+            args.model_name,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port if args.enable_grpc else None,
+            device=args.device,
+            intra_op_threads=args.intra_op_threads,
+            chaos=chaos,
+            shadow=shadow,
+        )
+    except ShadowError as e:  # a candidate that does not fit the stable model, found at load
+        print(f"modelpress-onnx: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -27,7 +27,7 @@ DOCS = REPO / "docs"
 CHART_DIR = REPO / "charts" / "modelpress"
 HEALTH_LUA = REPO / "argocd" / "modelpress.io" / "CompressedModel" / "health.lua"
 # The serving runtime plus every operator module: a metric added anywhere there must be documented.
-METRIC_MODULES = ("modelpress.jobs.serving",) + tuple(
+METRIC_MODULES = ("modelpress.jobs.serving", "modelpress.jobs.shadow") + tuple(
     f"modelpress.operator.{m.name}"
     for m in pkgutil.iter_modules(importlib.import_module("modelpress.operator").__path__)
 )

@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,16 @@ MODEL_NAME = "digits"
 def digits_models(tmp_path_factory) -> dict[str, Path]:
     """A small sklearn MLP on the bundled digits, exported with skl2onnx (fp32) and
     quantized to int8 with ONNX Runtime's dynamic quantization; both in the artifact
-    layout ``<dir>/model/1/model.onnx``. Also ``val``: a .npz with x, y."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    layout ``<dir>/model/1/model.onnx``. Also ``val``: a .npz with x, y; and ``damaged``: the
+    same MLP statically quantized to int8 with a calibration of zeros only (int8 without the
+    calibration it needs: its top-1 agrees with fp32 on ~60% of ``val``, a shadow must stop it)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import load_digits
@@ -50,8 +58,23 @@ def digits_models(tmp_path_factory) -> dict[str, Path]:
     int8 = root / "int8" / "model" / "1" / "model.onnx"
     int8.parent.mkdir(parents=True)
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+
+    class Zeros(CalibrationDataReader):
+        """One all-zero batch: activation ranges calibrated on nothing like the real inputs."""
+
+        def __init__(self) -> None:
+            self.batches = iter([{"input": np.zeros((1, 64), np.float32)}])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    damaged = root / "damaged" / "model" / "1" / "model.onnx"
+    damaged.parent.mkdir(parents=True)
+    quantize_static(str(fp32), str(damaged), Zeros(), quant_format=QuantFormat.QDQ, weight_type=QuantType.QInt8)
     np.savez(root / "val.npz", x=x[1500:], y=y[1500:].astype(np.int64))
-    return {"fp32": root / "fp32", "int8": root / "int8", "val": root / "val.npz"}
+    return {
+        "fp32": root / "fp32", "int8": root / "int8", "damaged": root / "damaged", "val": root / "val.npz"
+    }  # fmt: skip
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -66,10 +89,16 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 class Server:
-    """One modelpress-onnx process on loopback (``grpc``: also its Open Inference gRPC port)."""
+    """One modelpress-onnx process on loopback (``grpc``: also its Open Inference gRPC port;
+    ``args``: more command-line flags, e.g. the --shadow_* ones)."""
 
     def __init__(
-        self, model_dir: Path, env: dict[str, str] | None = None, name: str = MODEL_NAME, grpc: bool = False
+        self,
+        model_dir: Path,
+        env: dict[str, str] | None = None,
+        name: str = MODEL_NAME,
+        grpc: bool = False,
+        args: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
         self.grpc_port = free_port() if grpc else None
@@ -83,6 +112,7 @@ class Server:
                 "--model_dir", str(model_dir), "--model_name", name,
                 "--http_port", str(self.port), "--intra_op_threads", "1", "--enable_latency_logging", "false",
                 *(["--enable_grpc", "true", "--grpc_port", str(self.grpc_port)] if grpc else ["--enable_grpc", "false"]),
+                *args,
             ],
             env={**os.environ, **(env or {})},
             stdout=self.log.open("wb"),
@@ -103,8 +133,10 @@ class Server:
 def start_server() -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def start(model_dir: Path, env: dict[str, str] | None = None, grpc: bool = False) -> Server:
-        server = Server(model_dir, env, grpc=grpc)
+    def start(
+        model_dir: Path, env: dict[str, str] | None = None, grpc: bool = False, args: Sequence[str] = ()
+    ) -> Server:
+        server = Server(model_dir, env, grpc=grpc, args=args)
         started.append(server)
         return server
 
