@@ -22,6 +22,16 @@ requests to tell, or the stable model errs as much (not the canary's doing). The
 counts, rates, z and p go into the verdict's values.
 * ``Pass`` -- every check had data and held.
 
+Shadow checks (``serving.rollout.shadow``; :func:`analyse_shadow` for the shadow stage, and
+appended to :func:`analyse` while the canary runs when ``duringCanary``) read what the
+stable runtime exports about the candidate it shadows, pinned by ``shadow_digest`` (the
+candidate's sha256): compared rows, top-1 agreements, and the means of KL divergence,
+cosine, absolute and relative error (``increase(_sum) / increase(_count)``). Fewer than
+``minSamples`` rows is Inconclusive, never a pass. Top-1 agreement fails only when the
+one-sided Wilson upper bound at ``confidence`` is below ``minAgreement`` (a point estimate
+below it that is not significant holds for more samples); the means are judged as point
+estimates once ``minSamples`` are in.
+
 Plain urllib is used on purpose: the HTTP query API is one GET, and the operator image
 stays free of a Prometheus client library.
 """
@@ -30,19 +40,36 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from modelpress.api import Analysis, AnalysisResult
+from modelpress.api import Analysis, AnalysisResult, Shadow
 
 # Names exported by modelpress.jobs.serving (duplicated: the operator must not import the
 # ML runtime; tests/serving checks they match).
 REQUESTS_METRIC = "modelpress_inference_requests_total"
 LATENCY_METRIC = "modelpress_inference_latency_seconds"
 DIGEST_LABEL = "artifact_digest"
+# Exported by modelpress.jobs.shadow for the candidate the stable runtime shadows (same rule).
+SHADOW_DIGEST_LABEL = "shadow_digest"
+SHADOW_REQUESTS_METRIC = "modelpress_shadow_requests_total"
+SHADOW_SAMPLES_METRIC = "modelpress_shadow_samples_total"
+SHADOW_AGREEMENTS_METRIC = "modelpress_shadow_top1_agreements_total"
+SHADOW_KL_METRIC = "modelpress_shadow_kl_divergence"
+SHADOW_COSINE_METRIC = "modelpress_shadow_cosine"
+SHADOW_ABS_ERROR_METRIC = "modelpress_shadow_abs_error"
+SHADOW_RELATIVE_ERROR_METRIC = "modelpress_shadow_relative_error"
+# Shadow bounds judged as a mean (wire name -> histogram, value name, True: the bound is a minimum).
+SHADOW_MEANS = {
+    "maxKlDivergence": (SHADOW_KL_METRIC, "shadowKlDivergence", False),
+    "minCosine": (SHADOW_COSINE_METRIC, "shadowCosine", True),
+    "maxAbsError": (SHADOW_ABS_ERROR_METRIC, "shadowAbsError", False),
+    "maxRelativeError": (SHADOW_RELATIVE_ERROR_METRIC, "shadowRelativeError", False),
+}
 
 
 class PrometheusError(Exception):
@@ -175,8 +202,10 @@ def analyse(
     target: Target,
     now: datetime | None = None,
     timeout: float = 5.0,
+    shadow: ShadowJudge | None = None,
 ) -> AnalysisResult:
-    """Run every check of ``spec`` once and return the verdict with its measured values."""
+    """Run every check of ``spec`` once (and the shadow checks of ``shadow``, when the stable
+    model keeps shadowing the canary) and return the verdict with its measured values."""
     stamp = (now or datetime.now(UTC)).isoformat()
     c = _Checks()
     try:
@@ -225,10 +254,185 @@ def analyse(
                 c.failed.append(f"query {q.name} = {value:g} > max {q.max:g}")
             if q.min is not None and value < q.min:
                 c.failed.append(f"query {q.name} = {value:g} < min {q.min:g}")
+        if shadow is not None:
+            _shadow_checks(shadow, prometheus_url, timeout, c)
     except PrometheusError as e:
         return AnalysisResult(time=stamp, verdict="Inconclusive", values=c.values, message=str(e))
+    return _verdict(stamp, c, "all checks passed")
+
+
+# --------------------------------------------------------------------------- shadow
+
+
+@dataclass(frozen=True)
+class ShadowTarget:
+    """The candidate the stable runtime shadows: its digest within a scope, over a window."""
+
+    shadow_digest: str
+    scope: str = ""
+    window: str = "5m"
+
+    def selector(self, extra: str = "") -> str:
+        parts = [p for p in (self.scope, f'{SHADOW_DIGEST_LABEL}="{self.shadow_digest}"', extra) if p]
+        return "{" + ",".join(parts) + "}"
+
+
+@dataclass(frozen=True)
+class ShadowJudge:
+    """What to judge the shadow comparison by: the spec's bounds for the model's task, and where."""
+
+    shadow: Shadow
+    task: str
+    target: ShadowTarget
+
+
+def shadow_count_query(t: ShadowTarget, metric: str, extra: str = "") -> str:
+    return f"sum(increase({metric}{t.selector(extra)}[{t.window}]))"
+
+
+def shadow_mean_query(t: ShadowTarget, histogram: str) -> str:
+    """Mean per compared row over the window; NaN (no result) when nothing was observed."""
+    return f"{shadow_count_query(t, histogram + '_sum')} / {shadow_count_query(t, histogram + '_count')}"
+
+
+def wilson_upper_bound(successes: float, n: float, confidence: float) -> float:
+    """One-sided Wilson score upper bound of a proportion at ``confidence``.
+
+    Hand-written (one formula) because the operator image carries no statistics library;
+    the normal quantile comes from the standard library's ``statistics.NormalDist``.
+    Wilson rather than the plain normal interval: it stays inside [0, 1] and keeps its
+    coverage at proportions near 1, which is where agreement thresholds live.
+    """
+    z = statistics.NormalDist().inv_cdf(confidence)
+    p = min(max(successes / n, 0.0), 1.0)
+    z2n = z * z / n
+    centre = p + z2n / 2.0
+    margin = z * math.sqrt(p * (1.0 - p) / n + z2n / (4.0 * n))
+    return min(1.0, (centre + margin) / (1.0 + z2n))
+
+
+@dataclass(frozen=True)
+class ShadowMeasures:
+    """What Prometheus said about the shadow comparison over one window."""
+
+    samples: float
+    agreements: float | None = None
+    means: dict[str, float | None] = field(default_factory=dict)  # bound's wire name -> mean (None: no data)
+    dropped: float = 0.0
+    failed: float = 0.0
+
+
+def judge_shadow(shadow: Shadow, task: str, m: ShadowMeasures, window: str) -> _Checks:
+    """The verdict parts of the shadow checks (module docstring), pure: values, failures, gaps."""
+    c = _Checks()
+    c.values.update(shadowSamples=round(m.samples, 3), shadowDropped=round(m.dropped, 3))
+    if m.failed:
+        c.values["shadowFailed"] = round(m.failed, 3)
+    if m.samples < shadow.min_samples:
+        c.unknown.append(
+            f"too few shadow samples: {m.samples:.0f} compared in {window}, minSamples is {shadow.min_samples}"
+        )
+        return c
+    for wire, bound in shadow.checks(task).items():
+        if wire == "minAgreement":
+            _judge_agreement(shadow, m, bound, c)
+            continue
+        _, name, is_minimum = SHADOW_MEANS[wire]
+        mean = m.means.get(wire)
+        if mean is None:
+            c.unknown.append(f"{name}: no shadow data")
+            continue
+        c.values[name] = round(mean, 6)
+        if (mean < bound) if is_minimum else (mean > bound):
+            c.failed.append(f"shadow mean {name.removeprefix('shadow')} {mean:.6g} {'<' if is_minimum else '>'} "
+                            f"{wire} {bound:g} over {m.samples:.0f} samples")  # fmt: skip
+    return c
+
+
+def _judge_agreement(shadow: Shadow, m: ShadowMeasures, bound: float, c: _Checks) -> None:
+    if m.agreements is None:
+        c.unknown.append("shadow top-1 agreement: no data")
+        return
+    # increase() extrapolates each counter on its own, so agreements can come out a fraction
+    # above the samples they are part of: never more than all.
+    agreements = min(m.agreements, m.samples)
+    agreement = agreements / m.samples
+    upper = wilson_upper_bound(agreements, m.samples, shadow.confidence)
+    c.values.update(shadowAgreement=round(agreement, 6), shadowAgreementUpperBound=round(upper, 6))
+    numbers = (
+        f"shadow top-1 agreement {agreement:.4f} over {m.samples:.0f} samples (upper bound {upper:.4f} at "
+        f"confidence {shadow.confidence:g})"
+    )
+    if upper < bound:
+        c.failed.append(f"{numbers} < minAgreement {bound:g}")
+    elif agreement < bound:
+        c.unknown.append(f"{numbers}: below minAgreement {bound:g} but not significantly; more samples decide")
+
+
+def measure_shadow(judge: ShadowJudge, prometheus_url: str, timeout: float = 5.0) -> ShadowMeasures | None:
+    """Ask Prometheus for the shadow comparison; None when no series match at all."""
+    t = judge.target
+    samples = query(prometheus_url, shadow_count_query(t, SHADOW_SAMPLES_METRIC), timeout)
+    dropped = query(prometheus_url, shadow_count_query(t, SHADOW_REQUESTS_METRIC, 'outcome="dropped"'), timeout)
+    failed = query(prometheus_url, shadow_count_query(t, SHADOW_REQUESTS_METRIC, 'outcome="failed"'), timeout)
+    if samples is None:
+        return None
+    checks = judge.shadow.checks(judge.task) if samples >= judge.shadow.min_samples else {}
+    agreements = None
+    if "minAgreement" in checks:
+        agreements = query(prometheus_url, shadow_count_query(t, SHADOW_AGREEMENTS_METRIC), timeout) or 0.0
+    means = {
+        wire: query(prometheus_url, shadow_mean_query(t, SHADOW_MEANS[wire][0]), timeout)
+        for wire in checks
+        if wire in SHADOW_MEANS
+    }
+    return ShadowMeasures(samples, agreements, means, dropped or 0.0, failed or 0.0)
+
+
+def _shadow_checks(judge: ShadowJudge, prometheus_url: str, timeout: float, c: _Checks) -> None:
+    """Measure and judge the shadow comparison into ``c``."""
+    measures = measure_shadow(judge, prometheus_url, timeout)
+    if measures is None:
+        c.values["shadowSamples"] = 0.0
+        c.unknown.append(
+            f"too few shadow samples: 0 compared in {judge.target.window}, minSamples is {judge.shadow.min_samples}; "
+            f"no series match {SHADOW_SAMPLES_METRIC}{judge.target.selector()} (does the stable runtime shadow "
+            "the candidate, and is it scraped?)"
+        )
+        return
+    judged = judge_shadow(judge.shadow, judge.task, measures, judge.target.window)
+    c.values.update(judged.values)
+    c.failed.extend(judged.failed)
+    c.unknown.extend(judged.unknown)
+
+
+def _verdict(stamp: str, c: _Checks, passed: str) -> AnalysisResult:
     if c.failed:
         return AnalysisResult(time=stamp, verdict="Fail", values=c.values, message="; ".join(c.failed))
     if c.unknown:
         return AnalysisResult(time=stamp, verdict="Inconclusive", values=c.values, message="; ".join(c.unknown))
-    return AnalysisResult(time=stamp, verdict="Pass", values=c.values, message="all checks passed")
+    return AnalysisResult(time=stamp, verdict="Pass", values=c.values, message=passed)
+
+
+def shadow_summary(values: dict[str, float]) -> str:
+    """``N samples, agreement x`` (or the task's means) from a verdict's values, for conditions."""
+    parts = [f"{values.get('shadowSamples', 0):.0f} samples"]
+    if "shadowAgreement" in values:
+        parts.append(f"agreement {values['shadowAgreement']:.4f}")
+    parts += [
+        f"{name.removeprefix('shadow')} {values[name]:.4g}" for _, name, _ in SHADOW_MEANS.values() if name in values
+    ]
+    return ", ".join(parts)
+
+
+def analyse_shadow(
+    judge: ShadowJudge, prometheus_url: str, now: datetime | None = None, timeout: float = 5.0
+) -> AnalysisResult:
+    """The shadow stage's verdict: the shadow checks alone (no user traffic reaches the candidate)."""
+    stamp = (now or datetime.now(UTC)).isoformat()
+    c = _Checks()
+    try:
+        _shadow_checks(judge, prometheus_url, timeout, c)
+    except PrometheusError as e:
+        return AnalysisResult(time=stamp, verdict="Inconclusive", values=c.values, message=str(e))
+    return _verdict(stamp, c, f"shadow checks passed: {shadow_summary(c.values)}")

@@ -12,6 +12,15 @@ prints the same thing). How a canary is expressed depends on the deployment mode
 
 Promotion and rollback both end as a plain predictor on one artifact with no canary.
 
+Shadowing (``serving.rollout.shadow``): the stable predictor loads the candidate too.
+KServe's ``storageUri`` and ``storageUris`` are mutually exclusive, so a shadowing predictor
+carries ``storageUris`` (the stable model at ``/mnt/models``, the candidate at
+``/mnt/candidate``) and no ``model.storageUri``, and ``model.args`` hand the runtime its
+``--shadow_*`` flags. In Standard mode the stable predictor shadows during stage Shadow
+and, with ``duringCanary``, next to ``spec.canary[]``; in Knative mode it does so during
+stage Shadow (at 100%), and once the canary starts the previous revision -- that same
+shadowing predictor -- keeps shadowing while it serves the stable share.
+
 ``serving.autoscaling.metrics`` (Standard mode) becomes KServe's ``autoScaling.metrics``
 block on every predictor, replacing ``scaleMetric``/``scaleTarget``; a prometheus entry
 is a KEDA external metric, so the InferenceService then asks for KEDA as its autoscaler.
@@ -37,6 +46,9 @@ CONTAINER_NAME = "kserve-container"
 PROTOCOL = {api.Runtime.kserve_tritonserver.value: "v2"}
 # HPA metrics in Standard mode are utilisation percentages; Knative's are raw values.
 UTILIZATION_METRICS = ("cpu", "memory")
+# Where KServe's storage initializer puts each of storageUris (the runtime's --model_dir is the first).
+STABLE_MOUNT = "/mnt/models"
+CANDIDATE_MOUNT = "/mnt/candidate"
 
 
 def isvc_name(model: api.CompressedModel) -> str:
@@ -103,6 +115,38 @@ def _scaling_metric(index: int, metric: api.ScalingMetric, prometheus_url: str |
     }
 
 
+def shadow_args(shadow: api.Shadow, task: str) -> list[str]:
+    """The modelpress-onnx flags that make the stable runtime shadow the candidate at CANDIDATE_MOUNT."""
+    return [
+        f"--shadow_model_dir={CANDIDATE_MOUNT}",
+        f"--shadow_fraction={shadow.sample_fraction:g}",
+        f"--shadow_task={task}",
+        f"--shadow_queue={shadow.max_queued_requests}",
+    ]
+
+
+def shadowed_uri(serving: api.Serving, traffic: Traffic) -> str | None:
+    """The candidate the stable predictor shadows for ``traffic``, or None (module docstring)."""
+    shadow = serving.rollout.shadow
+    if shadow is None:
+        return None
+    if traffic.shadow_uri:
+        return traffic.shadow_uri
+    standard = serving.deployment_mode == api.DeploymentMode.Standard.value
+    return traffic.canary_uri if standard and shadow.during_canary else None
+
+
+def _shadowing(predictor: dict[str, Any], stable_uri: str, candidate_uri: str, args: list[str]) -> None:
+    """Make ``predictor`` load the candidate next to the stable model and shadow it."""
+    predictor["storageUris"] = [
+        {"uri": stable_uri, "mountPath": STABLE_MOUNT},
+        {"uri": candidate_uri, "mountPath": CANDIDATE_MOUNT},
+    ]
+    model = predictor["model"]
+    del model["storageUri"]  # KServe refuses storageUri together with storageUris
+    model["args"] = args
+
+
 def _predictor(serving: api.Serving, storage_uri: str, settings: Settings) -> dict[str, Any]:
     scaling = serving.autoscaling
     predictor: dict[str, Any] = {"minReplicas": scaling.min_replicas, "maxReplicas": scaling.max_replicas}
@@ -159,13 +203,21 @@ def build_inference_service(
     if owned and (owners := owner_reference(model)):
         metadata["ownerReferences"] = owners
     canary_uri = traffic.canary_uri
+    shadowed = shadowed_uri(serving, traffic)
     if serving.deployment_mode == api.DeploymentMode.Knative.value:
         predictor = _predictor(serving, traffic.stable_uri if canary_uri is None else canary_uri, settings)
         if canary_uri is not None:
             predictor["canaryTrafficPercent"] = traffic.canary_percent
+        elif shadowed is not None and serving.rollout.shadow is not None:
+            _shadowing(
+                predictor, traffic.stable_uri, shadowed, shadow_args(serving.rollout.shadow, model.spec.source.task)
+            )
         spec: dict[str, Any] = {"predictor": predictor}
     else:
         spec = {"predictor": _predictor(serving, traffic.stable_uri, settings)}
+        if shadowed is not None and serving.rollout.shadow is not None:
+            args = shadow_args(serving.rollout.shadow, model.spec.source.task)
+            _shadowing(spec["predictor"], traffic.stable_uri, shadowed, args)
         if canary_uri is not None:
             spec["canary"] = [
                 {
@@ -180,11 +232,19 @@ def serving_uri(isvc: dict[str, Any] | None) -> str | None:
     """What an existing InferenceService serves as its stable model (None if absent).
 
     In Knative mode with a canary in flight the predictor already points at the canary;
-    the stable model is then the one ModelPress recorded in ``status.rollout``.
+    the stable model is then the one ModelPress recorded in ``status.rollout``. A shadowing
+    predictor has no ``model.storageUri``: its stable model is the ``storageUris`` entry
+    mounted where the runtime reads its model (STABLE_MOUNT, KServe's default mountPath).
     """
     if not isvc:
         return None
-    return ((isvc.get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")
+    predictor = (isvc.get("spec") or {}).get("predictor") or {}
+    if uri := (predictor.get("model") or {}).get("storageUri"):
+        return uri
+    mounted = [
+        s.get("uri") for s in predictor.get("storageUris") or [] if s.get("mountPath", STABLE_MOUNT) == STABLE_MOUNT
+    ]
+    return mounted[0] if mounted else None
 
 
 def is_ready(isvc: dict[str, Any] | None) -> bool:

@@ -42,7 +42,9 @@ INVALID_REASON = "InvalidSpec"
 # The rollout's complaint about a spec no InferenceService can be built from.
 CONFIG_INVALID = "ServingConfigInvalid"
 # Rollout reasons whose Event is a Warning.
-WARNING_REASONS = frozenset({"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive", CONFIG_INVALID})
+WARNING_REASONS = frozenset(
+    {"RolledBack", "AnalysisFailed", "BaselineMissing", "AnalysisInconclusive", "ShadowFailed", CONFIG_INVALID}
+)
 
 
 class Event(enum.Enum):

@@ -152,7 +152,25 @@ def _traffic_fields(isvc: Mapping[str, Any] | None) -> tuple[Any, ...]:
         (c.get("trafficPercent"), ((c.get("predictor") or {}).get("model") or {}).get("storageUri"))
         for c in spec.get("canary") or []
     ]
-    return ((predictor.get("model") or {}).get("storageUri"), predictor.get("canaryTrafficPercent"), canary)
+    model = predictor.get("model") or {}
+    shadowing = (predictor.get("storageUris"), [a for a in model.get("args") or [] if _is_shadow_arg(a)])
+    return (model.get("storageUri"), predictor.get("canaryTrafficPercent"), canary, shadowing)
+
+
+def _is_shadow_arg(arg: Any) -> bool:
+    return isinstance(arg, str) and arg.startswith("--shadow_")
+
+
+def _keep_users_args(desired: dict[str, Any], existing: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``desired`` with the stable predictor's args made of the existing InferenceService's own
+    (a user's, kept) plus the shadow flags the builder asks for; no ``args`` when both are none."""
+    old = (((existing or {}).get("spec") or {}).get("predictor") or {}).get("model") or {}
+    model = dict(desired["spec"]["predictor"]["model"])
+    args = [a for a in old.get("args") or [] if not _is_shadow_arg(a)] + list(model.pop("args", []))
+    if args:
+        model["args"] = args
+    predictor = {**desired["spec"]["predictor"], "model": model}
+    return {**desired, "spec": {**desired["spec"], "predictor": predictor}}
 
 
 def _contains(have: Any, want: Any) -> bool:
@@ -177,11 +195,18 @@ async def _apply_isvc(ctx: Context, desired: dict[str, Any], existing: Mapping[s
     if existing is None:
         await ctx.kube().create(desired)
         return
+    desired = _keep_users_args(desired, existing)
     if _matches(existing, desired):
         return
     spec = dict(desired["spec"])
     spec.setdefault("canary", None)
-    spec["predictor"] = {"canaryTrafficPercent": None, **{f: None for f in SCALING_FIELDS}, **spec["predictor"]}
+    # storageUri and storageUris exclude each other (a shadowing predictor has the latter):
+    # the one not wanted is removed, and so are shadow flags no longer wanted.
+    model = {"storageUri": None, "args": None, **spec["predictor"]["model"]}
+    spec["predictor"] = {
+        "canaryTrafficPercent": None, "storageUris": None, **{f: None for f in SCALING_FIELDS},
+        **spec["predictor"], "model": model,
+    }  # fmt: skip
     annotations: dict[str, Any] = dict(meta["annotations"])
     old_annotations = (existing.get("metadata") or {}).get("annotations") or {}
     keda = isvc_mod.AUTOSCALER_CLASS_ANNOTATION
@@ -210,17 +235,23 @@ async def _analyse(
             message="no Prometheus to ask: set serving.rollout.analysis.prometheusUrl or the operator's "
                     "--prometheus-url",
         )  # fmt: skip
-    target = analysis_mod.Target(
-        canary_digest=status.artifact.sha256,
-        scope=analysis_mod.scope(
-            isvc_mod.isvc_name(model),
-            model.metadata.namespace or "default",
-            ctx.settings.analysis_namespace_label,
-        ),
-        window=rollout.interval,
+    scope = analysis_mod.scope(
+        isvc_mod.isvc_name(model), model.metadata.namespace or "default", ctx.settings.analysis_namespace_label
     )
-    # urllib blocks: keep the event loop free for other models' events.
-    return await asyncio.to_thread(analysis_mod.analyse, rollout.analysis, url, target, now)
+    shadow = None
+    if rollout.shadow is not None and status.rollout is not None:
+        # The samples of the whole stage (or canary step) so far count together.
+        window = rollout_mod.stage_window(status.rollout, now, rollout_mod.parse_duration(rollout.interval))
+        shadow = analysis_mod.ShadowJudge(
+            rollout.shadow, model.spec.source.task, analysis_mod.ShadowTarget(status.artifact.sha256, scope, window)
+        )
+        # urllib blocks: keep the event loop free for other models' events.
+        if rollout_mod.in_shadow(status.rollout):
+            return await asyncio.to_thread(analysis_mod.analyse_shadow, shadow, url, now)
+        if not rollout.shadow.during_canary and model.spec.serving.deployment_mode == api.DeploymentMode.Standard.value:
+            shadow = None
+    target = analysis_mod.Target(canary_digest=status.artifact.sha256, scope=scope, window=rollout.interval)
+    return await asyncio.to_thread(analysis_mod.analyse, rollout.analysis, url, target, now, shadow=shadow)
 
 
 async def tick(ctx: Context, body: Mapping[str, Any]) -> None:

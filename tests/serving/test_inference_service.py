@@ -249,3 +249,66 @@ def test_the_keda_example_builds_a_valid_keda_inference_service(isvc_validator):
     assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
     [canary] = isvc["spec"]["canary"]
     assert canary["predictor"]["autoScaling"] == isvc["spec"]["predictor"]["autoScaling"]
+
+
+# ---------------------------------------------------------------- shadowing
+
+SHADOW = {"sampleFraction": 0.25, "maxQueuedRequests": 32}
+SHADOW_ARGS = [
+    "--shadow_model_dir=/mnt/candidate",
+    "--shadow_fraction=0.25",
+    "--shadow_task=classification",
+    "--shadow_queue=32",
+]
+SHADOWING_URIS = [{"uri": STABLE, "mountPath": "/mnt/models"}, {"uri": CANARY, "mountPath": "/mnt/candidate"}]
+
+
+def shadow_model(mode: str, **shadow: Any) -> api.CompressedModel:
+    return make_model({"deploymentMode": mode, "rollout": {"shadow": {**SHADOW, **shadow}}})
+
+
+@pytest.mark.parametrize("mode", ["Standard", "Knative"])
+def test_in_shadow_the_stable_predictor_loads_and_shadows_the_candidate(isvc_validator, mode):
+    isvc = build_inference_service(shadow_model(mode), Traffic(STABLE, shadow_uri=CANARY), Settings())
+    assert not [f"{list(e.absolute_path)}: {e.message}" for e in isvc_validator.iter_errors(isvc)]
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["storageUris"] == SHADOWING_URIS
+    assert "storageUri" not in predictor["model"]  # KServe: storageUri and storageUris exclude each other
+    assert predictor["model"]["args"] == SHADOW_ARGS
+    assert "canary" not in isvc["spec"] and "canaryTrafficPercent" not in predictor  # no user gets the candidate
+    assert serving_uri(isvc) == STABLE
+
+
+def test_standard_canary_keeps_shadowing_on_the_stable_predictor_with_during_canary(isvc_validator):
+    isvc = build_inference_service(shadow_model("Standard"), Traffic(STABLE, CANARY, 10), Settings())
+    assert not list(isvc_validator.iter_errors(isvc))
+    assert isvc["spec"]["predictor"]["storageUris"] == SHADOWING_URIS
+    assert isvc["spec"]["predictor"]["model"]["args"] == SHADOW_ARGS
+    [canary] = isvc["spec"]["canary"]
+    assert canary["trafficPercent"] == 10 and canary["predictor"]["model"]["storageUri"] == CANARY
+    assert "args" not in canary["predictor"]["model"] and "storageUris" not in canary["predictor"]
+    assert serving_uri(isvc) == STABLE
+
+
+def test_standard_canary_without_during_canary_and_knative_canary_are_plain(isvc_validator):
+    off = build_inference_service(shadow_model("Standard", duringCanary=False), Traffic(STABLE, CANARY, 10), Settings())
+    assert "storageUris" not in off["spec"]["predictor"] and "args" not in off["spec"]["predictor"]["model"]
+    assert off["spec"]["predictor"]["model"]["storageUri"] == STABLE
+    # Knative: the predictor is the canary's new revision; the previous (shadowing) revision keeps shadowing.
+    knative = build_inference_service(shadow_model("Knative"), Traffic(STABLE, CANARY, 10), Settings())
+    predictor = knative["spec"]["predictor"]
+    assert (predictor["model"]["storageUri"], predictor["canaryTrafficPercent"]) == (CANARY, 10)
+    assert "storageUris" not in predictor and "args" not in predictor["model"]
+    for isvc in (off, knative):
+        assert not list(isvc_validator.iter_errors(isvc))
+
+
+def test_without_a_shadow_spec_a_shadow_candidate_is_not_loaded():
+    isvc = build_inference_service(make_model({}), Traffic(STABLE, shadow_uri=CANARY), Settings())
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == STABLE and "storageUris" not in isvc["spec"]["predictor"]
+
+
+def test_serving_uri_reads_the_stable_mount_of_storage_uris():
+    uris = [{"uri": CANARY, "mountPath": "/mnt/candidate"}, {"uri": STABLE}]  # KServe's default mountPath
+    assert serving_uri({"spec": {"predictor": {"storageUris": uris, "model": {}}}}) == STABLE
+    assert serving_uri({"spec": {"predictor": {"storageUris": uris[:1], "model": {}}}}) is None
