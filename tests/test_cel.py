@@ -86,6 +86,25 @@ def _both(*changes: Callable[[dict], None]) -> Callable[[dict], None]:
 
 CASES = [
     ("base example", lambda o: None, True),
+    (
+        "parquet with columns",
+        _set(
+            "spec.validation.dataset", {"storageUri": "s3://d/v.parquet", "format": "parquet", "featureColumns": ["a"]}
+        ),
+        True,
+    ),
+    (
+        "csv with a label column",
+        _set("spec.validation.calibration", {**CALIB, "format": "csv", "labelColumn": "y"}),
+        True,
+    ),
+    ("featureColumns on npz", _set("spec.validation.dataset.featureColumns", ["a", "b"]), False),
+    ("labelColumn on npz calibration", _set("spec.validation.calibration", {**CALIB, "labelColumn": "y"}), False),
+    (
+        "empty featureColumns",
+        _set("spec.validation.dataset", {"storageUri": "s3://d/v.csv", "format": "csv", "featureColumns": []}),
+        False,
+    ),
     ("static quantization without calibration", _steps({"quantize": {"mode": "static"}}), False),
     (
         "static quantization with calibration",
@@ -135,9 +154,33 @@ CASES = [
         False,
     ),
     ("student with neither", _both(TORCH, _steps({"distill": {"student": {}}})), False),
+    ("tree student from onnx", _steps({"distill": {"student": {"trees": {"kind": "randomForest"}}}}), True),
+    (
+        "mlp student from xgboost",
+        _both(_set("spec.source.format", "xgboost"), _steps({"distill": {"student": {"mlp": {"hidden": [16]}}}})),
+        True,
+    ),
+    ("tree student from torch", _both(TORCH, _steps({"distill": {"student": {"trees": {}}}})), True),
+    ("storageUri student from onnx", _steps({"distill": {"student": {"storageUri": "s3://s"}}}), False),
+    ("tree and mlp student", _steps({"distill": {"student": {"trees": {}, "mlp": {}}}}), False),
+    ("tree student of depth 17", _steps({"distill": {"student": {"trees": {"maxDepth": 17}}}}), False),
+    ("mlp student with no layer", _steps({"distill": {"student": {"mlp": {"hidden": []}}}}), False),
     ("neuron pruning of onnx", _steps({"prune": {"structure": "neurons", "sparsity": 0.5}}), False),
     ("unstructured pruning of onnx", _steps({"prune": {"sparsity": 0.5}}), True),
     ("channel pruning of torch", _both(TORCH, _steps({"prune": {"structure": "channels", "sparsity": 0.3}})), True),
+    ("quantize an xgboost source", _set("spec.source.format", "xgboost"), False),
+    ("unstructured pruning of lightgbm", _both(_set("spec.source.format", "lightgbm"), _steps({"prune": {}})), False),
+    ("lowRank of sklearn", _both(_set("spec.source.format", "sklearn"), _steps({"lowRank": {"energy": 0.9}})), False),
+    (
+        "distill an xgboost source",
+        _both(_set("spec.source.format", "xgboost"), _steps({"distill": {"student": {"widthMultiplier": 0.5}}})),
+        False,
+    ),
+    (
+        "xgboost regression embedding",
+        _both(_set("spec.source.format", "xgboost"), _set("spec.source.task", "embedding")),
+        False,
+    ),
     ("lowRank with both", _steps({"lowRank": {"energy": 0.9, "rankRatio": 0.5}}), False),
     ("lowRank with neither", _steps({"lowRank": {}}), False),
     ("step with two methods", _steps({"lowRank": {"energy": 0.9}, "quantize": {}}), False),
@@ -255,6 +298,13 @@ CASES = [
     ("unknown field", _set("spec.validation.maxAcuracyDrop", {"absolute": 1}), False),
     ("quantity as number", _set("spec.job.resources", {"requests": {"cpu": 2, "memory": "4Gi"}}), True),
     ("batch size as string", _set("spec.validation.batchSize", "8"), False),
+    ("shadow on modelpress-onnx", _set("spec.serving", {"rollout": {"shadow": {"minSamples": 100}}}), True),
+    (
+        "shadow on triton",
+        _set("spec.serving", {"runtime": "kserve-tritonserver", "rollout": {"shadow": {}}}),
+        False,
+    ),
+    ("triton without shadow", _set("spec.serving", {"runtime": "kserve-tritonserver"}), True),
 ]
 
 

@@ -194,7 +194,14 @@ def test_schema_dialect_translation():
     }
     assert props["source"]["properties"]["storageUri"]["pattern"] == api.STORAGE_URI_PATTERN
     assert props["compression"]["properties"]["steps"]["maxItems"] == 16
-    assert props["source"]["properties"]["format"]["enum"] == ["onnx", "pytorch-export", "hf-transformers"]
+    assert props["source"]["properties"]["format"]["enum"] == [
+        "onnx",
+        "pytorch-export",
+        "hf-transformers",
+        "sklearn",
+        "xgboost",
+        "lightgbm",
+    ]
     recipe = open_api_schema()["properties"]["status"]["properties"]["results"]["properties"]["chosenRecipe"]
     assert recipe["items"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     for path, node in _walk(open_api_schema()):

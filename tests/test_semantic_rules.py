@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from modelpress.api import CompressedModelSpec, Compression, Source, Validation, semantic_problems
+from modelpress.api import (
+    DISTILL_STUDENT_MESSAGE,
+    CompressedModelSpec,
+    Compression,
+    Source,
+    Validation,
+    semantic_problems,
+)
 
 SOURCE = {"storageUri": "s3://models/m.onnx", "format": "onnx", "task": "classification"}
 VALIDATION = {
@@ -18,7 +25,6 @@ VALIDATION = {
     "maxAccuracyDrop": {"absolute": 0.01},
 }
 CALIBRATION = {"calibration": {"storageUri": "s3://data/calib.npz", "format": "npz"}}
-TRAINABLE = "set source.format to one of pytorch-export, hf-transformers"
 STRUCTURED = (
     "structured pruning needs a torch source (pytorch-export or hf-transformers); for onnx use structure: unstructured"
 )
@@ -73,10 +79,17 @@ def test_the_metric_must_fit_the_task(task: str, metric: str, allowed: str) -> N
     assert found == [("validation.metric", f"metric {metric!r} does not fit task {task!r}; use one of {allowed}")]
 
 
-def test_distillation_needs_a_trainable_source() -> None:
+def test_distillation_into_a_shrunk_teacher_needs_a_trainable_source() -> None:
     steps = [{"prune": {"sparsity": 0.5}}, {"distill": {"student": {"widthMultiplier": 0.5}}}]
-    assert problems(steps) == [("compression.steps[1].distill", f"distill needs a trainable source: {TRAINABLE}")]
+    assert problems(steps) == [("compression.steps[1].distill.student", DISTILL_STUDENT_MESSAGE)]
+    assert "pytorch-export or hf-transformers" in DISTILL_STUDENT_MESSAGE and "trees or mlp" in DISTILL_STUDENT_MESSAGE
     assert problems(steps, source={"format": "pytorch-export", "storageUri": "s3://models/m.pt2"}) == []
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "xgboost", "sklearn", "pytorch-export"])
+@pytest.mark.parametrize("student", [{"trees": {"kind": "randomForest"}}, {"mlp": {"hidden": [16]}}])
+def test_distillation_into_trees_or_an_mlp_takes_any_source(fmt: str, student: dict) -> None:
+    assert problems([{"distill": {"student": student}}], source={"format": fmt}) == []
 
 
 def test_structured_pruning_needs_a_torch_source() -> None:
@@ -100,6 +113,6 @@ def test_every_broken_rule_is_reported_at_once() -> None:
         "validation.calibration",
         "validation.calibration",
         "validation.metric",
-        "compression.steps[1].distill",
+        "compression.steps[1].distill.student",
         "compression.steps[1]",
     ]

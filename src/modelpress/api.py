@@ -90,6 +90,9 @@ class ModelFormat(str, Enum):
     onnx = "onnx"
     pytorch_export = "pytorch-export"
     hf_transformers = "hf-transformers"
+    sklearn = "sklearn"
+    xgboost = "xgboost"
+    lightgbm = "lightgbm"
 
 
 class Task(str, Enum):
@@ -117,6 +120,12 @@ METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
 class DatasetFormat(str, Enum):
     npz = "npz"
     jsonl = "jsonl"
+    parquet = "parquet"
+    csv = "csv"
+
+
+# Tables of one sample per row: the formats featureColumns and labelColumn apply to.
+TABULAR_FORMATS = (DatasetFormat.parquet.value, DatasetFormat.csv.value)
 
 
 class Phase(str, Enum):
@@ -140,12 +149,15 @@ class Source(Spec):
     storage_uri: str = Field(
         pattern=STORAGE_URI_PATTERN,
         description="Where the model lives: s3://, gs://, pvc://, https:// or file:// "
-        "(KServe's storage schemes). A file for onnx/pytorch-export, a directory "
+        "(KServe's storage schemes). A file for onnx/pytorch-export and the tree formats, a directory "
         "for hf-transformers.",
     )
     format: ModelFormat = Field(
-        description="onnx (.onnx), pytorch-export (torch.export .pt2) or "
-        "hf-transformers (a directory with config.json and safetensors weights)."
+        description="onnx (.onnx), pytorch-export (torch.export .pt2), "
+        "hf-transformers (a directory with config.json and safetensors weights), or a tree ensemble: "
+        "sklearn (a scikit-learn forest, gradient boosting or decision tree saved with skops.io.dump; "
+        "never a pickle), xgboost (Booster.save_model as .json or .ubj) or lightgbm (Booster.save_model "
+        "text). Tree models are converted to ONNX when loaded and served by the same ONNX runtime."
     )
     task: Task = Field(description="What the model's output means; picks the metrics.")
 
@@ -228,21 +240,74 @@ class Prune(Spec):
     )
 
 
+class TreeStudentKind(str, Enum):
+    gradient_boosting = "gradientBoosting"
+    random_forest = "randomForest"
+
+
+class TreeStudent(Spec):
+    """A tree ensemble fitted on the teacher's outputs (a tabular teacher: one 2-D float input)."""
+
+    kind: TreeStudentKind = Field(
+        default=TreeStudentKind.gradient_boosting,
+        description="gradientBoosting: boosted trees, one per class each round; randomForest: one forest "
+        "predicting every class at once.",
+    )
+    trees: int = Field(
+        default=100, ge=1, le=2000, description="Boosting rounds (gradientBoosting) or trees (randomForest)."
+    )
+    max_depth: int = Field(default=6, ge=1, le=16, description="Depth limit of every tree.")
+    learning_rate: float = Field(
+        default=0.1, gt=0.0, le=1.0, description="Shrinkage of each boosting round (gradientBoosting only)."
+    )
+
+
+class MlpStudent(Spec):
+    """A small ReLU network trained on the teacher's outputs (a tabular teacher: one 2-D float input)."""
+
+    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [64, 32], min_length=1, max_length=8, description="Width of each hidden layer."
+    )
+
+
+# Students that need a torch copy of the teacher (its layers are shrunk, or it runs next to
+# the student in training); trees and mlp students only need the teacher's outputs.
+TORCH_STUDENTS = ("widthMultiplier", "storageUri")
+TABULAR_STUDENTS = ("trees", "mlp")
+
+
 class StudentSpec(Spec):
-    """Either shrink the teacher or bring your own student."""
+    """Shrink the teacher, bring your own student, or fit a tree ensemble or a small MLP on its outputs."""
 
     width_multiplier: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Student = teacher with layers this wide."
+        default=None, gt=0.0, le=1.0, description="Student = teacher with layers this wide (torch sources)."
     )
-    storage_uri: str | None = Field(default=None, pattern=STORAGE_URI_PATTERN, description="A pytorch-export student.")
+    storage_uri: str | None = Field(
+        default=None, pattern=STORAGE_URI_PATTERN, description="A pytorch-export student (torch sources)."
+    )
+    trees: TreeStudent | None = Field(
+        default=None,
+        description="A tree ensemble fitted on the teacher's soft outputs; any tabular source, neural or trees.",
+    )
+    mlp: MlpStudent | None = Field(
+        default=None, description="A small MLP trained on the teacher's soft outputs; any tabular source."
+    )
     cel_rules: ClassVar = [
-        cel(one_of_rule("widthMultiplier", "storageUri"), "set exactly one of widthMultiplier, storageUri")
+        cel(
+            one_of_rule(*TORCH_STUDENTS, *TABULAR_STUDENTS),
+            f"set exactly one of {', '.join((*TORCH_STUDENTS, *TABULAR_STUDENTS))}",
+        )
     ]
 
     @model_validator(mode="after")
     def _one(self) -> StudentSpec:
-        exactly_one(self, "width_multiplier", "storage_uri")
+        exactly_one(self, "width_multiplier", "storage_uri", "trees", "mlp")
         return self
+
+    @property
+    def needs_torch(self) -> bool:
+        """The student is made or trained from a torch copy of the teacher."""
+        return self.width_multiplier is not None or self.storage_uri is not None
 
 
 class Distill(Spec):
@@ -279,12 +344,87 @@ class LowRank(Spec):
         return self
 
 
+class EnsembleKind(str, Enum):
+    auto = "auto"
+    boosted = "boosted"
+    forest = "forest"
+
+
+class PruneEnsemble(Spec):
+    """Keep fewer trees of a tree ensemble (trees chosen on the method's data, never the held-out split)."""
+
+    trees: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Keep at most this many trees. A multi-class boosted model grows one tree per class each "
+        "round; there this counts rounds (the model's n_estimators).",
+    )
+    fraction: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Keep this fraction of the trees (rounded, at least one)."
+    )
+    ensemble: EnsembleKind = Field(
+        default=EnsembleKind.auto,
+        description="boosted: keep the prefix of the boosting order (at most the trees asked) that scores best; "
+        "forest: ordered aggregation, adding one tree at a time, the one that makes the kept trees most accurate, "
+        "then rescaling them so they still average. auto: forest for aggregate AVERAGE, boosted for a model with "
+        "a base score or a link function; otherwise (e.g. scikit-learn forests, LightGBM regressors) whichever "
+        "reading lets the first half of the trees reproduce the whole on the method's data. Set forest for a "
+        "forest with a base score (e.g. XGBoost random forests).",
+    )
+    cel_rules: ClassVar = [cel(one_of_rule("trees", "fraction"), "set exactly one of trees, fraction")]
+
+    @model_validator(mode="after")
+    def _one(self) -> PruneEnsemble:
+        exactly_one(self, "trees", "fraction")
+        return self
+
+
+class PruneTrees(Spec):
+    """Turn splits of every tree into leaves; removed nodes are gone from the model.
+
+    A collapsed subtree becomes one leaf holding the mean of its leaves weighted by how many
+    of the method's samples reach each (uniform where none does).
+    """
+
+    max_depth: int | None = Field(default=None, ge=1, le=512, description="Splits below this depth become leaves.")
+    min_samples_leaf: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="A branch reached by fewer of the method's samples (the first 5000 of validation.calibration, "
+        "else of its half of validation.dataset) is removed: its sibling takes the split's place, or both become "
+        "one leaf.",
+    )
+    leaf_tolerance: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="A subtree whose leaf values all lie within this fraction of the widest leaf-value range of "
+        "any tree becomes one leaf.",
+    )
+    cel_rules: ClassVar = [
+        cel(
+            "has(self.maxDepth) || has(self.minSamplesLeaf) || has(self.leafTolerance)",
+            "set at least one of maxDepth, minSamplesLeaf, leafTolerance",
+        )
+    ]
+
+    @model_validator(mode="after")
+    def _some(self) -> PruneTrees:
+        if self.max_depth is None and self.min_samples_leaf is None and self.leaf_tolerance is None:
+            raise ValueError("set at least one of maxDepth, minSamplesLeaf, leafTolerance")
+        return self
+
+
 # Step key -> config type. The compression job registers one implementation per key.
 METHODS: dict[str, type[Spec]] = {
     "quantize": Quantize,
     "prune": Prune,
     "distill": Distill,
     "lowRank": LowRank,
+    "pruneEnsemble": PruneEnsemble,
+    "pruneTrees": PruneTrees,
 }
 
 # Which source formats a method can work on. Torch-level methods (training,
@@ -293,11 +433,22 @@ METHODS: dict[str, type[Spec]] = {
 # unsupported combination before any Job starts.
 ALL_FORMATS = tuple(f.value for f in ModelFormat)
 TORCH_FORMATS = (ModelFormat.pytorch_export.value, ModelFormat.hf_transformers.value)
+# Tree ensembles: converted to an ONNX TreeEnsemble graph on load; the neural methods
+# (weights, channels, ranks, training) have nothing to work on there.
+TREE_FORMATS = (ModelFormat.sklearn.value, ModelFormat.xgboost.value, ModelFormat.lightgbm.value)
+NEURAL_FORMATS = tuple(f for f in ALL_FORMATS if f not in TREE_FORMATS)
+# The tasks a tree source can have (its ONNX graph outputs class probabilities or values).
+TREE_TASKS = (Task.classification.value, Task.regression.value)
 METHOD_FORMATS: dict[str, tuple[str, ...]] = {
-    "quantize": ALL_FORMATS,
-    "lowRank": ALL_FORMATS,
-    "prune": ALL_FORMATS,  # structured pruning of ONNX is rejected below
-    "distill": TORCH_FORMATS,
+    "quantize": NEURAL_FORMATS,
+    "lowRank": NEURAL_FORMATS,
+    "prune": NEURAL_FORMATS,  # structured pruning of ONNX is rejected below
+    # Every format: trees and mlp students need only the teacher's outputs; the torch students
+    # (widthMultiplier, storageUri) need a torch source, checked per student (DISTILL_STUDENT_MESSAGE).
+    "distill": ALL_FORMATS,
+    # onnx too: an ONNX TreeEnsemble graph (the job refuses one without a tree ensemble).
+    "pruneEnsemble": ("onnx", *TREE_FORMATS),
+    "pruneTrees": ("onnx", *TREE_FORMATS),
 }
 
 
@@ -306,8 +457,16 @@ class Step(Spec):
 
     quantize: Quantize | None = Field(default=None, description="Post-training quantization; must be the last step.")
     prune: Prune | None = Field(default=None, description="Magnitude pruning, unstructured or of whole units.")
-    distill: Distill | None = Field(default=None, description="Train a smaller student (torch sources only).")
+    distill: Distill | None = Field(
+        default=None, description="Train a smaller student (trees and mlp students from any source, others torch)."
+    )
     low_rank: LowRank | None = Field(default=None, description="Replace weight matrices by two thinner SVD factors.")
+    prune_ensemble: PruneEnsemble | None = Field(
+        default=None, description="Keep fewer trees of a tree ensemble (onnx and tree sources)."
+    )
+    prune_trees: PruneTrees | None = Field(
+        default=None, description="Remove splits of every tree of a tree ensemble (onnx and tree sources)."
+    )
     # Derived from METHODS: a new method adds its config type, its field here and its METHODS /
     # METHOD_FORMATS entries, and the rules follow.
     cel_rules: ClassVar = [cel(one_of_rule(*METHODS), f"each step has exactly one of {', '.join(METHODS)}")]
@@ -376,9 +535,49 @@ class Dataset(Spec):
         description="Where the data file lives: s3://, gs://, pvc://, https:// or file://.",
     )
     format: DatasetFormat = Field(
-        description="npz with arrays x (inputs) and y (labels/targets, optional), or "
-        "jsonl with {text[, label]} per line."
+        description="npz with arrays x (inputs) and y (labels/targets, optional); "
+        "jsonl with {text[, label]} per line; parquet or csv (with a header row): a table of one sample per "
+        "row whose numeric feature columns become the model's single input, float32 [N, features] "
+        "(see featureColumns, labelColumn)."
     )
+    feature_columns: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=10_000,
+        description="parquet/csv only: the columns that form the model's input, in this order (the order the "
+        "model was trained with); unset: every column but the label column, in the file's order. Features "
+        "must be numbers or booleans: string and categorical columns are refused, so encode them before, "
+        "exactly as the model was trained. Nulls, NaN and infinity are refused. Models with more than one "
+        "input need npz.",
+    )
+    label_column: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="parquet/csv only: the column of labels (classification: class indices 0..classes-1, "
+        "read as int64) or targets (regression: read as float32). Unset: the column named label if the "
+        "file has one, else the data has no labels.",
+    )
+    cel_rules: ClassVar = [
+        cel(
+            f"!has(self.featureColumns) || self.format in {list(TABULAR_FORMATS)}",
+            "featureColumns applies to parquet and csv data only",
+            ".featureColumns",
+        ),
+        cel(
+            f"!has(self.labelColumn) || self.format in {list(TABULAR_FORMATS)}",
+            "labelColumn applies to parquet and csv data only",
+            ".labelColumn",
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _tabular_columns(self) -> Dataset:
+        for name in ("feature_columns", "label_column"):
+            if getattr(self, name) is not None and self.format not in TABULAR_FORMATS:
+                wire = type(self).model_fields[name].alias
+                raise ValueError(f"{wire} applies to parquet and csv data only, not {self.format}")
+        return self
 
 
 class Calibration(Dataset):
@@ -637,14 +836,23 @@ class Limits(Spec):
         default=100_000,
         ge=1,
         le=10_000_000,
-        description="Most samples (npz rows, jsonl lines) validation.dataset or validation.calibration may hold.",
+        description="Most samples (npz rows, jsonl lines, table rows) validation.dataset or validation.calibration "
+        "may hold.",
     )
     max_dataset_bytes: int = Field(
         default=2**30,
         ge=1024,
         le=256 * 2**30,
-        description="Most bytes one dataset may take once decompressed (the arrays of an npz, a jsonl file); "
-        "the job holds the data in memory.",
+        description="Most bytes one dataset may take once decompressed (the arrays of an npz, a jsonl file, "
+        "a csv file and its decoded columns, the uncompressed column chunks of a parquet file and their decoded "
+        "values); the job holds the data in memory.",
+    )
+    max_columns: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most columns a parquet or csv dataset may have: bounds the schema and metadata parsed "
+        "before any data is read.",
     )
     max_jsonl_line_bytes: int = Field(
         default=2**20,
@@ -658,6 +866,20 @@ class Limits(Spec):
         le=86_400,
         description="Wall-clock limit for measuring the source model, and for each trial (build, "
         "sensitivity ranking, scoring, timing); a trial over it fails, the baseline over it fails the job.",
+    )
+    max_tree_model_bytes: int = Field(
+        default=2**30,
+        ge=1024,
+        le=16 * 2**30,
+        description="Largest tree model file (source.format sklearn, xgboost or lightgbm) in bytes, checked "
+        "before it is parsed; a skops file's members count as unpacked.",
+    )
+    max_tree_nodes: int = Field(
+        default=5_000_000,
+        ge=1,
+        le=20_000_000,
+        description="Most nodes, over all trees, a tree model may hold (checked after parsing, before the "
+        "conversion to ONNX, whose time and memory grow with it; an ONNX graph holds about 20 million at most).",
     )
 
 
@@ -1053,7 +1275,57 @@ def _shadow_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
                 f"a {task} model has no default agreement bound: set maxAbsError or maxRelativeError",
             )
         )
+    if spec.serving and spec.serving.runtime != Runtime.modelpress_onnx.value:
+        # Only modelpress-onnx loads the candidate next to the stable model and compares.
+        out.append(("serving.rollout.shadow", SHADOW_RUNTIME_MESSAGE))
     return out
+
+
+SHADOW_RUNTIME_MESSAGE = (
+    "serving.rollout.shadow needs serving.runtime modelpress-onnx (it runs the candidate next to the stable model)"
+)
+
+
+TREE_TASK_MESSAGE = (
+    f"a tree ensemble (source.format {', '.join(TREE_FORMATS)}) predicts classes or values: "
+    f"set source.task to {' or '.join(TREE_TASKS)}"
+)
+DISTILL_STUDENT_MESSAGE = (
+    "a widthMultiplier or storageUri student is trained next to a torch copy of the teacher: set source.format "
+    f"to {' or '.join(TORCH_FORMATS)}, or use a trees or mlp student (tabular sources of any format)"
+)
+
+
+def method_format_problem(method: str, fmt: str) -> str:
+    """Why ``method`` cannot work on a ``fmt`` source, and the fix (pydantic's message)."""
+    if fmt in TREE_FORMATS:
+        fitting = [m for m, formats in METHOD_FORMATS.items() if fmt in formats]
+        fix = f"use {' or '.join(fitting)}" if fitting else "use onnx, pytorch-export or hf-transformers"
+        return f"{method} works on neural networks, not on a {fmt} tree ensemble (source.format): {fix}"
+    if METHOD_FORMATS[method] == TORCH_FORMATS:
+        return f"{method} needs a trainable source: set source.format to one of {', '.join(TORCH_FORMATS)}"
+    return f"{method} does not work on source.format {fmt}: use one of {', '.join(METHOD_FORMATS[method])}"
+
+
+def method_format_cel_rules() -> list[dict[str, str]]:
+    """CEL twins of the METHOD_FORMATS check in :func:`semantic_problems`, one per method
+    that does not take every format (the CEL message is fixed, so it lists the formats)."""
+    rules = []
+    for method, formats in METHOD_FORMATS.items():
+        if set(formats) == set(ALL_FORMATS):
+            continue
+        if formats == TORCH_FORMATS:
+            message = f"{method} needs a trainable source: set source.format to {' or '.join(formats)}"
+        else:
+            message = f"{method} does not work on this source.format: set it to one of {', '.join(formats)}"
+        rules.append(
+            cel(
+                f"!self.compression.steps.exists(s, has(s.{method})) || self.source.format in {list(formats)}",
+                message,
+                ".compression.steps",
+            )
+        )
+    return rules
 
 
 def shadow_cel_rules() -> list[dict[str, str]]:
@@ -1075,6 +1347,13 @@ def shadow_cel_rules() -> list[dict[str, str]]:
             "|| has(self.serving.rollout.shadow.maxRelativeError)",
             "a regression model has no default agreement bound: set serving.rollout.shadow.maxAbsError or "
             "maxRelativeError",
+            ".serving.rollout.shadow",
+        )
+    )
+    rules.append(
+        cel(
+            f"!({has_shadow}) || !has(self.serving.runtime) || self.serving.runtime == 'modelpress-onnx'",
+            SHADOW_RUNTIME_MESSAGE,
             ".serving.rollout.shadow",
         )
     )
@@ -1114,10 +1393,18 @@ class CompressedModelSpec(Spec):
             "top5 or f1; regression takes mse; embedding takes cosine or mse",
             ".validation.metric",
         ),
+        *method_format_cel_rules(),
         cel(
-            "!self.compression.steps.exists(s, has(s.distill)) || self.source.format != 'onnx'",
-            "distill needs a trainable source: set source.format to pytorch-export or hf-transformers",
+            "!self.compression.steps.exists(s, has(s.distill) && "
+            f"({' || '.join(f'has(s.distill.student.{k})' for k in TORCH_STUDENTS)})) "
+            f"|| self.source.format in {list(TORCH_FORMATS)}",
+            DISTILL_STUDENT_MESSAGE,
             ".compression.steps",
+        ),
+        cel(
+            f"!(self.source.format in {list(TREE_FORMATS)}) || self.source.task in {list(TREE_TASKS)}",
+            TREE_TASK_MESSAGE,
+            ".source.task",
         ),
         cel(
             "!self.compression.steps.exists(s, has(s.prune) && has(s.prune.structure) "
@@ -1165,14 +1452,13 @@ def semantic_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
                 f"metric {spec.validation.metric!r} does not fit task {spec.source.task!r}; use one of {', '.join(allowed)}",
             )
         )
+    if fmt in TREE_FORMATS and spec.source.task not in TREE_TASKS:
+        out.append(("source.task", TREE_TASK_MESSAGE))
     for i, s in enumerate(steps):
         if fmt not in METHOD_FORMATS[s.method]:
-            out.append(
-                (
-                    f"compression.steps[{i}].{s.method}",
-                    f"{s.method} needs a trainable source: set source.format to one of {', '.join(TORCH_FORMATS)}",
-                )
-            )
+            out.append((f"compression.steps[{i}].{s.method}", method_format_problem(s.method, fmt)))
+        if s.distill and s.distill.student.needs_torch and fmt not in TORCH_FORMATS:
+            out.append((f"compression.steps[{i}].distill.student", DISTILL_STUDENT_MESSAGE))
         if s.prune and s.prune.structure != "unstructured" and fmt == "onnx":
             out.append(
                 (
