@@ -8,6 +8,8 @@
   costs nothing.
 * jsonl: ``{"text": ..., "label"?: ...}`` rows, tokenized by
   :func:`modelpress.jobs.text.load_jsonl` with the model's tokenizer.
+* parquet, csv: a table of one sample per row, read by
+  :func:`modelpress.jobs.tabular.load_table` into the model's single input.
 
 Only the file format is checked here; whether the data fits the model (shapes,
 dtypes, label range) is checked by the pipeline against the loaded model.
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelpress.api import Limits
+from modelpress.api import TABULAR_FORMATS, Dataset, Limits
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError, first_line
 
@@ -44,12 +46,15 @@ def load_dataset(
     field: str = "validation.dataset",
     limits: Limits | None = None,
     strings: bool = False,
+    dataset: Dataset | None = None,
+    task: str | None = None,
 ) -> Samples:
     """Read a dataset file; raise :class:`JobInputError` naming ``field`` when it is unusable.
 
     ``limits`` bound what the file may make the job hold (default: the API's defaults);
     ``strings``: string arrays are allowed as model inputs (ONNX sources only: torch
-    models take tensors of numbers).
+    models take tensors of numbers). ``dataset`` (its featureColumns and labelColumn)
+    and ``task`` (the labels' dtype) are read for parquet and csv only.
     """
     limits = limits or Limits()
     if path.is_dir():
@@ -72,8 +77,12 @@ def load_dataset(
             raise
         except (ValueError, KeyError, UnicodeDecodeError) as e:
             raise JobInputError(f"{field}.storageUri", f"{path.name} is not usable jsonl: {e}") from e
+    elif fmt in TABULAR_FORMATS:
+        from modelpress.jobs.tabular import load_table
+
+        samples = load_table(path, fmt, input_names, field, limits, dataset, task)
     else:
-        raise JobInputError(f"{field}.format", f"unknown format {fmt!r}; use npz or jsonl")
+        raise JobInputError(f"{field}.format", f"unknown format {fmt!r}; use npz, jsonl, parquet or csv")
     if len(samples) == 0:
         raise JobInputError(f"{field}.storageUri", f"{path.name} holds no samples; provide at least one")
     log.info("loaded %d samples from %s (%s)", len(samples), path.name, field)
