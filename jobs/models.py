@@ -8,6 +8,9 @@
   strings and unpickles payloads from the file; the copy holds neither), with every
   ``torch.load`` inside forced to ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` as a second layer.
 * hf-transformers: delegated to :func:`modelpress.jobs.hf.load_hf_model`.
+* sklearn, xgboost, lightgbm: read without pickle and converted to ONNX by
+  :func:`modelpress.jobs.trees.loaders.load_tree_source`; ONNX sources holding a tree
+  classifier keep only its probabilities output (:func:`~modelpress.jobs.trees.loaders.tree_interface`).
 
 Input and output names must fit the Triton config they end up in (:func:`check_names`).
 Anything that looks like a bare pickle (``torch.save``/``pickle.dump``) is refused
@@ -30,10 +33,12 @@ from typing import Any
 
 import torch
 
+from modelpress.api import ALL_FORMATS, TREE_FORMATS, Limits
 from modelpress.jobs import safe_pt2
 from modelpress.jobs.errors import JobInputError, first_line
 from modelpress.jobs.methods import ModelHandle
 from modelpress.jobs.safe_pt2 import PICKLE_HINT
+from modelpress.jobs.trees.loaders import TREE_PICKLE_HINT, load_tree_source, tree_interface
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +49,14 @@ FIELD = "source.storageUri"
 OUTPUT_NAME_BY_TASK = {"classification": "logits", "regression": "prediction", "embedding": "sentence_embedding"}
 
 
-def load_source(path: Path, fmt: str, task: str, field: str = FIELD, uri: str | None = None) -> ModelHandle:
+def load_source(
+    path: Path, fmt: str, task: str, field: str = FIELD, uri: str | None = None, limits: Limits | None = None
+) -> ModelHandle:
     """Load the downloaded source as a :class:`ModelHandle` or raise :class:`JobInputError`.
 
     ``uri``: what the user wrote (the field's storageUri); errors show it instead of the
-    job's scratch path, which means nothing to them.
+    job's scratch path, which means nothing to them. ``limits``: the spec's (defaults when
+    None), bounding what a tree model may cost to read.
     """
     if fmt == "hf-transformers":
         from modelpress.jobs.hf import load_hf_model
@@ -61,12 +69,17 @@ def load_source(path: Path, fmt: str, task: str, field: str = FIELD, uri: str | 
             raise JobInputError(field, _as_uri(first_line(e, 200), path, uri)) from e
     if path.is_dir():
         path = _single_file(path, field)
-    _refuse_pickle(path, field)
+    _refuse_pickle(path, field, TREE_PICKLE_HINT if fmt in TREE_FORMATS else PICKLE_HINT)
     if fmt == "onnx":
-        return load_onnx(path, field)
+        return tree_interface(load_onnx(path, field), field)
     if fmt == "pytorch-export":
         return load_pt2(path, task, field)
-    raise JobInputError("source.format", f"unknown format {fmt!r}; use onnx, pytorch-export or hf-transformers")
+    if fmt in TREE_FORMATS:
+        try:
+            return load_tree_source(path, fmt, task, limits or Limits(), field)
+        except JobInputError as e:
+            raise JobInputError(e.field, _as_uri(e.message, path, uri)) from e
+    raise JobInputError("source.format", f"unknown format {fmt!r}; use one of {', '.join(ALL_FORMATS)}")
 
 
 def load_onnx(path: Path, field: str = FIELD) -> ModelHandle:
@@ -272,17 +285,18 @@ def _single_file(directory: Path, field: str) -> Path:
     return files[0]
 
 
-def _refuse_pickle(path: Path, field: str) -> None:
+def _refuse_pickle(path: Path, field: str, hint: str = PICKLE_HINT) -> None:
     """Refuse bare pickles and torch.save archives before any parser sees them."""
-    head = path.read_bytes()[:2] if path.stat().st_size else b""
+    with path.open("rb") as f:
+        head = f.read(2)
     if not head:
         raise JobInputError(field, f"{path.name} is empty")
-    if head[0] == 0x80 and head[1] <= 5:  # pickle protocol 2..5 header (PROTO opcode)
-        raise JobInputError(field, f"{path.name} is a Python pickle; {PICKLE_HINT}")
+    if len(head) == 2 and head[0] == 0x80 and head[1] <= 5:  # pickle protocol 2..5 header (PROTO opcode)
+        raise JobInputError(field, f"{path.name} is a Python pickle; {hint}")
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             if any(n.endswith("data.pkl") for n in z.namelist()):
-                raise JobInputError(field, f"{path.name} was written by torch.save (a pickle); {PICKLE_HINT}")
+                raise JobInputError(field, f"{path.name} was written by torch.save (a pickle); {hint}")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,429 @@
+"""Reading a tree model file and converting it to ONNX: what the child process of
+:mod:`modelpress.jobs.trees.loaders` runs (``python -m modelpress.jobs.trees.convert``).
+
+Each format is read by its own library, never through pickle:
+
+* sklearn: ``skops.io.load`` with an explicit list of trusted types (:data:`SKOPS_TYPES`),
+  after every type the file's schema names was checked against that list;
+* xgboost: ``xgboost.Booster.load_model`` on the bytes of a JSON or UBJSON model (the
+  legacy binary format is refused: it is not what ``save_model`` writes today);
+* lightgbm: ``lightgbm.Booster(model_str=...)`` on the text format, whose header is checked
+  first (:func:`_lightgbm_header`).
+
+The parsed model's size (trees, nodes) is checked against ``limits.maxTreeNodes`` before it
+is converted (skl2onnx for scikit-learn, onnxmltools for XGBoost and LightGBM): conversion
+time and memory grow with the node count. This module imports no torch, so the child starts fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from modelpress.api import Limits
+from modelpress.jobs.errors import JobInputError, first_line
+
+FIELD = "source.storageUri"
+INPUT_NAME = "input"
+# What each format must be, for the message when a file is not that.
+DESCRIPTION = {
+    "sklearn": "a scikit-learn tree model saved with skops.io.dump",
+    "xgboost": "an XGBoost model saved with save_model as JSON (.json) or UBJSON (.ubj)",
+    "lightgbm": "a LightGBM text model (Booster.save_model)",
+}
+
+# The scikit-learn models accepted, by their full type name.
+SKLEARN_MODELS = frozenset(
+    {
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.ensemble._forest.RandomForestRegressor",
+        "sklearn.ensemble._forest.ExtraTreesClassifier",
+        "sklearn.ensemble._forest.ExtraTreesRegressor",
+        "sklearn.ensemble._gb.GradientBoostingClassifier",
+        "sklearn.ensemble._gb.GradientBoostingRegressor",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._classes.DecisionTreeRegressor",
+        "sklearn.tree._classes.ExtraTreeClassifier",
+        "sklearn.tree._classes.ExtraTreeRegressor",
+    }
+)
+# Every type a skops file of those models may name: the models, the parts they hold (trees,
+# the boosting models' losses, initial estimators, binning, label encoding) and the numpy and
+# builtin types of their attributes. Anything else in a file is refused before skops loads it.
+SKOPS_TYPES = SKLEARN_MODELS | frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.dummy.DummyClassifier",
+        "sklearn.dummy.DummyRegressor",
+        "sklearn.preprocessing._label.LabelEncoder",
+        *(
+            f"sklearn._loss._loss.Cy{name}"
+            for name in (
+                "HalfSquaredError",
+                "AbsoluteError",
+                "PinballLoss",
+                "HuberLoss",
+                "HalfPoissonLoss",
+                "HalfGammaLoss",
+                "HalfTweedieLoss",
+                "HalfTweedieLossIdentity",
+                "HalfBinomialLoss",
+                "ExponentialLoss",
+                "HalfMultinomialLoss",
+            )
+        ),
+        *(
+            f"sklearn._loss.loss.{name}"
+            for name in (
+                "HalfSquaredError",
+                "AbsoluteError",
+                "PinballLoss",
+                "HuberLoss",
+                "HalfPoissonLoss",
+                "HalfGammaLoss",
+                "HalfTweedieLoss",
+                "HalfTweedieLossIdentity",
+                "HalfBinomialLoss",
+                "ExponentialLoss",
+                "HalfMultinomialLoss",
+            )
+        ),
+        *(
+            f"sklearn._loss.link.{name}"
+            for name in ("Interval", "IdentityLink", "LogLink", "LogitLink", "HalfLogitLink", "MultinomialLogit")
+        ),
+        "numpy.ndarray",
+        "numpy.dtype",
+        *(
+            f"numpy.{name}"
+            for name in (
+                "bool_",
+                "int8",
+                "int16",
+                "int32",
+                "int64",
+                "uint8",
+                "uint16",
+                "uint32",
+                "uint64",
+                "float16",
+                "float32",
+                "float64",
+                "str_",
+                "object_",
+            )
+        ),
+        "numpy.random._generator.Generator",
+        "numpy.random.mtrand.RandomState",
+        *(f"builtins.{name}" for name in ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType")),
+    }
+)
+# A skops file's schema.json bigger than this is refused unread: a forest's schema takes
+# a few hundred bytes per tree, so this allows about a hundred thousand trees.
+MAX_SKOPS_SCHEMA_BYTES = 64 * 2**20
+# Declared header counts of a LightGBM text model that size what it allocates.
+LIGHTGBM_COUNTS = ("num_class", "num_tree_per_iteration", "max_feature_idx")
+
+
+def precheck(path: Path, fmt: str, limits: Limits, field: str = FIELD) -> None:
+    """What can be checked before a model library parses the file, without importing one:
+    its size, that it looks like ``fmt``, the types a skops file names, a LightGBM header."""
+    size = path.stat().st_size
+    if size > limits.max_tree_model_bytes:
+        raise JobInputError(
+            field,
+            f"{path.name} has {size} bytes, more than the limit of {limits.max_tree_model_bytes} "
+            "(limits.maxTreeModelBytes)",
+        )
+    if fmt == "sklearn":
+        with _as_input_error(path, fmt, field):  # a damaged zip or schema.json
+            _check_skops_file(path, limits, field)
+    elif fmt == "xgboost":
+        with path.open("rb") as f:
+            head = f.read(64).lstrip()
+        if head[:1] != b"{":  # JSON and UBJSON models are objects; the legacy binary format is not
+            raise JobInputError(
+                field,
+                f"{path.name} is not an XGBoost JSON or UBJSON model (the legacy binary format is not read); "
+                "save it with booster.save_model('model.json') or check source.format (xgboost)",
+            )
+    else:
+        _lightgbm_header(path, _text(path, field), limits, field)
+
+
+def convert(path: Path, fmt: str, limits: Limits, field: str = FIELD) -> onnx.ModelProto:
+    """Check (:func:`precheck`), read ``path`` as ``fmt`` and convert it; any failure is the
+    file's: a :class:`JobInputError`."""
+    readers = {"sklearn": _sklearn, "xgboost": _xgboost, "lightgbm": _lightgbm}
+    precheck(path, fmt, limits, field)
+    with _as_input_error(path, fmt, field):
+        model = readers[fmt](path, limits, field)
+    return model
+
+
+@contextlib.contextmanager
+def _as_input_error(path: Path, fmt: str, field: str) -> Iterator[None]:
+    """Whatever a parser or converter raises on this file, as a :class:`JobInputError`."""
+    try:
+        yield
+    except JobInputError:
+        raise
+    except Exception as e:
+        raise JobInputError(
+            field,
+            f"{path.name} is not {DESCRIPTION[fmt]}, or cannot be converted to ONNX ({_clean(e)}); "
+            f"check the file and source.format ({fmt})",
+        ) from e
+
+
+def _clean(e: BaseException) -> str:
+    """The library's message without XGBoost's ``[time] file.cc:line:`` prefix."""
+    return re.sub(r"^\[[0-9:]+\] \S+:\d+: ", "", first_line(e, 200))
+
+
+def check_nodes(path: Path, fmt: str, trees: int, nodes: int, limits: Limits, field: str) -> None:
+    """Refuse a model over ``limits.maxTreeNodes`` before it is converted."""
+    if nodes > limits.max_tree_nodes:
+        raise JobInputError(
+            field,
+            f"{path.name}: the {fmt} model has {nodes} nodes in {trees} trees, more than the limit of "
+            f"{limits.max_tree_nodes} (limits.maxTreeNodes)",
+        )
+
+
+# --------------------------------------------------------------------------- sklearn
+
+
+def _sklearn(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
+    import numpy as np
+    import skops.io as sio
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.base import is_classifier
+
+    untrusted = sio.get_untrusted_types(file=path)
+    refused = [t for t in untrusted if t not in SKOPS_TYPES]
+    if refused:
+        raise JobInputError(field, _untrusted_message(path, refused[0]))
+    model = sio.load(path, trusted=untrusted)
+    name = f"{type(model).__module__}.{type(model).__qualname__}"
+    if name not in SKLEARN_MODELS:
+        raise JobInputError(
+            field, f"{path.name} holds a {type(model).__name__}, not a scikit-learn tree ensemble or decision tree"
+        )
+    if hasattr(model, "_predictors"):  # HistGradientBoosting: per iteration, one predictor per class
+        sizes = [len(p.nodes) for iteration in model._predictors for p in iteration]
+    elif hasattr(model, "tree_"):
+        sizes = [model.tree_.node_count]
+    else:  # forests (a list) and GradientBoosting (a 2-D array of trees)
+        sizes = [tree.tree_.node_count for tree in np.ravel(model.estimators_)]
+    check_nodes(path, "sklearn", len(sizes), sum(sizes), limits, field)
+    return convert_sklearn(
+        model,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, int(model.n_features_in_)]))],
+        options={id(model): {"zipmap": False}} if is_classifier(model) else None,
+        # TreeEnsembleClassifier/Regressor (ai.onnx.ml 3), what the tree methods edit.
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+
+
+def _check_skops_file(path: Path, limits: Limits, field: str) -> None:
+    """Bound what the zip unpacks to and check every type its schema names, before skops reads it."""
+    if not zipfile.is_zipfile(path):
+        raise JobInputError(
+            field, f"{path.name} is not a skops file (a zip); check the file and source.format (sklearn)"
+        )
+    with zipfile.ZipFile(path) as z:
+        members = z.infolist()
+        unpacked = sum(m.file_size for m in members)
+        if unpacked > limits.max_tree_model_bytes:
+            raise JobInputError(
+                field,
+                f"{path.name} unpacks to {unpacked} bytes, more than the limit of {limits.max_tree_model_bytes} "
+                "(limits.maxTreeModelBytes)",
+            )
+        schema = next((m for m in members if m.filename == "schema.json"), None)
+        if schema is None or schema.file_size > MAX_SKOPS_SCHEMA_BYTES:
+            raise JobInputError(field, f"{path.name} has no readable schema.json; save the model with skops.io.dump")
+        types = _schema_types(json.loads(z.read(schema)))
+    refused = next((t for t in types if t not in SKOPS_TYPES), None)
+    if refused is not None:
+        raise JobInputError(field, _untrusted_message(path, refused))
+
+
+def _schema_types(schema: Any) -> list[str]:
+    """Every ``module.class`` a skops schema names, in order (an explicit stack: nesting is the file's)."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node:
+                found.append(f"{node.get('__module__')}.{node['__class__']}")
+            if node.get("__loader__") == "TypeNode" and isinstance(node.get("content"), dict):
+                content = node["content"]  # a type stored as a value: the type it names counts too
+                found.append(f"{content.get('__module__')}.{content.get('__class__')}")
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return found
+
+
+def _untrusted_message(path: Path, type_name: str) -> str:
+    return (
+        f"{path.name} names the type {type_name[:120]!r}, which a scikit-learn tree model does not need "
+        "(only forests, gradient boosting and decision trees are loaded, with their numpy attributes)"
+    )
+
+
+# --------------------------------------------------------------------------- xgboost
+
+
+def _xgboost(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
+    import xgboost
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    booster = xgboost.Booster()
+    booster.load_model(bytearray(path.read_bytes()))  # JSON or UBJSON, told apart by xgboost
+    dumps = booster.get_dump()  # one text block per tree, one line per node
+    check_nodes(path, "xgboost", len(dumps), sum(d.count("\n") for d in dumps), limits, field)
+    booster.feature_names = None  # the converter reads splits as f<index>
+    return convert_xgboost(booster, initial_types=[(INPUT_NAME, FloatTensorType([None, booster.num_features()]))])
+
+
+# --------------------------------------------------------------------------- lightgbm
+
+
+def _lightgbm(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
+    import lightgbm
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    text = _text(path, field)
+    trees, nodes = _lightgbm_header(path, text, limits, field)
+    check_nodes(path, "lightgbm", trees, nodes, limits, field)
+    booster = lightgbm.Booster(model_str=text)
+    if booster.num_trees() != trees:
+        raise JobInputError(
+            field,
+            f"{path.name}: LightGBM read {booster.num_trees()} trees, the file lists {trees}; the file is damaged",
+        )
+    return convert_lightgbm(
+        booster, initial_types=[(INPUT_NAME, FloatTensorType([None, booster.num_feature()]))], zipmap=False
+    )
+
+
+def _text(path: Path, field: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")  # its size is checked first
+    except UnicodeDecodeError:
+        raise JobInputError(
+            field,
+            f"{path.name} is not a LightGBM text model (not UTF-8 text); check the file and source.format (lightgbm)",
+        ) from None
+
+
+def _lightgbm_header(path: Path, text: str, limits: Limits, field: str) -> tuple[int, int]:
+    """(trees, nodes) of a LightGBM text model, from its text, before LightGBM parses it.
+
+    LightGBM sizes its buffers from the header's counts; a count bigger than the node
+    limit, or tree sizes that do not match the file, is refused here. Hand-written
+    (LightGBM has no reader that only checks): a scan of ``key=value`` lines.
+    """
+    if not text.startswith("tree\n"):
+        raise JobInputError(
+            field,
+            f"{path.name} is not a LightGBM text model (it must start with a 'tree' line); "
+            "save it with booster.save_model('model.txt') or check source.format (lightgbm)",
+        )
+    header: dict[str, str] = {}
+    leaves: list[int] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "Tree":
+            leaves.append(0)
+        elif key == "num_leaves" and leaves:
+            leaves[-1] = _count(path, f"Tree={len(leaves) - 1} num_leaves", value, limits, field)
+        elif not leaves:
+            header[key] = value
+    for key in LIGHTGBM_COUNTS:
+        _count(path, key, header.get(key, "0"), limits, field)
+    if not header.get("objective", "-").strip():  # LightGBM 4.7 crashes (SIGSEGV) on an empty one
+        raise JobInputError(field, f"{path.name}: the header's objective is empty; the file is damaged")
+    if "tree_sizes" in header:  # LightGBM cuts the text into trees by these sizes, unchecked
+        _check_tree_sizes(path, header["tree_sizes"].split(), text, len(leaves), field)
+    return len(leaves), sum(max(2 * n - 1, 1) for n in leaves)
+
+
+def _check_tree_sizes(path: Path, sizes: list[str], text: str, trees: int, field: str) -> None:
+    """The header's tree_sizes must be the byte sizes of the file's trees, exactly.
+
+    LightGBM cuts the text into trees at the offsets they add up to and parses them in
+    parallel: sizes past the end of the text make it read out of bounds (a segmentation
+    fault), sizes off by a byte make a parse error abort the process (std::terminate),
+    both seen with LightGBM 4.7. The child process would turn either into an error; this
+    check turns them into one that says what is wrong.
+    """
+    raw = text.encode()
+    starts = [m.start() for m in re.finditer(rb"^Tree=", raw, re.MULTILINE)]
+    end = raw.find(b"end of trees")
+    actual = [b - a for a, b in zip(starts, [*starts[1:], end], strict=True)]
+    if len(sizes) != trees or sizes != [str(n) for n in actual] or end < 0:
+        listed = f"lists {len(sizes)} trees" if len(sizes) != trees else "does not match them"
+        raise JobInputError(
+            field,
+            f"{path.name}: the header's tree_sizes {listed}, the file holds {trees} trees; the file is damaged "
+            "(edited by hand?): save it again with booster.save_model",
+        )
+
+
+def _count(path: Path, key: str, value: str, limits: Limits, field: str) -> int:
+    """A header count, refused when it is not a number or exceeds ``limits.maxTreeNodes``."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise JobInputError(field, f"{path.name}: {key}={value[:40]!r} is not a number; the file is damaged") from None
+    if not 0 <= number <= limits.max_tree_nodes:
+        raise JobInputError(
+            field,
+            f"{path.name}: {key}={number} is outside 0..{limits.max_tree_nodes}, the limit (limits.maxTreeNodes)",
+        )
+    return number
+
+
+# --------------------------------------------------------------------------- child entry point
+
+EXIT_INPUT_ERROR = 3
+
+
+def main(argv: list[str]) -> int:
+    """``convert FORMAT MODEL OUT.onnx ERROR.json LIMITS_JSON``: exit 0 with OUT written, or
+    :data:`EXIT_INPUT_ERROR` with the :class:`JobInputError` as JSON in ERROR.json (a file,
+    not stdout: the libraries print there)."""
+    fmt, model, out, error, limits_json = argv
+    try:
+        proto = convert(Path(model), fmt, Limits.model_validate_json(limits_json))
+    except JobInputError as e:
+        Path(error).write_text(json.dumps({"field": e.field, "message": e.message}))
+        return EXIT_INPUT_ERROR
+    onnx.save(proto, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
