@@ -20,6 +20,13 @@ class JobInputError(Exception):
         super().__init__(f"{field}: {message}")
 
 
+class StepInputError(Exception):
+    """A compression step cannot work on the model it is given (e.g. a tree method on a
+    neural network): the user's recipe is at fault, not the method. The pipeline's runner,
+    which knows the step's place, raises it as :class:`JobInputError` on
+    ``compression.steps[i].<key>``."""
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type when the message is empty):
     what a one-line reason for users or the report shows."""

@@ -47,7 +47,7 @@ from modelpress.api import Artifact, CompressedModelSpec, ModelMetrics, Results,
 from modelpress.jobs import artifact, blame, gate, measure, report, storage
 from modelpress.jobs.data import load_dataset
 from modelpress.jobs.dataset import Samples
-from modelpress.jobs.errors import JobInputError, first_line, shorten
+from modelpress.jobs.errors import JobInputError, StepInputError, first_line, shorten
 from modelpress.jobs.limits import out_of_memory
 from modelpress.jobs.methods import (
     Method,
@@ -290,7 +290,10 @@ class Runner:
             if key not in self._cache:
                 log.info("step %d: %s %s", i, variant.key, recipe[-1][variant.key])
                 seed_everything(self.data.seed)
-                result = method.apply(handle, config, self.data)
+                try:
+                    result = method.apply(handle, config, self.data)
+                except StepInputError as e:
+                    raise JobInputError(f"compression.steps[{i}].{variant.key}", str(e)) from e
                 self._cache[key] = (result.model, result.changes)
             handle, step_changes = self._cache[key]
             changes.append({variant.key: step_changes})
@@ -451,7 +454,9 @@ def compress(spec: CompressedModelSpec, workdir: Path, inputs: Inputs, progress:
     calib_path = local(inputs.calibration, "validation.calibration.storageUri") if inputs.calibration else None
     students = {uri: local(rel, STUDENT_FIELD) for uri, rel in inputs.students.items()}
 
-    source = load_source(src_path, spec.source.format, spec.source.task, uri=spec.source.storage_uri)
+    source = load_source(
+        src_path, spec.source.format, spec.source.task, uri=spec.source.storage_uri, limits=spec.limits
+    )
     tokenizer_dir = src_path if spec.source.format == "hf-transformers" else None
     val = load_dataset(
         val_path,
@@ -460,6 +465,8 @@ def compress(spec: CompressedModelSpec, workdir: Path, inputs: Inputs, progress:
         tokenizer_dir,
         limits=spec.limits,
         strings=spec.source.format == "onnx",
+        dataset=spec.validation.dataset,
+        task=spec.source.task,
     )
     method_data, val = _method_data(spec, source, val, calib_path, tokenizer_dir, device)
     method_data.students = students
@@ -764,6 +771,8 @@ def _method_data(
             field="validation.calibration",
             limits=spec.limits,
             strings=spec.source.format == "onnx",
+            dataset=spec.validation.calibration,
+            task=spec.source.task,
         )
         data = MethodData(
             task=spec.source.task,
