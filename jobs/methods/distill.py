@@ -3,7 +3,9 @@
 Student: the teacher with every hidden Linear/Conv width scaled by ``widthMultiplier``
 (the same dependency-aware shrinking as structured pruning, so input and output dims
 stay and the student starts from the teacher's largest-magnitude units), or a
-pytorch-export model from ``student.storageUri``.
+pytorch-export model from ``student.storageUri``. Those two need a torch teacher; a
+``trees`` or ``mlp`` student learns any tabular teacher, ONNX or torch, neural or trees
+(:mod:`~modelpress.jobs.methods.distill_tabular`).
 
 Loss (Hinton et al.): ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) *
 CE(s, labels)`` for classification; regression and embedding models have no logits to
@@ -25,6 +27,7 @@ from torch import fx, nn
 
 from modelpress.api import Distill
 from modelpress.jobs.dataset import collate
+from modelpress.jobs.errors import StepInputError
 from modelpress.jobs.methods import Method, MethodData, ModelHandle, StepResult, register
 from modelpress.jobs.methods import _torch_graph as tg
 
@@ -34,9 +37,19 @@ STUDENT_FIELD = "distill.student.storageUri"
 @register
 class DistillMethod(Method[Distill]):
     key = "distill"
-    stages = frozenset({"torch"})
+    # onnx: trees and mlp students only need the teacher's outputs (a torch teacher stays torch).
+    stages = frozenset({"torch", "onnx"})
 
     def apply(self, model: ModelHandle, config: Distill, data: MethodData) -> StepResult:
+        if not config.student.needs_torch:
+            from modelpress.jobs.methods.distill_tabular import distill_tabular
+
+            return distill_tabular(model, config, data)
+        if model.stage == "onnx":
+            raise StepInputError(
+                "student.widthMultiplier and student.storageUri train a torch copy of the teacher, and the model "
+                "is ONNX here: distill before the steps that make it ONNX, or use a trees or mlp student"
+            )
         teacher = tg.frozen(tg.graph_module(model, data.train))  # a private copy: the handle is never trained
         if config.student.width_multiplier is not None:
             student, widths = _shrunk_student(teacher, config.student.width_multiplier)
