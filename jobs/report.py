@@ -167,12 +167,34 @@ def _describe_step(name: str, c: dict[str, Any]) -> str:
         return words
     if name == "distill":
         student = c.get("student") or {}
+        soft = f"T {c.get('temperature', 1.0):g}, α {c.get('alpha', 0.5):g}"
+        if (trees := student.get("trees")) is not None:
+            kind = "random forest" if trees.get("kind") == "randomForest" else "gradient boosting"
+            return (
+                f"distill into a {kind} of {trees.get('trees', 100)} trees, depth {trees.get('maxDepth', 6)} ({soft})"
+            )
+        if (mlp := student.get("mlp")) is not None:
+            hidden = "-".join(str(h) for h in mlp.get("hidden", [64, 32]))
+            return f"distill into an MLP {hidden}, {c.get('epochs', 10)} epochs ({soft})"
         into = (
             f"a student {_pct(student['widthMultiplier'])} as wide"
             if student.get("widthMultiplier") is not None
             else "the given student"
         )
-        return f"distill into {into}, {c.get('epochs', 10)} epochs (T {c.get('temperature', 1.0):g}, α {c.get('alpha', 0.5):g})"
+        return f"distill into {into}, {c.get('epochs', 10)} epochs ({soft})"
+    if name == "pruneEnsemble":
+        kept = f"{c['trees']} trees" if c.get("trees") is not None else f"{_pct(c.get('fraction'))} of the trees"
+        how = {"boosted": ", best boosting prefix", "forest": ", ordered aggregation"}.get(
+            c.get("ensemble", "auto"), ""
+        )
+        return f"keep {kept}{how}"
+    if name == "pruneTrees":
+        parts = [
+            f"depth ≤ {c['maxDepth']}" if c.get("maxDepth") is not None else "",
+            f"≥ {c['minSamplesLeaf']} samples a leaf" if c.get("minSamplesLeaf") is not None else "",
+            f"leaves within {_pct(c['leafTolerance'])} merged" if c.get("leafTolerance") is not None else "",
+        ]
+        return "prune trees: " + ", ".join(p for p in parts if p)
     if name == "lowRank":
         if c.get("energy") is not None:
             return f"low-rank (SVD) keeping {_pct(c['energy'])} of the energy"

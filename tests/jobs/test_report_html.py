@@ -149,6 +149,10 @@ def test_every_method_reads_as_words() -> None:
         {"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 10, "temperature": 1.0, "alpha": 0.5}},
         {"lowRank": {"energy": 0.95, "rankRatio": None}},
         {"prune": {"structure": "unstructured", "sparsity": 0.125, "fineTuneEpochs": 0}},
+        {"distill": {"student": {"trees": {"kind": "randomForest", "trees": 50, "maxDepth": 8}}, "alpha": 0.7}},
+        {"distill": {"student": {"mlp": {"hidden": [64, 32]}}, "epochs": 20}},
+        {"pruneEnsemble": {"fraction": 0.2, "ensemble": "forest"}},
+        {"pruneTrees": {"maxDepth": 5, "leafTolerance": 0.1}},
         {"sharpen": {"amount": 2, "nodes": [], "extra": None}},  # a method this module has never heard of
     ]
     assert report.describe_recipe(recipe) == (
@@ -157,6 +161,10 @@ def test_every_method_reads_as_words() -> None:
         " → distill into a student 50% as wide, 10 epochs (T 1, α 0.5)"
         " → low-rank (SVD) keeping 95% of the energy"
         " → prune unstructured 12.5%"
+        " → distill into a random forest of 50 trees, depth 8 (T 1, α 0.7)"
+        " → distill into an MLP 64-32, 20 epochs (T 1, α 0.5)"
+        " → keep 20% of the trees, ordered aggregation"
+        " → prune trees: depth ≤ 5, leaves within 10% merged"
         " → sharpen amount 2"
     )
 
