@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import os
 import random
 import sys
@@ -208,9 +209,9 @@ class OnnxModel(Model):
             )
         # Series exist (at 0) from the first scrape on, so Prometheus' increase()/rate()
         # count the very first requests too instead of taking them as the starting value.
-        LATENCY.labels(self.name, self.digest)
-        for code in ("200", "400", "500"):
-            REQUESTS.labels(self.name, self.digest, code)
+        # The labelled children are kept: a label lookup per request costs a lock and a dict.
+        self._latency = LATENCY.labels(self.name, self.digest)
+        self._requests = {code: REQUESTS.labels(self.name, self.digest, code) for code in ("200", "400", "500")}
         self.ready = True
         return self.ready
 
@@ -255,7 +256,13 @@ class OnnxModel(Model):
         ]
 
     async def __call__(self, body, headers=None, verb: InferenceVerb = InferenceVerb.PREDICT):
-        """KServe's call path, plus our digest-labelled counter/histogram and chaos."""
+        """KServe's call path, plus our digest-labelled counter/histogram and chaos.
+
+        A predict goes straight to :meth:`predict`: KServe's ``Model.__call__`` would only add
+        identity pre/postprocess hooks, three label lookups into its own
+        ``request_*_seconds`` histograms and a latency log line — about 40 µs a request,
+        more than the model itself takes for a small MLP (benchmarks/serve.py). Our own
+        histogram measures the same span, labelled by digest. Other verbs keep KServe's path."""
         start = time.perf_counter()
         code = "200"
         try:
@@ -263,6 +270,8 @@ class OnnxModel(Model):
                 await asyncio.sleep(self.chaos.latency_ms / 1000.0)
             if self.chaos.error_rate and random.random() < self.chaos.error_rate:
                 raise InferenceError("injected failure (chaos option MODELPRESS_CHAOS_ERROR_RATE / --chaos_error_rate)")
+            if verb is InferenceVerb.PREDICT:
+                return self.predict(body, headers), {}
             return await super().__call__(body, headers, verb)
         except InvalidInput:
             code = "400"
@@ -271,8 +280,8 @@ class OnnxModel(Model):
             code = "500"
             raise
         finally:
-            LATENCY.labels(self.name, self.digest).observe(time.perf_counter() - start)
-            REQUESTS.labels(self.name, self.digest, code).inc()
+            self._latency.observe(time.perf_counter() - start)
+            self._requests[code].inc()
 
     def _feed(self, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self._inputs if n not in named]
@@ -349,9 +358,10 @@ def serve(
     intra_op_threads: int = 0,
     chaos: Chaos | None = None,
     shadow: ShadowConfig | None = None,
+    request_logs: bool = False,
 ) -> None:
     """Load the artifact (and the shadow candidate, if any) and serve it until SIGTERM (blocks).
-    gRPC only when a port is given."""
+    gRPC only when a port is given; see :func:`quiet_request_logs` for ``request_logs``."""
     model = OnnxModel(model_name, Path(model_dir), device, intra_op_threads, chaos or Chaos.from_env(), shadow)
     model.load()
     server = ModelServer(
@@ -359,7 +369,25 @@ def serve(
         grpc_port=grpc_port or kserve_model_server.args.grpc_port,
         enable_grpc=grpc_port is not None,
     )
+    if not request_logs:
+        quiet_request_logs()  # after ModelServer(): it (re)configures logging
     server.start([model])
+
+
+# Loggers that write a line for every request: uvicorn's access log, and KServe's timing
+# middleware and latency log (both on "kserve.trace").
+REQUEST_LOGGERS = ("uvicorn.access", "kserve.trace")
+
+
+def quiet_request_logs() -> None:
+    """Keep the per-request log lines out (warnings and errors still pass).
+
+    Formatting and writing one costs 30-60 µs on a 2-core machine, and KServe writes three
+    per request — a third of the runtime's overhead for a small model (benchmarks/serve.py).
+    Every request is counted and timed in Prometheus instead; ``--request_logs true``
+    restores the lines."""
+    for name in REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shadow_fraction", type=float, default=0.1, help="share of requests shadowed, (0, 1]")
     parser.add_argument("--shadow_task", choices=SHADOW_TASKS, help="how the answers are compared")
     parser.add_argument("--shadow_queue", type=int, default=64, help="most requests waiting for the candidate")
+    parser.add_argument(
+        "--request_logs", choices=["true", "false"], default="false",
+        help="log a line per request (uvicorn access log, KServe timing); off: Prometheus counts and times them",
+    )  # fmt: skip
     return parser
 
 
@@ -411,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             intra_op_threads=args.intra_op_threads,
             chaos=chaos,
             shadow=shadow,
+            request_logs=args.request_logs == "true",
         )
     except ShadowError as e:  # a candidate that does not fit the stable model, found at load
         print(f"modelpress-onnx: {e}", file=sys.stderr)
