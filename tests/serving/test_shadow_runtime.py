@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -138,6 +140,23 @@ def test_offer_never_raises_and_close_ends_the_worker(digits_models):
     assert outcomes("unit", runner.digest) == (0.0, 1.0, 1.0)
 
 
+def test_the_worker_runs_at_the_lowest_cpu_priority(digits_models):
+    """Busy cores serve the stable requests first: the shadow worker is reniced, not the server."""
+    config = shadow.ShadowConfig(digits_models["fp32"], "classification", fraction=1.0, queue_size=4)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    runner = shadow.ShadowRunner(
+        config, "nice", "stable-digest", stable_session(digits_models), ["CPUExecutionProvider"]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, runner._worker.native_id) != shadow.WORKER_NICE:
+            assert time.monotonic() < deadline, "the worker was never reniced"
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # the caller's thread untouched
+    finally:
+        runner.close()
+
+
 def test_a_candidate_that_fails_on_an_input_counts_failed_and_keeps_comparing(digits_models, tmp_path):
     """A candidate fixed to batch 1 (accepted at load: same input names and types, same shape
     per row) fails on a batch of 2; NaN in its output is not compared either."""
@@ -165,6 +184,38 @@ def test_a_candidate_that_fails_on_an_input_counts_failed_and_keeps_comparing(di
         time.sleep(0.05)
     runner.close()
     assert outcomes("failing", runner.digest) == (1.0, 0.0, 2.0)
+
+
+def test_waiting_samples_are_compared_as_one_batch_with_the_same_numbers(digits_models):
+    """Samples queued while the worker is busy run through the candidate together; the counts
+    equal comparing each alone, batch sizes may differ, another dtype starts a new group."""
+    stable = stable_session(digits_models)
+    damaged = ort.InferenceSession(str(find_model_file(digits_models["damaged"])), providers=["CPUExecutionProvider"])
+    x = np.load(digits_models["val"])["x"].astype(np.float32)
+    feeds = [x[0:1], x[1:4], x[4:5], x[5:9], x[9:10]]  # 1 + 3 + 1 + 4 + 1 rows
+    config = shadow.ShadowConfig(digits_models["damaged"], "classification", 1.0, 64, chaos_latency_ms=300)
+    runner = shadow.ShadowRunner(config, "batched", "stable-digest", stable, ["CPUExecutionProvider"])
+    expected = 0
+    for feed in feeds:
+        outputs = stable.run(None, {"input": feed})
+        runner.offer({"input": feed}, outputs)  # the first keeps the worker asleep; the rest queue up
+        expected += int(shadow.compare("classification", outputs[1], damaged.run(None, {"input": feed})[1]).agreements)
+    deadline = time.monotonic() + 60
+    while (outcomes("batched", runner.digest)[0] or 0) < len(feeds) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.close()
+    from prometheus_client import REGISTRY
+
+    labels = {"model": "batched", "artifact_digest": "stable-digest", "shadow_digest": runner.digest}
+    assert outcomes("batched", runner.digest) == (5.0, 0.0, 0.0)
+    assert REGISTRY.get_sample_value("modelpress_shadow_samples_total", labels) == 10
+    assert REGISTRY.get_sample_value("modelpress_shadow_top1_agreements_total", labels) == expected
+    assert REGISTRY.get_sample_value("modelpress_shadow_kl_divergence_count", labels) == 10
+
+    one = ({"input": x[0:1]}, np.zeros((1, 10), np.float32))
+    other_dtype = ({"input": x[0:1].astype(np.float64)}, np.zeros((1, 10), np.float32))
+    sizes = [len(g) for g in runner._groups([one, one, one, other_dtype, one])]
+    assert sizes == [3, 1, 1]
 
 
 # --- real servers ------------------------------------------------------------------------------
