@@ -48,13 +48,15 @@ def load_dataset(
     strings: bool = False,
     dataset: Dataset | None = None,
     task: str | None = None,
+    slice_columns: dict[str, str] | None = None,
 ) -> Samples:
     """Read a dataset file; raise :class:`JobInputError` naming ``field`` when it is unusable.
 
     ``limits`` bound what the file may make the job hold (default: the API's defaults);
     ``strings``: string arrays are allowed as model inputs (ONNX sources only: torch
     models take tensors of numbers). ``dataset`` (its featureColumns and labelColumn)
-    and ``task`` (the labels' dtype) are read for parquet and csv only.
+    and ``task`` (the labels' dtype) are read for parquet and csv only, and so are
+    ``slice_columns`` (column -> the spec field naming it) into :attr:`Samples.groups`.
     """
     limits = limits or Limits()
     if path.is_dir():
@@ -80,7 +82,7 @@ def load_dataset(
     elif fmt in TABULAR_FORMATS:
         from modelpress.jobs.tabular import load_table
 
-        samples = load_table(path, fmt, input_names, field, limits, dataset, task)
+        samples = load_table(path, fmt, input_names, field, limits, dataset, task, slice_columns)
     else:
         raise JobInputError(f"{field}.format", f"unknown format {fmt!r}; use npz, jsonl, parquet or csv")
     if len(samples) == 0:

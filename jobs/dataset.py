@@ -20,10 +20,16 @@ class Samples:
     labels: np.ndarray | None = None
     # Pad value per input name for variable-length inputs (default 0).
     pad_values: dict[str, int | float] = field(default_factory=dict)
+    # Dataset column name -> its value per sample (not a model input): what validation.slices
+    # by column cut the samples by.
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.features):
             raise ValueError(f"{len(self.labels)} labels for {len(self.features)} samples")
+        for name, values in self.groups.items():
+            if len(values) != len(self.features):
+                raise ValueError(f"{len(values)} values of {name!r} for {len(self.features)} samples")
 
     def __len__(self) -> int:
         return len(self.features)
@@ -35,7 +41,8 @@ class Samples:
     def take(self, n: int) -> Samples:
         """The first ``n`` samples (deterministic: calibration uses ``samples`` of them)."""
         labels = None if self.labels is None else self.labels[:n]
-        return Samples(self.features[:n], labels, self.pad_values)
+        groups = {name: values[:n] for name, values in self.groups.items()}
+        return Samples(self.features[:n], labels, self.pad_values, groups)
 
     def split(self, fraction: float, seed: int = 0) -> tuple[Samples, Samples]:
         """A seeded shuffle split, e.g. train/held-out for fine-tuning."""
@@ -45,7 +52,8 @@ class Samples:
 
     def _subset(self, idx: np.ndarray) -> Samples:
         labels = None if self.labels is None else self.labels[idx]
-        return Samples([self.features[i] for i in idx], labels, self.pad_values)
+        groups = {name: values[idx] for name, values in self.groups.items()}
+        return Samples([self.features[i] for i in idx], labels, self.pad_values, groups)
 
     def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """Collated (inputs, labels) batches in order; the last one may be short."""

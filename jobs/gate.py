@@ -13,7 +13,8 @@ With ``validation.confidence`` the accuracy budget judges the one-sided upper
 confidence bound of the drop instead of its point estimate, e.g. ``drop 0.004 [95%
 upper 0.009]``: a paired percentile bootstrap over the samples (both models scored on
 the same resample), seeded so the same measurements give the same verdict.
-``validation.slices`` judge the drop on each class of the labels on its own.
+``validation.slices`` judge the drop on each class of the labels (``label=3``), or on each
+value of a dataset column (``region=emea``), on its own, with the same confidence handling.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Paired:
     baseline: np.ndarray
     candidate: np.ndarray
     labels: np.ndarray | None  # the dataset's labels: the classes label slices are cut by
+    groups: dict[str, np.ndarray] = field(default_factory=dict)  # column -> per-sample value: column slices
 
 
 @dataclass
@@ -57,7 +59,8 @@ class GateResult:
     size_ratio: float | None  # candidate bytes / baseline bytes
     failed: list[str] = field(default_factory=list)
     drop_bound: float | None = None  # upper confidence bound of accuracy_drop (validation.confidence)
-    slice_drops: dict[str, float] = field(default_factory=dict)  # "label=3" -> drop (its bound with confidence)
+    # "label=3" or "region=emea" -> drop (its bound with confidence)
+    slice_drops: dict[str, float] = field(default_factory=dict)
 
 
 def accuracy_drop(metric: str, baseline: Score, candidate: Score) -> Score:
@@ -98,13 +101,17 @@ def evaluate(
                     f"{NAME['max_accuracy_drop']}: drop {relative:.4g} > {budget.relative:.4g} (relative; {shown} {metric})"
                 )
     slice_drops: dict[str, float] = {}
-    if validation.slices and paired is not None and paired.labels is not None:
-        slice_drops = _label_slices(metric, paired, confidence)
+    cuts: dict[str | None, dict[str, float]] = {}  # slice column (None: the labels) -> its slices' drops
     for i, spec in enumerate(validation.slices or []):
         where = f"{NAME['slices']}[{i}]"
-        over = sorted(((d, name) for name, d in slice_drops.items() if d > spec.max_accuracy_drop), reverse=True)
-        if not slice_drops:
-            failed.append(f"{where}: unmeasured (no per-sample results with labels)")
+        if spec.column not in cuts:
+            cuts[spec.column] = _slices(metric, paired, spec.column, confidence)
+            slice_drops.update(cuts[spec.column])
+        drops = cuts[spec.column]
+        over = sorted(((d, name) for name, d in drops.items() if d > spec.max_accuracy_drop), reverse=True)
+        if not drops:
+            cut = "labels" if spec.column is None else f"column {spec.column!r}"
+            failed.append(f"{where}: unmeasured (no per-sample results with {cut})")
         elif over:
             worst, name = over[0]
             more = f" (worst of {len(over)} failing slices)" if len(over) > 1 else ""
@@ -180,18 +187,23 @@ def _weighted_score(metric: str, values: np.ndarray, labels: np.ndarray | None, 
     return np.array(scores)
 
 
-def _label_slices(metric: str, paired: Paired, confidence: float | None) -> dict[str, float]:
-    """``label=<class>`` -> the drop on that class's samples (its upper bound with ``confidence``)."""
-    assert paired.labels is not None
+def _slices(metric: str, paired: Paired | None, column: str | None, confidence: float | None) -> dict[str, float]:
+    """``label=<class>`` (``column`` None) or ``<column>=<value>`` -> the drop on those samples
+    (its upper bound with ``confidence``); empty when the samples have no such values."""
+    keys = None if paired is None else (paired.labels if column is None else paired.groups.get(column))
+    if paired is None or keys is None:
+        return {}
     out = {}
-    for cls in np.unique(paired.labels):
-        mask = paired.labels == cls
-        part = Paired(paired.baseline[mask], paired.candidate[mask], paired.labels[mask])
+    for value in np.unique(keys):
+        mask = keys == value
+        labels = None if paired.labels is None else paired.labels[mask]
+        part = Paired(paired.baseline[mask], paired.candidate[mask], labels)
         if confidence is None:
             drop = accuracy_drop(metric, float(np.mean(part.baseline)), float(np.mean(part.candidate)))
         else:
             drop = drop_upper_bound(metric, part, confidence)
-        out[f"label={cls.item()}"] = drop
+        shown = value.item() if isinstance(value, np.generic) else value  # strings come as objects
+        out[f"{'label' if column is None else column}={shown}"] = drop
     return out
 
 

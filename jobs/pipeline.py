@@ -467,6 +467,11 @@ def compress(spec: CompressedModelSpec, workdir: Path, inputs: Inputs, progress:
         strings=spec.source.format == "onnx",
         dataset=spec.validation.dataset,
         task=spec.source.task,
+        slice_columns={
+            s.column: f"validation.slices[{i}].column"
+            for i, s in enumerate(spec.validation.slices or [])
+            if s.column is not None
+        },
     )
     method_data, val = _method_data(spec, source, val, calib_path, tokenizer_dir, device)
     method_data.students = students
@@ -610,7 +615,7 @@ def _trial(
         trial.reason = f"error: {first_line(e)}"
         trial.seconds = time.perf_counter() - t0
         return trial
-    paired = gate.Paired(baseline.per_sample, measured.per_sample, val.labels)
+    paired = gate.Paired(baseline.per_sample, measured.per_sample, val.labels, val.groups)
     verdict = gate.evaluate(spec.validation, base_now, cand_now, paired)
     trial.metrics, trial.baseline_metrics, trial.model = cand_now, base_now, handle.onnx_model
     trial.passed, trial.failed = verdict.passed, verdict.failed

@@ -19,6 +19,12 @@ Everything a hostile file can make us spend is checked before the data is read:
 
 Nulls, NaN and infinity are refused naming the column and the first row where they occur:
 a NaN feature makes every score NaN and would blame the model for it.
+
+The columns of ``validation.slices`` by column are read beside the features (never as one,
+unless featureColumns lists them) into :attr:`Samples.groups`: strings, integers, booleans or
+floats (csv: the text as written), with a bound on their distinct values. A parquet string
+column is read dictionary-encoded, so a few long values repeated over many rows cost their
+dictionary, not their repetition.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from modelpress.api import Dataset, Limits, Task
+from modelpress.api import MAX_SLICE_VALUE_CHARS, MAX_SLICE_VALUES, Dataset, Limits, Task
 from modelpress.jobs.dataset import Samples
 from modelpress.jobs.errors import JobInputError, first_line
 
@@ -62,6 +68,12 @@ class _Columns:
 
     features: list[str]
     label: str | None
+    slices: tuple[str, ...] = ()  # validation.slices columns not read as a feature or the label
+
+    @property
+    def read(self) -> list[str]:
+        """Every column read from the file, each once."""
+        return [*self.features, *([self.label] if self.label is not None else []), *self.slices]
 
 
 def load_table(
@@ -72,11 +84,14 @@ def load_table(
     limits: Limits,
     dataset: Dataset | None = None,
     task: str | None = None,
+    slice_columns: dict[str, str] | None = None,
 ) -> Samples:
     """Read a parquet or csv file into :class:`Samples` feeding the model's one input.
 
     ``dataset`` carries featureColumns/labelColumn (default: all but ``label``); ``task``
     picks the labels' dtype (unset: int64 for integer columns, float32 for the others).
+    ``slice_columns``: column -> the spec field naming it (``validation.slices[0].column``),
+    read into :attr:`Samples.groups`.
     """
     if len(input_names) != 1:
         raise JobInputError(
@@ -86,10 +101,11 @@ def load_table(
         )
     feature_columns = dataset.feature_columns if dataset else None
     label_column = dataset.label_column if dataset else None
+    slice_columns = slice_columns or {}
     if fmt == "parquet":
-        table, cols, schema = _read_parquet(path, field, limits, feature_columns, label_column)
+        table, cols, schema = _read_parquet(path, field, limits, feature_columns, label_column, slice_columns)
     elif fmt == "csv":
-        table, cols, schema = _read_csv(path, field, limits, feature_columns, label_column)
+        table, cols, schema = _read_csv(path, field, limits, feature_columns, label_column, slice_columns)
     else:
         raise JobInputError(f"{field}.format", f"{fmt!r} is not a table format; use parquet or csv")
     uri_field = f"{field}.storageUri"
@@ -98,23 +114,41 @@ def load_table(
     if cols.label is not None:
         declared = schema.field(cols.label).type
         y = _labels(table.column(cols.label), cols.label, declared, task, path.name, uri_field)
+    groups = {
+        c: _slice_values(table.column(c), c, path.name, uri_field, spec_field)
+        for c, spec_field in slice_columns.items()
+    }
     log.info("%s: %d rows, %d feature columns, label %s", path.name, len(x), x.shape[1], cols.label or "none")
     name = input_names[0]
-    return Samples([{name: row} for row in x], y)
+    return Samples([{name: row} for row in x], y, groups=groups)
 
 
 # --------------------------------------------------------------------------- choosing columns
 
 
 def _choose(
-    header: list[str], feature_columns: list[str] | None, label_column: str | None, file: str, field: str
+    header: list[str],
+    feature_columns: list[str] | None,
+    label_column: str | None,
+    file: str,
+    field: str,
+    slice_columns: dict[str, str],
+    names: list[str] | None = None,
 ) -> _Columns:
-    """The feature and label columns, checked against the file's header."""
+    """The feature, label and slice columns, checked against the file's header.
+
+    ``names``: every column of the file, when ``header`` (the candidates for default
+    features) leaves some out; a slice column may be any of them.
+    """
+    names = header if names is None else names
     if label_column is not None and label_column not in header:
         raise JobInputError(f"{field}.labelColumn", f"{file} has no column {label_column!r}; {_some(header)}")
+    for c, spec_field in slice_columns.items():
+        if c not in names:
+            raise JobInputError(spec_field, f"{file} has no column {c!r}; {_some(names)}")
     label = label_column if label_column is not None else (DEFAULT_LABEL if DEFAULT_LABEL in header else None)
-    if feature_columns is None:
-        features = [c for c in header if c != label]
+    if feature_columns is None:  # a slice column is not a feature unless featureColumns lists it
+        features = [c for c in header if c != label and c not in slice_columns]
     else:
         features = list(feature_columns)
         seen: set[str] = set()
@@ -130,11 +164,12 @@ def _choose(
             )
     if not features:
         raise JobInputError(f"{field}.storageUri", f"{file} has no feature columns besides the label {label!r}")
-    counts = Counter(header)
-    for c in [*features, *([label] if label is not None else [])]:
+    counts = Counter(names)
+    for c in [*features, *([label] if label is not None else []), *slice_columns]:
         if counts[c] > 1:
             raise JobInputError(f"{field}.storageUri", f"{file} has two columns named {c!r}; rename one")
-    return _Columns(features, label)
+    read = {*features, label}
+    return _Columns(features, label, tuple(c for c in slice_columns if c not in read))
 
 
 def _some(header: list[str], shown: int = 20) -> str:
@@ -162,6 +197,19 @@ def _check_types(schema: pa.Schema, cols: _Columns, file: str, field: str) -> No
             )
 
 
+def _check_slice_types(schema: pa.Schema, slice_columns: dict[str, str], file: str) -> None:
+    """Refuse a parquet slice column whose values cannot name a slice (lists, structs, dates...)."""
+    for name, spec_field in slice_columns.items():
+        t = schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if not (_fixed_width(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise JobInputError(
+                spec_field,
+                f"{file}: column {name!r} is of type {t}; slice columns hold strings, integers, booleans or floats",
+            )
+
+
 def _non_numeric(t: pa.DataType) -> str:
     """What a column type is when it is not a number or boolean ('' when it is)."""
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
@@ -177,7 +225,12 @@ def _non_numeric(t: pa.DataType) -> str:
 
 
 def _read_parquet(
-    path: Path, field: str, limits: Limits, feature_columns: list[str] | None, label_column: str | None
+    path: Path,
+    field: str,
+    limits: Limits,
+    feature_columns: list[str] | None,
+    label_column: str | None,
+    slice_columns: dict[str, str],
 ) -> tuple[pa.Table, _Columns, pa.Schema]:
     uri_field = f"{field}.storageUri"
     _check_parquet_footer(path, uri_field)
@@ -191,12 +244,23 @@ def _read_parquet(
                     "(limits.maxColumns)",
                 )
             schema = pf.schema_arrow
-            cols = _choose(schema.names, feature_columns, label_column, path.name, field)
+            header = schema.names
+            if feature_columns is None:  # "every column but the label": not the index pandas stored as columns
+                index = _pandas_index(schema)
+                header = [c for c in header if c not in index]
+            cols = _choose(header, feature_columns, label_column, path.name, field, slice_columns, schema.names)
             _check_types(schema, cols, path.name, field)
-            wanted = [*cols.features, *([cols.label] if cols.label is not None else [])]
+            _check_slice_types(schema, {c: slice_columns[c] for c in cols.slices}, path.name)
             rows = _parquet_rows(meta, path.name, uri_field, limits)
-            _check_parquet_bytes(meta, schema, wanted, rows, path.name, uri_field, limits)
-            table = pf.read(columns=wanted)
+            _check_parquet_bytes(meta, schema, cols.read, rows, path.name, uri_field, limits)
+            # String slice columns stay dictionary-encoded: reopened, as the option is given at opening.
+            strings = [c for c in cols.slices if pa.types.is_string(schema.field(c).type)]
+            strings += [c for c in cols.slices if pa.types.is_large_string(schema.field(c).type)]
+            if strings:
+                with closing(pq.ParquetFile(path, read_dictionary=strings)) as dictionary_pf:
+                    table = dictionary_pf.read(columns=cols.read)
+            else:
+                table = pf.read(columns=cols.read)
     except JobInputError:
         raise
     except Exception as e:  # a corrupt file: pyarrow raises ArrowInvalid, OSError and others
@@ -204,6 +268,19 @@ def _read_parquet(
     if table.num_rows != rows:
         raise JobInputError(uri_field, f"{path.name} declares {rows} rows but holds {table.num_rows}")
     return table, cols, schema
+
+
+def _pandas_index(schema: pa.Schema) -> set[str]:
+    """The columns that hold a pandas index: ``DataFrame.to_parquet`` writes any index but
+    a plain 0..N-1 range (e.g. after ``train_test_split`` or ``set_index``) as columns named
+    in the file's pandas metadata, and ``pandas.read_parquet`` reads them back as the index,
+    not as data. Unreadable metadata (a hostile file's) names none."""
+    try:
+        meta = schema.pandas_metadata
+    except ValueError:  # not JSON
+        return set()
+    index = meta.get("index_columns") if isinstance(meta, dict) else None
+    return {c for c in index if isinstance(c, str)} if isinstance(index, list) else set()
 
 
 def _check_parquet_footer(path: Path, field: str) -> None:
@@ -252,17 +329,23 @@ def _check_parquet_bytes(
     can hold many rows in few uncompressed bytes), must both fit ``limits.maxDatasetBytes``.
 
     A value counts at least the 4 bytes of the float32 it becomes. The columns read are flat
-    numeric ones, whose chunks' path is their name.
+    numeric ones, whose chunks' path is their name, and slice columns: a string one is read
+    dictionary-encoded, 4 bytes of index per row plus its values, which its chunks' declared
+    uncompressed size bounds.
     """
     names = set(wanted)
-    uncompressed = 0
+    uncompressed = strings = 0
     for i in range(meta.num_row_groups):
         group = meta.row_group(i)
         for j in range(group.num_columns):
             chunk = group.column(j)
             if chunk.path_in_schema in names:
-                uncompressed += max(chunk.total_uncompressed_size, 0)
-    decoded = rows * sum(max(schema.field(n).type.bit_width, 32) // 8 for n in wanted)
+                size = max(chunk.total_uncompressed_size, 0)
+                uncompressed += size
+                if not _fixed_width(schema.field(chunk.path_in_schema).type):
+                    strings += size
+    widths = [max(schema.field(n).type.bit_width, 32) // 8 if _fixed_width(schema.field(n).type) else 4 for n in wanted]
+    decoded = rows * sum(widths) + strings
     size = max(uncompressed, decoded)
     if size > limits.max_dataset_bytes:
         raise JobInputError(
@@ -272,14 +355,24 @@ def _check_parquet_bytes(
         )
 
 
+def _fixed_width(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
 # --------------------------------------------------------------------------- csv
 
 
 def _read_csv(
-    path: Path, field: str, limits: Limits, feature_columns: list[str] | None, label_column: str | None
+    path: Path,
+    field: str,
+    limits: Limits,
+    feature_columns: list[str] | None,
+    label_column: str | None,
+    slice_columns: dict[str, str],
 ) -> tuple[pa.Table, _Columns, pa.Schema]:
     """The table, its columns, and the schema pyarrow inferred from the first block (the
-    labels' declared type: the rows themselves are read with numbers as float64)."""
+    labels' declared type: the rows themselves are read with numbers as float64, slice
+    columns as text)."""
     uri_field = f"{field}.storageUri"
     size = path.stat().st_size
     if size > limits.max_dataset_bytes:
@@ -305,14 +398,19 @@ def _read_csv(
                 f"{path.name} has {len(schema)} columns, more than the limit of {limits.max_columns} "
                 "(limits.maxColumns)",
             )
-        cols = _choose(schema.names, feature_columns, label_column, path.name, field)
+        cols = _choose(schema.names, feature_columns, label_column, path.name, field, slice_columns)
         _check_types(schema, cols, path.name, field)
-        wanted = [*cols.features, *([cols.label] if cols.label is not None else [])]
+        numeric = [*cols.features, *([cols.label] if cols.label is not None else [])]
         # Numbers are read as float64 in every block: a column of integers in the first block
         # may hold a decimal further down, which pyarrow would refuse under the inferred int64.
+        # Slice columns are read as their text (empty, NA, null... are nulls, as for numbers).
         convert = pa_csv.ConvertOptions(
-            include_columns=wanted,
-            column_types={c: pa.float64() for c in wanted if not pa.types.is_boolean(schema.field(c).type)},
+            include_columns=cols.read,
+            column_types={
+                **{c: pa.float64() for c in numeric if not pa.types.is_boolean(schema.field(c).type)},
+                **{c: pa.string() for c in cols.slices},
+            },
+            strings_can_be_null=True,
         )
         table = _stream_csv(path, read, convert, path.name, uri_field, limits)
     except JobInputError:
@@ -390,6 +488,40 @@ def _labels(
             "classification labels are class indices 0..classes-1",
         )
     return numbers.astype(np.int64)
+
+
+def _slice_values(column: pa.ChunkedArray, name: str, file: str, field: str, spec_field: str) -> np.ndarray:
+    """Each row's value of a slice column, as Python objects (str, int, bool or float).
+
+    Refused: nulls and NaN (a row in no slice), more than MAX_SLICE_VALUES distinct values,
+    and a value longer than MAX_SLICE_VALUE_CHARS (its name goes into messages). An object
+    array holds each distinct value once, whatever the rows.
+    """
+    _check_no_nulls(column, name, file, field)
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    combined = encoded.combine_chunks()  # one dictionary for all chunks
+    used, rows = np.unique(combined.indices.to_numpy(zero_copy_only=False), return_inverse=True)
+    if len(used) > MAX_SLICE_VALUES:
+        raise JobInputError(
+            spec_field,
+            f"{file}: column {name!r} has {len(used)} distinct values, more than the limit of {MAX_SLICE_VALUES} "
+            "slices; slice by a coarser column",
+        )
+    values = combined.dictionary.take(pa.array(used, type=pa.int64())).to_pylist()
+    for i, value in enumerate(values):
+        if isinstance(value, float) and np.isnan(value):
+            raise JobInputError(
+                field, f"{file}: column {name!r} holds NaN in {_row(int(np.argmax(rows == i)))}; clean the data"
+            )
+        if isinstance(value, str) and len(value) > MAX_SLICE_VALUE_CHARS:
+            raise JobInputError(
+                spec_field,
+                f"{file}: column {name!r} holds a value of {len(value)} characters in {_row(int(np.argmax(rows == i)))}, "
+                f"more than the limit of {MAX_SLICE_VALUE_CHARS} for a slice name",
+            )
+    keys = np.empty(len(values), dtype=object)
+    keys[:] = values
+    return keys[rows.reshape(-1)]
 
 
 def _check_no_nulls(column: pa.ChunkedArray, name: str, file: str, field: str) -> None:

@@ -74,6 +74,9 @@ def _steps(*steps: dict) -> Callable[[dict], None]:
 
 CALIB = {"storageUri": "s3://datasets/calib.npz", "format": "npz"}
 TORCH = _set("spec.source.format", "pytorch-export")
+PARQUET = _set("spec.validation.dataset", {"storageUri": "s3://datasets/val.parquet", "format": "parquet"})
+CSV = _set("spec.validation.dataset", {"storageUri": "s3://datasets/val.csv", "format": "csv"})
+REGION_SLICE = {"by": "column", "column": "region", "maxAccuracyDrop": 0.05}
 
 
 def _both(*changes: Callable[[dict], None]) -> Callable[[dict], None]:
@@ -200,7 +203,30 @@ CASES = [
         False,
     ),
     ("no slices on f1", _both(_set("spec.validation.metric", "f1"), _set("spec.validation.slices", [])), True),
-    ("slice by a column", _set("spec.validation.slices", [{"by": "region", "maxAccuracyDrop": 0.05}]), False),
+    ("slice by an unknown kind", _set("spec.validation.slices", [{"by": "region", "maxAccuracyDrop": 0.05}]), False),
+    ("column slice of a table", _both(PARQUET, _set("spec.validation.slices", [REGION_SLICE])), True),
+    ("column slice of csv", _both(CSV, _set("spec.validation.slices", [REGION_SLICE])), True),
+    ("column slice of npz", _set("spec.validation.slices", [REGION_SLICE]), False),
+    (
+        "label and column slices of npz",
+        _set("spec.validation.slices", [{"by": "label", "maxAccuracyDrop": 0.05}, REGION_SLICE]),
+        False,
+    ),
+    (
+        "column slice without a column",
+        _both(PARQUET, _set("spec.validation.slices", [{"by": "column", "maxAccuracyDrop": 0.05}])),
+        False,
+    ),
+    (
+        "label slice naming a column",
+        _both(PARQUET, _set("spec.validation.slices", [{"by": "label", "column": "region", "maxAccuracyDrop": 0.05}])),
+        False,
+    ),
+    (
+        "column slice naming an empty column",
+        _both(PARQUET, _set("spec.validation.slices", [{**REGION_SLICE, "column": ""}])),
+        False,
+    ),
     ("confidence 0.95", _set("spec.validation.confidence", 0.95), True),
     ("confidence 1", _set("spec.validation.confidence", 1.0), False),
     ("serving with defaults", _set("spec.serving", {}), True),

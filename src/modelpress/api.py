@@ -608,11 +608,21 @@ class AccuracyDrop(Spec):
 
 class SliceBy(str, Enum):
     label = "label"
+    column = "column"
 
 
 # Metrics that are a mean over samples, so they can be scored on a slice of the samples
 # (macro f1 of one class's samples is not that class's f1; mse and cosine have no classes).
 SLICE_METRICS = ("accuracy", "top5")
+# Bounds on a slice column's values: each value is a slice judged (and, with confidence,
+# bootstrapped) on its own, and its name lands in the report and the status messages.
+MAX_SLICE_VALUES = 1000
+MAX_SLICE_VALUE_CHARS = 256
+
+
+SLICE_COLUMN_MESSAGE = "a slice by column needs column: the dataset column whose values cut the slices"
+SLICE_LABEL_MESSAGE = "column applies to slices by column only"
+SLICE_FORMAT_MESSAGE = f"slices by column need a table: set validation.dataset.format to {' or '.join(TABULAR_FORMATS)}"
 
 
 class Slice(Spec):
@@ -620,11 +630,57 @@ class Slice(Spec):
     compressed model breaks."""
 
     by: SliceBy = Field(
-        description="label: one slice per class of the dataset's labels (y), each judged on validation.metric."
+        description="label: one slice per class of the dataset's labels (y); column: one slice per value of "
+        "the dataset column named by column (parquet and csv data). Each slice is judged on validation.metric."
+    )
+    column: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="by column only: the dataset column whose values cut the slices, e.g. region (a slice "
+        "region=emea per value). Read beside the features, never as one unless featureColumns lists it; "
+        "strings, integers, booleans or floats (csv: the text as written); nulls are refused, and so are "
+        f"more than {MAX_SLICE_VALUES} distinct values or a value longer than {MAX_SLICE_VALUE_CHARS} characters.",
     )
     max_accuracy_drop: float = Field(
         ge=0.0, le=1.0, description="Most drop of the metric on any one slice, absolute (in metric units)."
     )
+    cel_rules: ClassVar = [
+        cel("self.by != 'column' || has(self.column)", SLICE_COLUMN_MESSAGE, ".column"),
+        cel("self.by == 'column' || !has(self.column)", SLICE_LABEL_MESSAGE, ".column"),
+    ]
+
+    @model_validator(mode="after")
+    def _column(self) -> Slice:
+        if self.by == SliceBy.column and self.column is None:
+            raise ValueError(SLICE_COLUMN_MESSAGE)
+        if self.by != SliceBy.column and self.column is not None:
+            raise ValueError(SLICE_LABEL_MESSAGE)
+        return self
+
+
+def _slice_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
+    """Slices by a column need a dataset with columns (a spec rule: its CEL twin is in slice_cel_rules)."""
+    validation = spec.validation
+    if validation.dataset.format in TABULAR_FORMATS:
+        return []
+    return [
+        (f"validation.slices[{i}].column", SLICE_FORMAT_MESSAGE)
+        for i, s in enumerate(validation.slices or [])
+        if s.by == SliceBy.column
+    ]
+
+
+def slice_cel_rules() -> list[dict[str, str]]:
+    """CEL twin of :func:`_slice_problems`, on the spec."""
+    return [
+        cel(
+            "!has(self.validation.slices) || !self.validation.slices.exists(s, s.by == 'column') "
+            f"|| self.validation.dataset.format in {list(TABULAR_FORMATS)}",
+            SLICE_FORMAT_MESSAGE,
+            ".validation.slices",
+        )
+    ]
 
 
 class Validation(Spec):
@@ -1421,6 +1477,7 @@ class CompressedModelSpec(Spec):
             ".compression.steps",
         ),
         *shadow_cel_rules(),
+        *slice_cel_rules(),
     ]
 
     @model_validator(mode="after")
@@ -1468,6 +1525,7 @@ def semantic_problems(spec: CompressedModelSpec) -> list[tuple[str, str]]:
                 )
             )
     out.extend(_shadow_problems(spec))
+    out.extend(_slice_problems(spec))
     # Quantized graphs are ONNX-only: nothing torch-level can follow a quantize step.
     quantized_at = next((i for i, s in enumerate(steps) if s.quantize), None)
     if quantized_at is not None:

@@ -119,6 +119,22 @@ def test_unused_string_columns_are_never_read(tmp_path: Path) -> None:
         assert len(load(path, suffix[1:], featureColumns=["x"])) == 2
 
 
+def test_the_index_pandas_stores_as_a_column_is_not_a_feature(tmp_path: Path) -> None:
+    """A split frame (train_test_split, df.sample) keeps its row labels, and to_parquet writes
+    them as a column: the features are what pandas.read_parquet reads back as columns."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [0.5, 1.5, 2.5], "b": [1.0, 2.0, 3.0], "label": [0, 1, 0]}).iloc[[2, 0]]
+    frame.to_parquet(tmp_path / "split.parquet")
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "split.parquet").names
+    x = np.stack([s["input"] for s in load(tmp_path / "split.parquet", "parquet").features])
+    np.testing.assert_array_equal(x, [[2.5, 3.0], [0.5, 1.0]])
+    frame.set_index("a").to_parquet(tmp_path / "indexed.parquet")  # a named index: not a feature either
+    assert load(tmp_path / "indexed.parquet", "parquet").features[0]["input"].shape == (1,)
+    named = load(tmp_path / "indexed.parquet", "parquet", featureColumns=["a", "b"])  # unless named
+    assert named.features[0]["input"].tolist() == [2.5, 3.0]
+
+
 # --------------------------------------------------------------------------- what the spec names
 
 
