@@ -230,13 +230,29 @@ def _sklearn(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
     else:  # forests (a list) and GradientBoosting (a 2-D array of trees)
         sizes = [tree.tree_.node_count for tree in np.ravel(model.estimators_)]
     check_nodes(path, "sklearn", len(sizes), sum(sizes), limits, field)
-    return convert_sklearn(
+    converted = convert_sklearn(
         model,
         initial_types=[(INPUT_NAME, FloatTensorType([None, int(model.n_features_in_)]))],
         options={id(model): {"zipmap": False}} if is_classifier(model) else None,
         # TreeEnsembleClassifier/Regressor (ai.onnx.ml 3), what the tree methods edit.
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
+    link = getattr(getattr(model, "_loss", None), "link", None)
+    if not is_classifier(model) and type(link).__name__ == "LogLink":
+        _append_exp(converted)
+    return converted
+
+
+def _append_exp(model: onnx.ModelProto) -> None:
+    """Apply the exp of a log-link regressor (HistGradientBoostingRegressor with loss
+    poisson or gamma) to the graph's output: skl2onnx 1.20 converts its trees and baseline
+    but not the link, so its graph predicts the log of what scikit-learn predicts."""
+    graph = model.graph
+    out = graph.output[0].name
+    raw = f"{out}_log"
+    for node in graph.node:
+        node.output[:] = [raw if o == out else o for o in node.output]
+    graph.node.append(onnx.helper.make_node("Exp", [raw], [out], name="log_link"))
 
 
 def _check_skops_file(path: Path, limits: Limits, field: str) -> None:
@@ -290,6 +306,28 @@ def _untrusted_message(path: Path, type_name: str) -> str:
 
 # --------------------------------------------------------------------------- xgboost
 
+# The objectives whose onnxmltools conversion computes what XGBoost predicts, each checked
+# against Booster.predict (for binary:logitraw and multi:softmax, which predict margins and
+# labels, the probabilities whose argmax is the label). Not these: reg:logistic (its sigmoid
+# is left out), binary:hinge (converted as a regressor of margins), ranking and survival
+# objectives (their scores read as a classifier's, or without their link).
+XGBOOST_OBJECTIVES = frozenset(
+    {
+        "binary:logistic",
+        "binary:logitraw",
+        "multi:softprob",
+        "multi:softmax",
+        "reg:squarederror",
+        "reg:squaredlogerror",
+        "reg:pseudohubererror",
+        "reg:absoluteerror",
+        "reg:quantileerror",
+        "count:poisson",
+        "reg:gamma",
+        "reg:tweedie",
+    }
+)
+
 
 def _xgboost(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
     import xgboost
@@ -300,7 +338,23 @@ def _xgboost(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
     booster.load_model(bytearray(path.read_bytes()))  # JSON or UBJSON, told apart by xgboost
     dumps = booster.get_dump()  # one text block per tree, one line per node
     check_nodes(path, "xgboost", len(dumps), sum(d.count("\n") for d in dumps), limits, field)
+    objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+    if objective not in XGBOOST_OBJECTIVES:
+        raise JobInputError(
+            field,
+            f"{path.name}: the XGBoost objective {objective[:60]!r} is not supported (its ONNX conversion does not "
+            f"compute what XGBoost predicts); supported: {', '.join(sorted(XGBOOST_OBJECTIVES))}",
+        )
+    attributes = booster.attributes()
+    if "scikit_learn" in attributes and "best_iteration" in attributes:
+        # Saved by XGBClassifier/XGBRegressor after early stopping: their predict uses the rounds
+        # up to the best iteration, and the file holds every round trained (Booster.predict's).
+        booster = booster[: int(attributes["best_iteration"]) + 1]
     booster.feature_names = None  # the converter reads splits as f<index>
+    if objective == "multi:softmax":
+        # Same trees as multi:softprob, which onnxmltools converts to probabilities; for
+        # softmax it serves the raw margins as if they were (the label is their argmax).
+        booster.set_param({"objective": "multi:softprob"})
     return convert_xgboost(booster, initial_types=[(INPUT_NAME, FloatTensorType([None, booster.num_features()]))])
 
 
@@ -359,6 +413,12 @@ def _lightgbm_header(path: Path, text: str, limits: Limits, field: str) -> tuple
             leaves.append(0)
         elif key == "num_leaves" and leaves:
             leaves[-1] = _count(path, f"Tree={len(leaves) - 1} num_leaves", value, limits, field)
+        elif key == "is_linear" and leaves and value.strip() not in ("", "0"):
+            raise JobInputError(
+                field,
+                f"{path.name}: a LightGBM model trained with linear_tree is not supported: its ONNX conversion "
+                "drops the linear models in the leaves, so it would answer differently; train it without linear_tree",
+            )
         elif not leaves:
             header[key] = value
     for key in LIGHTGBM_COUNTS:
