@@ -193,6 +193,7 @@ def _describe_step(name: str, c: dict[str, Any]) -> str:
             f"depth ≤ {c['maxDepth']}" if c.get("maxDepth") is not None else "",
             f"≥ {c['minSamplesLeaf']} samples a leaf" if c.get("minSamplesLeaf") is not None else "",
             f"leaves within {_pct(c['leafTolerance'])} merged" if c.get("leafTolerance") is not None else "",
+            f"cost-complexity α {c['costComplexity']:g}" if c.get("costComplexity") is not None else "",
         ]
         return "prune trees: " + ", ".join(p for p in parts if p)
     if name == "lowRank":

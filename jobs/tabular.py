@@ -149,6 +149,15 @@ def _choose(
     label = label_column if label_column is not None else (DEFAULT_LABEL if DEFAULT_LABEL in header else None)
     if feature_columns is None:  # a slice column is not a feature unless featureColumns lists it
         features = [c for c in header if c != label and c not in slice_columns]
+        # pandas' default to_csv() writes the row numbers as a first column with no name: as a
+        # feature it would silently shift every input of the model by one.
+        unnamed = next((i for i, c in enumerate(features) if not c.strip()), None)
+        if unnamed is not None:
+            raise JobInputError(
+                f"{field}.storageUri",
+                f"{file}: column {header.index(features[unnamed]) + 1} has no name (the row numbers pandas' to_csv "
+                "writes by default?); write the file with index=False, or list featureColumns",
+            )
     else:
         features = list(feature_columns)
         seen: set[str] = set()

@@ -316,6 +316,9 @@ CASES = [
     ("name of 55 characters", _set("metadata.name", "a" * 55), False),
     ("name with capitals", _set("metadata.name", "MiniLM"), False),
     ("sparsity above 0.95", _steps({"prune": {"sparsity": 0.96}}), False),
+    ("pruneTrees by cost-complexity alone", _steps({"pruneTrees": {"costComplexity": 0.001}}), True),
+    ("pruneTrees with no option", _steps({"pruneTrees": {}}), False),
+    ("negative cost-complexity", _steps({"pruneTrees": {"costComplexity": -0.1}}), False),
     (
         "temperature of zero",
         _both(TORCH, _steps({"distill": {"student": {"widthMultiplier": 0.5}, "temperature": 0}})),

@@ -11,6 +11,13 @@ Tree pruning turns splits into leaves bottom-up: below ``max_depth``, where a br
 fewer than ``min_samples_leaf`` of the method's samples, or where all leaves under a split
 lie within a tolerance. A collapsed subtree becomes one leaf holding the coverage-weighted
 mean of its leaves (what the subtree returned on average over the data that reaches it).
+
+Cost-complexity pruning (Breiman et al., "Classification and Regression Trees", 1984, ch. 3
+and 10; scikit-learn's ``ccp_alpha``) prunes each tree to the smallest subtree minimising
+R + alpha x leaves, where R measures fidelity rather than fit: the squared change of the
+tree's output over the method's samples. A boosted tree fits residuals we do not have, so
+the tree's own output is the target: collapsing subtree T_t into one leaf costs
+R(t) - R(T_t) = sum over the samples reaching t of |collapsed value - the subtree's value|^2.
 """
 
 from __future__ import annotations
@@ -76,14 +83,16 @@ def targets(e: Ensemble, contributions: np.ndarray, labels: np.ndarray | None) -
     return full
 
 
-def _aggregate(e: Ensemble, total: np.ndarray, k: int, averaged: bool) -> np.ndarray:
+def _aggregate(e: Ensemble, total: np.ndarray, k: int, averaged: bool, n: int | None = None) -> np.ndarray:
     """Raw scores of a ``k``-tree sub-ensemble whose contributions sum to ``total``.
     ``averaged``: a forest whose leaves hold their share of a SUM (scikit-learn's divided
-    by n), rescaled by n/k when written (:func:`keep_trees`) so it keeps averaging."""
+    by n), rescaled by n/k when written (:func:`keep_trees`) so it keeps averaging.
+    ``n``, ``k``: counted in groups of trees (:func:`forest_groups`) when given."""
+    n = e.n_trees if n is None else n
     if e.aggregate == "AVERAGE":  # onnxruntime divides by the number of trees itself
-        total = total / k
+        total = total / (k * e.n_trees / n)
     elif averaged:
-        total = total * (e.n_trees / k)
+        total = total * (n / k)
     return total + (0.0 if e.base_values is None else e.base_values)
 
 
@@ -109,11 +118,13 @@ def averages(e: Ensemble, contributions: np.ndarray) -> bool:
     return as_forest <= as_boosting
 
 
-def best_prefix(e: Ensemble, contributions: np.ndarray, target: np.ndarray, rounds: int) -> tuple[int, float]:
+def best_prefix(
+    e: Ensemble, contributions: np.ndarray, target: np.ndarray, rounds: int, size: int | None = None
+) -> tuple[int, float]:
     """(trees, score) of the best-scoring prefix of at most ``rounds`` boosting rounds
-    (:meth:`Ensemble.round_size` trees each; ties: the longer prefix)."""
+    (``size`` trees each, by default :meth:`Ensemble.round_size`; ties: the longer prefix)."""
     threshold = _threshold(e)
-    size = e.round_size()
+    size = size or e.round_size()
     total = np.zeros(contributions.shape[1:])
     best, best_key = size, (-np.inf, -np.inf)
     for r in range(min(rounds, e.n_trees // size)):
@@ -125,11 +136,41 @@ def best_prefix(e: Ensemble, contributions: np.ndarray, target: np.ndarray, roun
     return best, best_key[0]
 
 
-def ordered_aggregation(e: Ensemble, contributions: np.ndarray, target: np.ndarray, k: int) -> tuple[list[int], float]:
-    """(indices, score) of ``k`` trees chosen greedily: each step adds the tree that makes
-    the sub-ensemble score best (accuracy, then margin; or squared error)."""
+def forest_groups(e: Ensemble) -> list[list[int]]:
+    """The units a forest is subset by: single trees, or where every tree scores one class
+    and each class has as many (LightGBM's rf, XGBoost's random forests with several classes),
+    one tree of each class: the j-th tree of every class, so every class keeps as many trees
+    and the n/k rescaling stays right for each."""
+    if e.n_outputs < 2:
+        return [[i] for i in range(e.n_trees)]
+    owners = [np.flatnonzero(t.has_weight.any(axis=0)) for t in e.trees]
+    if any(len(o) != 1 for o in owners):
+        return [[i] for i in range(e.n_trees)]
+    per_class: list[list[int]] = [[] for _ in range(e.n_outputs)]
+    for i, o in enumerate(owners):
+        per_class[int(o[0])].append(i)
+    if len({len(c) for c in per_class}) != 1:
+        return [[i] for i in range(e.n_trees)]
+    return [sorted(group) for group in zip(*per_class, strict=True)]
+
+
+def ordered_aggregation(
+    e: Ensemble, contributions: np.ndarray, target: np.ndarray, k: int, groups: list[list[int]] | None = None
+) -> tuple[list[int], float]:
+    """(tree indices, score) of ``k`` trees, or of ``k`` of the ``groups`` of trees, chosen
+    greedily: each step adds the one that makes the sub-ensemble score best (accuracy, then
+    margin; or squared error)."""
+    if groups is not None:
+        units = np.stack([contributions[g].sum(axis=0) for g in groups])
+        chosen, last = _ordered(e, units, target, k)
+        return sorted(i for u in chosen for i in groups[u]), last
+    return _ordered(e, contributions, target, k)
+
+
+def _ordered(e: Ensemble, contributions: np.ndarray, target: np.ndarray, k: int) -> tuple[list[int], float]:
+    n = len(contributions)
     threshold = _threshold(e)
-    remaining = list(range(e.n_trees))
+    remaining = list(range(n))
     chosen: list[int] = []
     total = np.zeros(contributions.shape[1:])
     last = -np.inf
@@ -137,7 +178,7 @@ def ordered_aggregation(e: Ensemble, contributions: np.ndarray, target: np.ndarr
         keys: list[tuple[float, float, int]] = []
         for start in range(0, len(remaining), GREEDY_BLOCK):
             block = remaining[start : start + GREEDY_BLOCK]
-            raw = _aggregate(e, total[None] + contributions[block], step + 1, averaged=True)
+            raw = _aggregate(e, total[None] + contributions[block], step + 1, averaged=True, n=n)
             primary, tie = score(e, raw, target, threshold)
             keys.extend((float(p), float(t), -j) for p, t, j in zip(primary, tie, block, strict=True))
         primary_best, _, neg = max(keys)
@@ -229,3 +270,49 @@ def prune_tree(
         return i
 
     return compact(t, visit(0, 0))  # the root moves when its own split was spliced out
+
+
+def cost_complexity_prune(tree: Tree, visits: np.ndarray, alpha: float) -> Tree:
+    """``tree`` pruned by minimal cost-complexity at ``alpha`` (in squared output units
+    summed over the samples: the caller scales the spec's alpha); nodes removed.
+
+    Weakest-link pruning collapses the subtree with the smallest
+    g(t) = (R(t) - R(T_t)) / (|leaves(T_t)| - 1) while g(t) <= alpha. Its result is the
+    smallest subtree minimising R + alpha x leaves (Breiman et al. 1984, sec. 10.2), which
+    one bottom-up pass finds: a node becomes a leaf when that costs no more than the best
+    its children can do. That is O(nodes) where repeating the weakest link is O(nodes^2),
+    and no library prunes an ONNX tree (scikit-learn prunes only while fitting).
+
+    R(t), the sum of squares of the tree's output around its mean over the samples reaching
+    t, is merged from the children's (Chan et al.'s parallel update, no cancellation); leaves
+    of the tree as given cost 0. Unreached subtrees cost nothing and collapse for any alpha
+    (to the plain mean of their leaves, as :func:`prune_tree` does).
+    """
+    t = copy_tree(tree)
+    leaf = t.mode == LEAF
+    cov = visits.astype(np.float64)
+    weighted = np.where(leaf[:, None], t.value * cov[:, None], 0.0)
+    plain = np.where(leaf[:, None], t.value, 0.0)
+    leaves = leaf.astype(np.float64)
+    has = t.has_weight.copy()
+    spread = np.zeros(t.size)  # R(t): the squared change collapsing t makes on its samples
+    best = np.where(leaf, alpha, 0.0)  # min over prunings of T_t of R + alpha x leaves
+    collapse = np.zeros(t.size, bool)
+    for i in range(t.size - 1, -1, -1):  # pre-order reversed: children before parents
+        if leaf[i]:
+            continue
+        a, b = t.true_child[i], t.false_child[i]
+        weighted[i] = weighted[a] + weighted[b]
+        plain[i] = plain[a] + plain[b]
+        leaves[i] = leaves[a] + leaves[b]
+        has[i] = has[a] | has[b]
+        spread[i] = spread[a] + spread[b]
+        if cov[a] > 0 and cov[b] > 0:
+            gap = weighted[a] / cov[a] - weighted[b] / cov[b]
+            spread[i] += cov[a] * cov[b] / (cov[a] + cov[b]) * float(gap @ gap)
+        keep = best[a] + best[b]
+        collapse[i] = spread[i] + alpha <= keep  # ties collapse: the smallest minimising subtree
+        best[i] = min(spread[i] + alpha, keep)
+    for i in np.flatnonzero(collapse):  # nodes under a collapsed one vanish in compact
+        make_leaf(t, int(i), weighted[i] / cov[i] if cov[i] > 0 else plain[i] / leaves[i], has[i])
+    return compact(t)

@@ -12,7 +12,9 @@ Each format is read by its own library, never through pickle:
 
 The parsed model's size (trees, nodes) is checked against ``limits.maxTreeNodes`` before it
 is converted (skl2onnx for scikit-learn, onnxmltools for XGBoost and LightGBM): conversion
-time and memory grow with the node count. This module imports no torch, so the child starts fast.
+time and memory grow with the node count. The converted model records whether its library
+says it is a forest or boosted (:func:`modelpress.jobs.trees.ensemble.mark`), which ensemble
+pruning reads. This module imports no torch, so the child starts fast.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import onnx
 
 from modelpress.api import Limits
 from modelpress.jobs.errors import JobInputError, first_line
+from modelpress.jobs.trees.ensemble import find_node, mark
 
 FIELD = "source.storageUri"
 INPUT_NAME = "input"
@@ -240,6 +243,10 @@ def _sklearn(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
     link = getattr(getattr(model, "_loss", None), "link", None)
     if not is_classifier(model) and type(link).__name__ == "LogLink":
         _append_exp(converted)
+    if ".ensemble._forest." in name:
+        mark(converted, "forest")
+    elif ".ensemble." in name:  # gradient boosting: one tree per class (or one) each round
+        mark(converted, "boosted", len(sizes) // max(1, int(getattr(model, "n_iter_", 0) or len(model.estimators_))))
     return converted
 
 
@@ -355,7 +362,38 @@ def _xgboost(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
         # Same trees as multi:softprob, which onnxmltools converts to probabilities; for
         # softmax it serves the raw margins as if they were (the label is their argmax).
         booster.set_param({"objective": "multi:softprob"})
-    return convert_xgboost(booster, initial_types=[(INPUT_NAME, FloatTensorType([None, booster.num_features()]))])
+    converted = convert_xgboost(booster, initial_types=[(INPUT_NAME, FloatTensorType([None, booster.num_features()]))])
+    # num_parallel_tree > 1 grows that many trees per class each round (XGBRFClassifier/
+    # XGBRFRegressor: one round, a random forest; several rounds: a boosted forest, pruned
+    # by whole rounds). Their sum is the round's: the library divides their leaves by it.
+    gbtree = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]
+    tree_info = [int(c) for c in gbtree.get("model", gbtree.get("gbtree", {}).get("model", {}))["tree_info"]]
+    _xgboost_class_ids(converted, tree_info)
+    rounds = booster.num_boosted_rounds()
+    per_round = len(tree_info) // max(1, rounds)  # classes x num_parallel_tree
+    if rounds == 1 and per_round > max(tree_info, default=0) + 1:
+        mark(converted, "forest")
+    else:
+        mark(converted, "boosted", per_round)
+    return converted
+
+
+def _xgboost_class_ids(model: onnx.ModelProto, tree_info: list[int]) -> None:
+    """Score each tree for its own class, as XGBoost's ``tree_info`` lists it.
+
+    onnxmltools 1.16 assigns tree ``t`` to class ``t % classes``: right when a round grows
+    one tree per class, wrong with num_parallel_tree > 1 (a round holds each class's
+    parallel trees one class after the other), where the converted model answered
+    differently from XGBoost. Regressors and binary classifiers have one output: unchanged.
+    """
+    node = model.graph.node[find_node(model)]
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type != "TreeEnsembleClassifier" or "class_ids" not in attrs or max(tree_info, default=0) < 1:
+        return
+    trees = attrs["class_treeids"].ints
+    if max(trees, default=0) >= len(tree_info):
+        raise ValueError(f"the converted model has {max(trees) + 1} trees, XGBoost lists {len(tree_info)}")
+    attrs["class_ids"].ints[:] = [tree_info[t] for t in trees]
 
 
 # --------------------------------------------------------------------------- lightgbm
@@ -375,9 +413,40 @@ def _lightgbm(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
             field,
             f"{path.name}: LightGBM read {booster.num_trees()} trees, the file lists {trees}; the file is damaged",
         )
-    return convert_lightgbm(
+    converted = convert_lightgbm(
         booster, initial_types=[(INPUT_NAME, FloatTensorType([None, booster.num_feature()]))], zipmap=False
     )
+    per_round = booster.num_model_per_iteration()
+    if _lightgbm_averages(text):
+        # boosting_type rf: LightGBM averages the iterations' raw scores. onnxmltools 1.16
+        # misses it for a Booster read from text (it looks for an attribute that only a
+        # freshly trained one has) and sums them; averaging is written here as the leaves
+        # divided by the number of iterations, the form of a scikit-learn forest.
+        _scale_leaves(converted, 1.0 / max(1, trees // per_round))
+        mark(converted, "forest")
+    else:
+        mark(converted, "boosted", per_round)
+    return converted
+
+
+def _lightgbm_averages(text: str) -> bool:
+    """Whether the header (before the first tree) has LightGBM's bare ``average_output``
+    line: what makes LightGBM itself average the trees (GBDT::LoadModelFromString)."""
+    header = text[: text.find("\nTree=")] if "\nTree=" in text else text
+    return "average_output" in header.splitlines()
+
+
+def _scale_leaves(model: onnx.ModelProto, factor: float) -> None:
+    """Multiply every leaf weight of the model's tree node by ``factor``."""
+    from onnx import numpy_helper
+
+    node = model.graph.node[find_node(model)]
+    for a in node.attribute:
+        if a.name in ("class_weights", "target_weights"):
+            a.floats[:] = [w * factor for w in a.floats]
+        elif a.name in ("class_weights_as_tensor", "target_weights_as_tensor"):
+            values = numpy_helper.to_array(a.t)
+            a.t.CopyFrom(numpy_helper.from_array((values * factor).astype(values.dtype), a.t.name))
 
 
 def _text(path: Path, field: str) -> str:

@@ -17,6 +17,7 @@ their depth is bounded, so evaluation and rewriting cannot loop or index out of 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -171,6 +172,45 @@ class Ensemble:
         used = max(int(t.feature[~t.is_leaf].max(initial=-1)) for t in self.trees) + 1
         if used > n_features:
             raise ValueError(f"the trees read feature {used - 1} but the data has {n_features} features")
+
+
+# --------------------------------------------------------------------------- what the source said
+
+# metadata_props the tree loaders write (convert.py) from what the model's library says:
+# whether the trees are a forest (averaged: any subset is a smaller model) or boosted
+# (sequential: only a prefix is), and for boosting how many trees one round grows (one
+# per class; times num_parallel_tree for XGBoost's boosted forests), with the number of
+# trees it was said of: a later step that drops trees (folding one-leaf trees) leaves rounds
+# that are no longer whole, and the count no longer matches. The tree node alone cannot
+# always tell (a forest with a base score and a link looks boosted).
+ENSEMBLE_KEY = "modelpress.ensemble"
+ROUND_KEY = "modelpress.treesPerRound"
+TREES_KEY = "modelpress.trees"
+ENSEMBLE_KINDS = ("forest", "boosted")
+
+
+def mark(model: onnx.ModelProto, kind: str, trees_per_round: int = 1) -> None:
+    """Record what kind of ensemble ``model``'s tree node holds (replacing what it said before)."""
+    assert kind in ENSEMBLE_KINDS
+    props = {p.key: p.value for p in model.metadata_props if p.key not in (ENSEMBLE_KEY, ROUND_KEY, TREES_KEY)}
+    props[ENSEMBLE_KEY] = kind
+    if kind == "boosted" and trees_per_round > 1:
+        tree_ids = next(a.ints for a in model.graph.node[find_node(model)].attribute if a.name == "nodes_treeids")
+        props[ROUND_KEY] = str(trees_per_round)
+        props[TREES_KEY] = str(len(set(tree_ids)))
+    onnx.helper.set_model_props(model, props)
+
+
+def declared(model: onnx.ModelProto, n_trees: int) -> tuple[str | None, int | None]:
+    """(kind, trees per round) as the model's metadata says, each None where it says
+    nothing usable. An ONNX source's metadata is the user's: a kind other than the two,
+    or a round size said of another number of trees or that does not divide them, is
+    ignored (inferred instead)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    kind = props.get(ENSEMBLE_KEY)
+    size = int(props[ROUND_KEY]) if re.fullmatch(r"[0-9]{1,9}", props.get(ROUND_KEY, "")) else 0
+    whole = props.get(TREES_KEY) == str(n_trees) and 0 < size <= n_trees and n_trees % size == 0
+    return (kind if kind in ENSEMBLE_KINDS else None), (size if whole else None)
 
 
 # --------------------------------------------------------------------------- read

@@ -403,17 +403,28 @@ class PruneTrees(Spec):
         description="A subtree whose leaf values all lie within this fraction of the widest leaf-value range of "
         "any tree becomes one leaf.",
     )
+    cost_complexity: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Minimal cost-complexity (weakest-link) pruning, scikit-learn's ccp_alpha, applied to each tree "
+        "after the other options: a subtree becomes one leaf while the squared change of the tree's output it "
+        "causes on the method's samples, per leaf removed, is at most this alpha (the change is divided by the "
+        "number of samples and by the square of the widest leaf-value range of any tree). 0 prunes nothing; "
+        "useful values are small (1e-4 to 1e-2).",
+    )
     cel_rules: ClassVar = [
         cel(
-            "has(self.maxDepth) || has(self.minSamplesLeaf) || has(self.leafTolerance)",
-            "set at least one of maxDepth, minSamplesLeaf, leafTolerance",
+            "has(self.maxDepth) || has(self.minSamplesLeaf) || has(self.leafTolerance) || has(self.costComplexity)",
+            "set at least one of maxDepth, minSamplesLeaf, leafTolerance, costComplexity",
         )
     ]
 
     @model_validator(mode="after")
     def _some(self) -> PruneTrees:
-        if self.max_depth is None and self.min_samples_leaf is None and self.leaf_tolerance is None:
-            raise ValueError("set at least one of maxDepth, minSamplesLeaf, leafTolerance")
+        options = (self.max_depth, self.min_samples_leaf, self.leaf_tolerance, self.cost_complexity)
+        if all(o is None for o in options):
+            raise ValueError("set at least one of maxDepth, minSamplesLeaf, leafTolerance, costComplexity")
         return self
 
 

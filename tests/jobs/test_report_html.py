@@ -152,7 +152,7 @@ def test_every_method_reads_as_words() -> None:
         {"distill": {"student": {"trees": {"kind": "randomForest", "trees": 50, "maxDepth": 8}}, "alpha": 0.7}},
         {"distill": {"student": {"mlp": {"hidden": [64, 32]}}, "epochs": 20}},
         {"pruneEnsemble": {"fraction": 0.2, "ensemble": "forest"}},
-        {"pruneTrees": {"maxDepth": 5, "leafTolerance": 0.1}},
+        {"pruneTrees": {"maxDepth": 5, "leafTolerance": 0.1, "costComplexity": 0.002}},
         {"sharpen": {"amount": 2, "nodes": [], "extra": None}},  # a method this module has never heard of
     ]
     assert report.describe_recipe(recipe) == (
@@ -164,7 +164,7 @@ def test_every_method_reads_as_words() -> None:
         " → distill into a random forest of 50 trees, depth 8 (T 1, α 0.7)"
         " → distill into an MLP 64-32, 20 epochs (T 1, α 0.5)"
         " → keep 20% of the trees, ordered aggregation"
-        " → prune trees: depth ≤ 5, leaves within 10% merged"
+        " → prune trees: depth ≤ 5, leaves within 10% merged, cost-complexity α 0.002"
         " → sharpen amount 2"
     )
 

@@ -135,6 +135,27 @@ def test_the_index_pandas_stores_as_a_column_is_not_a_feature(tmp_path: Path) ->
     assert named.features[0]["input"].tolist() == [2.5, 3.0]
 
 
+def test_the_unnamed_row_numbers_of_pandas_to_csv_are_refused_unless_features_are_listed(tmp_path: Path) -> None:
+    """pandas' default to_csv() writes the index as a first column with an empty name; read
+    as a feature it would shift every input by one."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [0.5, 1.5], "b": [1.0, 2.0], "label": [0, 1]})
+    frame.to_csv(tmp_path / "indexed.csv")
+    error = refused(tmp_path / "indexed.csv", "csv")
+    assert error.field == f"{FIELD}.storageUri"
+    assert "column 1 has no name" in error.message and "index=False" in error.message
+    assert "featureColumns" in error.message
+    # A blank name is no name either, wherever it is.
+    write(pa.table({"a": [1.0], "  ": [2.0], "label": [0]}), tmp_path / "blank.parquet")
+    assert "column 2 has no name" in refused(tmp_path / "blank.parquet", "parquet").message
+    # With featureColumns the unnamed column is simply not read.
+    x = load(tmp_path / "indexed.csv", "csv", featureColumns=["b", "a"]).features
+    assert [s["input"].tolist() for s in x] == [[1.0, 0.5], [2.0, 1.5]]
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    assert len(load(tmp_path / "plain.csv", "csv")) == 2
+
+
 # --------------------------------------------------------------------------- what the spec names
 
 

@@ -23,12 +23,15 @@ import xgboost
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
 from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingClassifier, RandomForestClassifier
 
-from modelpress.api import Limits
+from modelpress.api import Limits, PruneEnsemble
+from modelpress.jobs.dataset import Samples
 from modelpress.jobs.entrypoint import load_spec
 from modelpress.jobs.errors import JobInputError
+from modelpress.jobs.methods import MethodData, ModelHandle, StepResult, get_method
 from modelpress.jobs.models import load_source
 from modelpress.jobs.pipeline import run
 from modelpress.jobs.serving import OnnxModel
+from modelpress.jobs.trees.ensemble import read
 
 from .conftest import make_spec, write_spec
 
@@ -278,6 +281,115 @@ def test_a_regressor_under_task_classification_names_source_task(tmp_path: Path)
     xgboost.XGBRegressor(n_estimators=3, max_depth=2).fit(x, y).save_model(path)
     error = refused(path, "xgboost", task="classification")
     assert error.field == "source.task" and "regression" in error.message
+
+
+# --------------------------------------------------------------------------- forests or boosting
+
+
+def prune(handle, x: np.ndarray, y: np.ndarray, **config) -> StepResult:
+    samples = Samples([{"input": row} for row in x], y)
+    data = MethodData(task="classification", train=samples, calibration=samples)
+    return get_method("pruneEnsemble").apply(handle, PruneEnsemble(**config), data)
+
+
+def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
+    return float((run_onnx(model, x).argmax(axis=1) == y).mean())
+
+
+def agrees(model: onnx.ModelProto, x: np.ndarray, expected: np.ndarray) -> None:
+    """Within float32 rounding on all but a few rows: LightGBM compares doubles with its
+    thresholds, onnxruntime float32 inputs, so a value next to a threshold may split apart."""
+    off = np.abs(run_onnx(model, x) - expected).max(axis=1) > 1e-5
+    assert off.mean() <= 0.01, f"{off.sum()} of {len(x)} rows differ"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "model"),
+    [
+        ("xgboost", xgboost.XGBRFClassifier(n_estimators=30, max_depth=4, random_state=0)),
+        (
+            "lightgbm",
+            lightgbm.LGBMClassifier(
+                boosting_type="rf", n_estimators=30, num_leaves=15, subsample=0.7, subsample_freq=1, verbose=-1
+            ),
+        ),
+    ],
+    ids=["XGBRFClassifier", "LightGBM-rf"],
+)
+def test_random_forests_of_xgboost_and_lightgbm_are_pruned_as_forests(tmp_path: Path, fmt: str, model) -> None:
+    """Both have a base score or a link, so their tree node looks boosted: the source's
+    library says forest, the converted model records it, and ``auto`` reads it (a prefix
+    of a forest is a worse forest; LightGBM's rf once kept 1 of 30 trees as a "prefix")."""
+    x, y = data("cancer")
+    x_fit, y_fit, x_test, y_test = x[::2], y[::2], x[1::2], y[1::2]
+    model.fit(x_fit, y_fit)
+    path = tmp_path / ("model.json" if fmt == "xgboost" else "model.txt")
+    (model.save_model if fmt == "xgboost" else model.booster_.save_model)(path)
+    handle = load_source(path, fmt, "classification", uri=URI)
+    # LightGBM rf averages its trees: the conversion does too (onnxmltools alone summed them).
+    agrees(handle.proto, x, model.predict_proba(x))
+    assert {p.key: p.value for p in handle.proto.metadata_props}["modelpress.ensemble"] == "forest"
+    step = prune(handle, x_fit, y_fit, fraction=0.3)
+    assert step.changes["ensemble"] == "forest" and step.changes["ensembleFrom"] == "model"
+    assert step.changes["treesAfter"] == 9
+    full = accuracy(handle.proto, x_test, y_test)
+    assert accuracy(step.model.proto, x_test, y_test) >= full - 0.03
+
+
+@pytest.mark.parametrize("fmt", ["xgboost", "lightgbm"])
+def test_a_multiclass_forest_of_one_class_trees_keeps_as_many_trees_of_each_class(tmp_path: Path, fmt: str) -> None:
+    """XGBoost (num_parallel_tree trees per class, one class after the other) and LightGBM's
+    rf (one tree per class per iteration) grow one-class trees: they convert faithfully
+    (onnxmltools gave XGBoost's the wrong classes) and are subset one tree per class at a time."""
+    x, y = data("digits")
+    if fmt == "xgboost":
+        model = xgboost.XGBRFClassifier(n_estimators=6, max_depth=4, random_state=0).fit(x, y)
+        path = tmp_path / "model.json"
+        model.save_model(path)
+    else:
+        model = lightgbm.LGBMClassifier(
+            boosting_type="rf", n_estimators=6, num_leaves=15, subsample=0.7, subsample_freq=1, verbose=-1
+        ).fit(x, y)
+        path = tmp_path / "model.txt"
+        model.booster_.save_model(path)
+    handle = load_source(path, fmt, "classification", uri=URI)
+    agrees(handle.proto, x, model.predict_proba(x))
+    step = prune(handle, x, y, trees=3)
+    assert step.changes["ensemble"] == "forest" and step.changes["treesAfter"] == 30
+    kept = read(step.model.proto)
+    per_class = np.sum([t.has_weight.any(axis=0) for t in kept.trees], axis=0)
+    assert per_class.tolist() == [3] * 10
+    assert accuracy(step.model.proto, x, y) >= accuracy(handle.proto, x, y) - 0.05
+
+
+def test_an_xgboost_boosted_forest_keeps_whole_rounds(tmp_path: Path) -> None:
+    """num_parallel_tree 3 over 4 rounds is boosting whose rounds are forests: a prefix of
+    whole rounds (a part of a round would be a third of a round's forest, unscaled)."""
+    x, y = data("cancer")
+    params = {"num_parallel_tree": 3, "max_depth": 3, "objective": "binary:logistic", "subsample": 0.8}
+    booster = xgboost.train(params, xgboost.DMatrix(x, y), num_boost_round=4)
+    path = tmp_path / "model.json"
+    booster.save_model(path)
+    handle = load_source(path, "xgboost", "classification", uri=URI)
+    step = prune(handle, x, y, trees=2)
+    assert step.changes["ensemble"] == "boosted" and step.changes["treesPerRound"] == 3
+    assert step.changes["treesAfter"] in (3, 6)
+    rounds = step.changes["treesAfter"] // 3
+    expected = booster.predict(xgboost.DMatrix(x), iteration_range=(0, rounds))
+    np.testing.assert_allclose(run_onnx(step.model.proto, x)[:, 1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_metadata_of_an_onnx_source_is_read_and_junk_ignored(tmp_path: Path) -> None:
+    """An ONNX source's metadata is the user's: a known kind is taken, anything else inferred."""
+    x, y = data("cancer")
+    model = RandomForestClassifier(n_estimators=12, max_depth=4, random_state=0).fit(x, y)
+    sio.dump(model, tmp_path / "model.skops")
+    proto = load_source(tmp_path / "model.skops", "sklearn", "classification", uri=URI).proto
+    for value, kind, source in [("boosted", "boosted", "model"), ("<junk>", "forest", "inferred")]:
+        onnx.helper.set_model_props(proto, {"modelpress.ensemble": value, "modelpress.treesPerRound": "x" * 99})
+        handle = ModelHandle(["input"], ["probabilities"], onnx_model=proto)
+        step = prune(handle, x, y, trees=4)
+        assert (step.changes["ensemble"], step.changes["ensembleFrom"]) == (kind, source)
 
 
 # --------------------------------------------------------------------------- a whole job

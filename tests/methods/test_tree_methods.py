@@ -29,7 +29,7 @@ from modelpress.jobs.errors import JobInputError, StepInputError
 from modelpress.jobs.methods import MethodData, ModelHandle, SearchContext, get_method
 from modelpress.jobs.pipeline import Runner, candidates
 from modelpress.jobs.trees import compress
-from modelpress.jobs.trees.ensemble import MODES, make_leaf, read, write
+from modelpress.jobs.trees.ensemble import LEAF, MODES, Tree, compact, copy_tree, make_leaf, read, write
 
 
 def split(loader):
@@ -342,3 +342,148 @@ def test_auto_tells_boosting_without_a_base_score_from_a_forest_on_data():
     h = handle(forest, x)
     result = get_method("pruneEnsemble").apply(h, PruneEnsemble(trees=10), data(h, x, y, "regression"))
     assert result.changes["ensemble"] == "forest"
+
+
+# --------------------------------------------------------------------------- cost-complexity pruning
+
+
+@pytest.fixture(scope="module")
+def cancer_hgb(cancer):
+    x, _, y, _ = cancer
+    return HistGradientBoostingClassifier(max_iter=60, random_state=0).fit(x, y)
+
+
+def hand_tree() -> tuple[Tree, np.ndarray]:
+    """A regression tree in pre-order and how many samples reach each node::
+
+    0 (30) ─┬─ 1 (10) ─┬─ 2: 1.0 (5)
+            │          └─ 3: 1.5 (5)
+            └─ 4 (20) ─┬─ 5 (10) ─┬─ 6: 5.0 (5)
+                       │          └─ 7: 5.6 (5)
+                       └─ 8: 5.4 (10)
+    """
+    leaf, split = LEAF, MODES.index("BRANCH_LEQ")
+    mode = np.array([split, split, leaf, leaf, split, split, leaf, leaf, leaf], np.int8)
+    true_child = np.array([1, 2, -1, -1, 5, 6, -1, -1, -1])
+    false_child = np.array([4, 3, -1, -1, 8, 7, -1, -1, -1])
+    value = np.array([0, 0, 1.0, 1.5, 0, 0, 5.0, 5.6, 5.4])[:, None]
+    tree = Tree(
+        np.array([0, 1, 0, 0, 1, 2, 0, 0, 0]),
+        np.full(9, 0.5, np.float32),
+        mode,
+        true_child,
+        false_child,
+        np.zeros(9, bool),
+        np.ones(9, np.float32),
+        value,
+        mode[:, None] == leaf,
+    )
+    return tree, np.array([30, 10, 5, 5, 20, 10, 5, 5, 10])
+
+
+def test_cost_complexity_collapses_the_weakest_link_a_hand_calculation_names():
+    """g(t) = (R(t) - R(T_t)) / (leaves - 1), R the squared change of the output on t's samples:
+    node 1: 5·0.25² + 5·0.25² = 0.625 over 1 leaf removed: g = 0.625;
+    node 5: 5·0.3² + 5·0.3² = 0.9: g = 0.9;
+    node 4: mean 5.35; 5·0.35² + 5·0.25² + 10·0.05² = 0.95 over 2 leaves: g = 0.475, the weakest
+    link although it changes the output most and node 5 alone is dearer than node 1."""
+    tree, visits = hand_tree()
+    assert compress.cost_complexity_prune(tree, visits, 0.47).size == 9
+    pruned = compress.cost_complexity_prune(tree, visits, 0.48)
+    assert pruned.size == 5  # node 4 is one leaf; node 1 (g 0.625) stays
+    assert pruned.value[pruned.is_leaf, 0].tolist() == pytest.approx([1.0, 1.5, 5.35])
+    # Next: node 1 (0.625), then the root ((113.645... - 0.625 - 0.95) / 1).
+    assert compress.cost_complexity_prune(tree, visits, 0.63).value[:, 0].tolist() == pytest.approx([0, 1.25, 5.35])
+    assert compress.cost_complexity_prune(tree, visits, 112.0).size == 3
+    root = compress.cost_complexity_prune(tree, visits, 112.1)
+    assert root.size == 1 and root.value[0, 0] == pytest.approx((5 + 7.5 + 25 + 28 + 54) / 30)
+
+
+def reach(tree: Tree, x: np.ndarray) -> np.ndarray:
+    """Which rows reach each node [nodes, N] (skl2onnx writes only BRANCH_LEQ)."""
+    assert set(tree.mode[~tree.is_leaf]) == {MODES.index("BRANCH_LEQ")}
+    out = np.zeros((tree.size, len(x)), bool)
+    out[0] = True
+    for i in np.flatnonzero(~tree.is_leaf):  # pre-order: parents first
+        go = x[:, tree.feature[i]] <= tree.threshold[i]
+        out[tree.true_child[i]], out[tree.false_child[i]] = out[i] & go, out[i] & ~go
+    return out
+
+
+def weakest_link_by_hand(tree: Tree, x: np.ndarray, alpha: float) -> Tree:
+    """Breiman's loop, literally: collapse the subtree with the smallest g while g <= alpha."""
+    target = tree.contribution(x)
+    t = copy_tree(tree)
+    while True:
+        rows, now = reach(t, x), t.contribution(x)
+        links = []
+        for i in np.flatnonzero(~t.is_leaf):
+            mean = target[rows[i]].mean(axis=0) if rows[i].any() else np.zeros(target.shape[1])
+            cost = ((target[rows[i]] - mean) ** 2).sum() - ((target[rows[i]] - now[rows[i]]) ** 2).sum()
+            leaves = compact(t, int(i)).is_leaf.sum()
+            links.append((cost / (leaves - 1), int(i), mean))
+        if not links or min(links, key=lambda g: g[0])[0] > alpha:
+            return t
+        _, i, mean = min(links, key=lambda g: g[0])
+        make_leaf(t, i, mean, np.ones(target.shape[1], bool))
+        t = compact(t)
+
+
+def test_cost_complexity_equals_repeating_the_weakest_link():
+    x, _, y, _ = split(load_diabetes)
+    model = GradientBoostingRegressor(n_estimators=3, max_depth=5, random_state=0).fit(x, y)
+    ensemble = read(handle(model, x).proto)
+    scale = len(x) * compress.leaf_range(ensemble) ** 2
+    for tree in ensemble.trees:
+        for alpha in (1e-4, 1e-3, 1e-2):
+            fast = compress.cost_complexity_prune(tree, tree.visits(x), alpha * scale)
+            slow = weakest_link_by_hand(tree, x, alpha * scale)
+            assert fast.size == slow.size < tree.size
+            np.testing.assert_allclose(fast.contribution(x), slow.contribution(x), rtol=1e-9)
+            # Each collapse costs at most alpha per leaf removed: so does the whole pruning.
+            change = ((fast.contribution(x) - tree.contribution(x)) ** 2).sum()
+            assert change <= alpha * scale * (tree.is_leaf.sum() - fast.is_leaf.sum()) * (1 + 1e-9)
+
+
+def test_cost_complexity_zero_is_the_identity(cancer_hgb, cancer):
+    x, xt, y, _ = cancer
+    h = handle(cancer_hgb, x)
+    result = get_method("pruneTrees").apply(h, PruneTrees(cost_complexity=0.0), data(h, x, y))
+    assert result.changes["nodesAfter"] == result.changes["nodesBefore"]
+    np.testing.assert_array_equal(run(result.model, xt), run(h, xt))
+
+
+def test_a_larger_cost_complexity_removes_more(cancer_hgb, cancer):
+    x, _, y, _ = cancer
+    h = handle(cancer_hgb, x)
+    method = get_method("pruneTrees")
+    nodes = [
+        method.apply(h, PruneTrees(cost_complexity=a), data(h, x, y)).changes["nodesAfter"]
+        for a in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    ]
+    assert nodes == sorted(nodes, reverse=True) and nodes[0] > nodes[1] and nodes[-1] < nodes[0] / 20
+    # The largest alpha leaves every tree a single leaf (one output: no subtree changes it by more).
+    every = method.apply(h, PruneTrees(cost_complexity=1.0), data(h, x, y)).changes
+    assert every["nodesAfter"] == every["treesAfter"] == every["leavesAfter"]
+
+
+@pytest.mark.parametrize("kind", ["forest", "hgb"])
+def test_a_moderate_cost_complexity_keeps_held_out_accuracy(kind, forest, cancer_hgb, cancer):
+    x, xt, y, yt = cancer
+    h = handle(forest if kind == "forest" else cancer_hgb, x)
+    result = get_method("pruneTrees").apply(h, PruneTrees(cost_complexity=0.003), data(h, x, y))
+    assert result.changes["nodesAfter"] < result.changes["nodesBefore"] * (0.7 if kind == "forest" else 0.35)
+    before = np.mean(run(h, xt).argmax(axis=1) == yt)
+    assert np.mean(run(result.model, xt).argmax(axis=1) == yt) >= before - 0.02
+
+
+def test_cost_complexity_runs_after_the_other_options_and_has_a_milder_ladder(cancer_hgb, cancer):
+    x, _, y, _ = cancer
+    h = handle(cancer_hgb, x)
+    method = get_method("pruneTrees")
+    depth = method.apply(h, PruneTrees(max_depth=3), data(h, x, y)).changes
+    both = method.apply(h, PruneTrees(max_depth=3, cost_complexity=1e-3), data(h, x, y)).changes
+    assert both["maxDepthAfter"] <= 3 and both["nodesAfter"] < depth["nodesAfter"]
+    ladder = method.ladder(PruneTrees(cost_complexity=0.004), SearchContext())
+    assert [(v.config.cost_complexity, v.level) for v in ladder] == [(0.002, 1), (0.001, 2)]
+    assert method.ladder(PruneTrees(cost_complexity=0.0), SearchContext()) == []
