@@ -313,6 +313,6 @@ def cost_complexity_prune(tree: Tree, visits: np.ndarray, alpha: float) -> Tree:
         keep = best[a] + best[b]
         collapse[i] = spread[i] + alpha <= keep  # ties collapse: the smallest minimising subtree
         best[i] = min(spread[i] + alpha, keep)
-    for i in np.flatnonzero(collapse):  # nodes under a collapsed one vanish in compact
-        make_leaf(t, int(i), weighted[i] / cov[i] if cov[i] > 0 else plain[i] / leaves[i], has[i])
+    for node in np.flatnonzero(collapse).tolist():  # nodes under a collapsed one vanish in compact
+        make_leaf(t, node, weighted[node] / cov[node] if cov[node] > 0 else plain[node] / leaves[node], has[node])
     return compact(t)

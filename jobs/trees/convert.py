@@ -353,10 +353,11 @@ def _xgboost(path: Path, limits: Limits, field: str) -> onnx.ModelProto:
             f"compute what XGBoost predicts); supported: {', '.join(sorted(XGBOOST_OBJECTIVES))}",
         )
     attributes = booster.attributes()
-    if "scikit_learn" in attributes and "best_iteration" in attributes:
+    best_iteration = attributes.get("best_iteration")
+    if "scikit_learn" in attributes and best_iteration is not None:
         # Saved by XGBClassifier/XGBRegressor after early stopping: their predict uses the rounds
         # up to the best iteration, and the file holds every round trained (Booster.predict's).
-        booster = booster[: int(attributes["best_iteration"]) + 1]
+        booster = booster[: int(best_iteration) + 1]
     booster.feature_names = None  # the converter reads splits as f<index>
     if objective == "multi:softmax":
         # Same trees as multi:softprob, which onnxmltools converts to probabilities; for
