@@ -12,6 +12,11 @@ for an analysed canary:
 * Shadow traffic (``--shadow_model_dir``, ``--shadow_fraction``, ``--shadow_task``,
   ``--shadow_queue``): a candidate artifact run off the request path on a sample of the
   requests and compared with the stable answers (``jobs/shadow.py``, its metrics).
+* Prediction ids and feedback (``--feedback_ids``): every successful prediction is answered
+  with an id (header ``x-prediction-id``; V2 also the response parameter ``prediction_id``),
+  counted in ``modelpress_predictions_total``; outcomes posted to
+  ``POST /v1/models/<name>/feedback`` are counted for the digest that served the id
+  (``jobs/feedback.py``).
 * Chaos options, **for tests of bad canaries only**: ``--chaos_error_rate`` (fraction of
   requests answered with HTTP 500) and ``--chaos_latency_ms`` (added to every request),
   or the env vars ``MODELPRESS_CHAOS_ERROR_RATE`` / ``MODELPRESS_CHAOS_LATENCY_MS``.
@@ -29,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import logging
 import os
 import random
@@ -48,16 +52,18 @@ from kserve.logging import logger
 from kserve.model import InferenceVerb
 from prometheus_client import Counter, Histogram
 
+from modelpress.jobs.feedback import DEFAULT_FEEDBACK_IDS, PredictionBook, check_capacity, feedback_router
+from modelpress.jobs.scoring import (  # noqa: F401 - shared with batch scoring; MODEL_* re-exported
+    MODEL_CANDIDATES,
+    MODEL_RELPATH,
+    ORT_TO_NUMPY,
+    Scorer,
+    ScoringInputError,
+    file_sha256,
+    find_model_file,
+)
 from modelpress.jobs.shadow import TASKS as SHADOW_TASKS
 from modelpress.jobs.shadow import ShadowConfig, ShadowError, ShadowRunner
-
-# The artifact layout of ModelPress is KServe's Triton model repository (model name
-# "model", version 1); a bare model.onnx is accepted for hand-made directories. Spelled
-# out here rather than imported from jobs/artifact.py, which needs the onnx package: the
-# serving image holds only kserve, onnxruntime, numpy and tokenizers (a test checks the
-# two agree).
-MODEL_RELPATH = "model/1/model.onnx"
-MODEL_CANDIDATES = (MODEL_RELPATH, "model.onnx")  # the job's artifact layout, or a bare file
 
 # Sub-millisecond resolution matters: a small int8 MLP answers in ~100 µs, and the
 # canary's p95 is compared to the stable's p95 as a ratio.
@@ -97,17 +103,6 @@ ORT_TO_V2 = {
     "tensor(bool)": "BOOL",
     "tensor(string)": "BYTES",
 }
-ORT_TO_NUMPY = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int8)": np.int8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
 
 
 @dataclass(frozen=True)
@@ -129,26 +124,6 @@ class Chaos:
             error_rate=float(os.environ.get("MODELPRESS_CHAOS_ERROR_RATE", "0") or 0),
             latency_ms=float(os.environ.get("MODELPRESS_CHAOS_LATENCY_MS", "0") or 0),
         )
-
-
-def find_model_file(model_dir: Path) -> Path:
-    """The ONNX file inside an artifact directory, or a clear error naming both layouts."""
-    for rel in MODEL_CANDIDATES:
-        candidate = model_dir / rel
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"no ONNX model in {model_dir}: expected {' or '.join(str(model_dir / r) for r in MODEL_CANDIDATES)} "
-        "(point --model_dir at the artifact directory written by the compression job)"
-    )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def choose_providers(device: str) -> list[str]:
@@ -182,6 +157,7 @@ class OnnxModel(Model):
         intra_op_threads: int = 0,
         chaos: Chaos | None = None,
         shadow: ShadowConfig | None = None,
+        feedback_ids: int = DEFAULT_FEEDBACK_IDS,
     ) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
@@ -189,6 +165,8 @@ class OnnxModel(Model):
         self.intra_op_threads = intra_op_threads
         self.chaos = chaos or Chaos()
         self.shadow_config = shadow
+        self.feedback_ids = feedback_ids
+        self.book: PredictionBook | None = None  # the prediction ids served; set by load()
         self.shadow: ShadowRunner | None = None
         self.digest = ""
         self.session: ort.InferenceSession | None = None
@@ -199,8 +177,9 @@ class OnnxModel(Model):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         self.session = ort.InferenceSession(str(path), options, providers=choose_providers(self.device))
-        self._inputs = {i.name: i for i in self.session.get_inputs()}
-        self._outputs = [o.name for o in self.session.get_outputs()]
+        self._scorer = Scorer(self.session, self.name)
+        self._inputs = self._scorer.inputs
+        self._outputs = self._scorer.outputs
         self._output_types = {o.name: ORT_TO_V2.get(o.type, o.type) for o in self.session.get_outputs()}
         self._warm_up()
         if self.shadow_config is not None:  # after the warm-up: it must not feed the shadow
@@ -212,6 +191,7 @@ class OnnxModel(Model):
         # The labelled children are kept: a label lookup per request costs a lock and a dict.
         self._latency = LATENCY.labels(self.name, self.digest)
         self._requests = {code: REQUESTS.labels(self.name, self.digest, code) for code in ("200", "400", "500")}
+        self.book = PredictionBook(self.name, self.digest, self.feedback_ids)
         self.ready = True
         return self.ready
 
@@ -227,6 +207,13 @@ class OnnxModel(Model):
         if self.session is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         return self.session
+
+    @property
+    def _book(self) -> PredictionBook:
+        """The prediction ids :meth:`load` began to keep (same contract as :attr:`_session`)."""
+        if self.book is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self.book
 
     def _warm_up(self, runs: int = 3) -> None:
         """A few inferences on zeros before reporting ready, so the first real requests
@@ -271,7 +258,8 @@ class OnnxModel(Model):
             if self.chaos.error_rate and random.random() < self.chaos.error_rate:
                 raise InferenceError("injected failure (chaos option MODELPRESS_CHAOS_ERROR_RATE / --chaos_error_rate)")
             if verb is InferenceVerb.PREDICT:
-                return self.predict(body, headers), {}
+                # The id is stamped after predict: a failed request gets none and is not counted.
+                return self._book.stamp(self.predict(body, headers))
             return await super().__call__(body, headers, verb)
         except InvalidInput:
             code = "400"
@@ -284,23 +272,17 @@ class OnnxModel(Model):
             self._requests[code].inc()
 
     def _feed(self, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self._inputs if n not in named]
-        unknown = [n for n in named if n not in self._inputs]
-        if missing or unknown:
-            raise InvalidInput(
-                f"model {self.name!r} takes inputs {list(self._inputs)}; missing {missing}, unknown {unknown}"
-            )
-        feed = {}
-        for n, arr in named.items():
-            dtype = ORT_TO_NUMPY.get(self._inputs[n].type)
-            feed[n] = np.asarray(arr, dtype=dtype) if dtype is not None else np.asarray(arr)
-        return feed
+        """Scorer.feed (the casts batch scoring does too); its input errors are the client's: HTTP 400."""
+        try:
+            return self._scorer.feed(named)
+        except ScoringInputError as e:
+            raise InvalidInput(str(e)) from e
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            results = self._session.run(self._outputs, feed)
-        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as e:
-            raise InvalidInput(f"model {self.name!r} rejected the input: {e}") from e
+            results = self._scorer.run(feed)
+        except ScoringInputError as e:
+            raise InvalidInput(str(e)) from e
         if self.shadow is not None:  # O(1), never raises: see ShadowRunner.offer
             self.shadow.offer(feed, results)
         return results
@@ -359,10 +341,13 @@ def serve(
     chaos: Chaos | None = None,
     shadow: ShadowConfig | None = None,
     request_logs: bool = False,
+    feedback_ids: int = DEFAULT_FEEDBACK_IDS,
 ) -> None:
     """Load the artifact (and the shadow candidate, if any) and serve it until SIGTERM (blocks).
     gRPC only when a port is given; see :func:`quiet_request_logs` for ``request_logs``."""
-    model = OnnxModel(model_name, Path(model_dir), device, intra_op_threads, chaos or Chaos.from_env(), shadow)
+    model = OnnxModel(
+        model_name, Path(model_dir), device, intra_op_threads, chaos or Chaos.from_env(), shadow, feedback_ids
+    )
     model.load()
     server = ModelServer(
         http_port=http_port,
@@ -371,6 +356,9 @@ def serve(
     )
     if not request_logs:
         quiet_request_logs()  # after ModelServer(): it (re)configures logging
+    # KServe's extension point for extra REST routes: its module-level FastAPI app, which
+    # RESTServer.create_application imports and extends when start() runs. Ours go first.
+    kserve_model_server.app.include_router(feedback_router({model.name: model._book}))
     server.start([model])
 
 
@@ -415,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shadow_task", choices=SHADOW_TASKS, help="how the answers are compared")
     parser.add_argument("--shadow_queue", type=int, default=64, help="most requests waiting for the candidate")
     parser.add_argument(
+        "--feedback_ids", type=int, default=DEFAULT_FEEDBACK_IDS,
+        help="prediction ids remembered for feedback attribution (oldest forgotten first)",
+    )  # fmt: skip
+    parser.add_argument(
         "--request_logs", choices=["true", "false"], default="false",
         help="log a line per request (uvicorn access log, KServe timing); off: Prometheus counts and times them",
     )  # fmt: skip
@@ -427,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # bad options and a wrong directory get one readable line, not a traceback
         chaos = Chaos(args.chaos_error_rate, args.chaos_latency_ms)
         find_model_file(args.model_dir)
+        check_capacity(args.feedback_ids)
         shadow = ShadowConfig.from_flags(
             args.shadow_model_dir, args.shadow_task, args.shadow_fraction, args.shadow_queue
         )
@@ -444,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             chaos=chaos,
             shadow=shadow,
             request_logs=args.request_logs == "true",
+            feedback_ids=args.feedback_ids,
         )
     except ShadowError as e:  # a candidate that does not fit the stable model, found at load
         print(f"modelpress-onnx: {e}", file=sys.stderr)

@@ -69,6 +69,11 @@ COMMANDS: dict[str, Command] = {
     "job": Command(
         "modelpress.jobs.entrypoint:job_command", "Entry point of the compression Job container.", _job_exit_codes
     ),
+    "predict": Command(
+        "modelpress.jobs.scoring:predict_command",
+        "Score a table (parquet, csv, npz) with an artifact, as the online runtime would; write parquet.",
+        lambda: {0: "predictions written", 1: "bad input (artifact, data or a flag); nothing written"},
+    ),
     "operator": Command(
         "modelpress.operator.main:operator_command",
         "Run the Kubernetes operator.",
@@ -121,8 +126,8 @@ def exit_code_epilog(codes: dict[int, str]) -> str:
 
 # The summary in ``modelpress --help``; a test checks it covers every command's codes.
 OVERALL_EXIT_CODES: dict[int, str] = {
-    0: "success (run, job: Validated)",
-    1: "the input has problems (validate, render), or the job Failed (run, job)",
+    0: "success (run, job: Validated; predict: written)",
+    1: "the input has problems (validate, render, predict), or the job Failed (run, job)",
     2: COMMON_EXIT_CODES[2],
     3: "Rejected: compressed, but a threshold was broken (run, job)",
     130: COMMON_EXIT_CODES[130],

@@ -27,7 +27,7 @@ DOCS = REPO / "docs"
 CHART_DIR = REPO / "charts" / "modelpress"
 HEALTH_LUA = REPO / "argocd" / "modelpress.io" / "CompressedModel" / "health.lua"
 # The serving runtime plus every operator module: a metric added anywhere there must be documented.
-METRIC_MODULES = ("modelpress.jobs.serving", "modelpress.jobs.shadow") + tuple(
+METRIC_MODULES = ("modelpress.jobs.serving", "modelpress.jobs.shadow", "modelpress.jobs.feedback") + tuple(
     f"modelpress.operator.{m.name}"
     for m in pkgutil.iter_modules(importlib.import_module("modelpress.operator").__path__)
 )
@@ -93,6 +93,7 @@ def test_promql_in_metrics_doc_uses_real_series() -> None:
     exposed = set()
     for name, (kind, _) in registered_metrics().items():
         exposed |= {name} | ({f"{name}_bucket", f"{name}_count", f"{name}_sum"} if kind == "histogram" else set())
+        exposed |= {f"{name}_count", f"{name}_sum"} if kind == "summary" else set()
     for block in code_blocks((DOCS / "metrics.md").read_text(), "promql"):
         for series in re.findall(r"\b(modelpress_\w+)\b", block):
             assert series in exposed, series
