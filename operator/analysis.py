@@ -32,6 +32,16 @@ one-sided Wilson upper bound at ``confidence`` is below ``minAgreement`` (a poin
 below it that is not significant holds for more samples); the means are judged as point
 estimates once ``minSamples`` are in.
 
+Business checks (``serving.rollout.analysis.business``; :func:`judge_business`) read the
+outcomes users report back to the runtime's feedback endpoint, counted per serving digest
+(feedback count, sum of outcomes and, for means, of squared outcomes), canary against stable
+over the same window. The null hypothesis is that the canary is at most ``maxRelativeDrop``
+below the stable model (rate: ``p_c >= (1 - d) p_s``; mean: ``mu_c >= (1 - d) mu_s``); the
+check fails only when a one-sided test rejects it at ``confidence`` -- a two-proportion z-test
+(Wald, on Agresti-Caffo adjusted rates) for rates, Welch's t-test for means. Fewer than
+``minSamples`` outcomes in either arm holds the rollout ("waiting for feedback"), as does a
+point estimate below the tolerance that is not significant.
+
 Plain urllib is used on purpose: the HTTP query API is one GET, and the operator image
 stays free of a Prometheus client library.
 """
@@ -47,7 +57,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from modelpress.api import Analysis, AnalysisResult, Shadow
+from modelpress.api import Analysis, AnalysisResult, Business, Shadow
 
 # Names exported by modelpress.jobs.serving (duplicated: the operator must not import the
 # ML runtime; tests/serving checks they match).
@@ -63,6 +73,11 @@ SHADOW_KL_METRIC = "modelpress_shadow_kl_divergence"
 SHADOW_COSINE_METRIC = "modelpress_shadow_cosine"
 SHADOW_ABS_ERROR_METRIC = "modelpress_shadow_abs_error"
 SHADOW_RELATIVE_ERROR_METRIC = "modelpress_shadow_relative_error"
+# Exported by the runtime's feedback endpoint (modelpress.jobs.feedback) per serving digest (same rule).
+FEEDBACK_METRIC = "modelpress_feedback_total"  # label kind: binary | numeric
+FEEDBACK_SUM_METRIC = "modelpress_feedback_outcome_sum"  # a summary's _sum; binary outcomes as 0/1
+FEEDBACK_SQUARES_METRIC = "modelpress_feedback_outcome_squares_sum"  # the second moment, for a mean's variance
+FEEDBACK_KIND = {"rate": "binary", "mean": "numeric"}  # Business.kind -> the feedback's kind label
 # Shadow bounds judged as a mean (wire name -> histogram, value name, True: the bound is a minimum).
 SHADOW_MEANS = {
     "maxKlDivergence": (SHADOW_KL_METRIC, "shadowKlDivergence", False),
@@ -203,9 +218,13 @@ def analyse(
     now: datetime | None = None,
     timeout: float = 5.0,
     shadow: ShadowJudge | None = None,
+    business_window: str | None = None,
 ) -> AnalysisResult:
     """Run every check of ``spec`` once (and the shadow checks of ``shadow``, when the stable
-    model keeps shadowing the canary) and return the verdict with its measured values."""
+    model keeps shadowing the canary) and return the verdict with its measured values.
+
+    ``business_window`` is the range the business outcomes are counted over (default: the
+    target's): delayed feedback needs the whole stage so far, not just the last interval."""
     stamp = (now or datetime.now(UTC)).isoformat()
     c = _Checks()
     try:
@@ -254,6 +273,9 @@ def analyse(
                 c.failed.append(f"query {q.name} = {value:g} > max {q.max:g}")
             if q.min is not None and value < q.min:
                 c.failed.append(f"query {q.name} = {value:g} < min {q.min:g}")
+        if spec.business is not None:
+            business_target = Target(target.canary_digest, target.scope, business_window or target.window)
+            _business_checks(spec.business, prometheus_url, business_target, timeout, c)
         if shadow is not None:
             _shadow_checks(shadow, prometheus_url, timeout, c)
     except PrometheusError as e:
@@ -308,7 +330,10 @@ def wilson_upper_bound(successes: float, n: float, confidence: float) -> float:
     z2n = z * z / n
     centre = p + z2n / 2.0
     margin = z * math.sqrt(p * (1.0 - p) / n + z2n / (4.0 * n))
-    return min(1.0, (centre + margin) / (1.0 + z2n))
+    # Never below the point estimate, never above 1 (the exact values): at p = 1 the formula
+    # rounds to either side of 1 (1000 of 1000 at 0.95 gives 0.9999999999999999), and full
+    # agreement must pass minAgreement 1.
+    return min(1.0, max(p, (centre + margin) / (1.0 + z2n)))
 
 
 @dataclass(frozen=True)
@@ -436,3 +461,215 @@ def analyse_shadow(
     except PrometheusError as e:
         return AnalysisResult(time=stamp, verdict="Inconclusive", values=c.values, message=str(e))
     return _verdict(stamp, c, f"shadow checks passed: {shadow_summary(c.values)}")
+
+
+# --------------------------------------------------------------------------- business
+
+
+@dataclass(frozen=True)
+class FeedbackArm:
+    """One arm's feedback over a window: how many outcomes, their sum and the sum of their squares."""
+
+    n: float
+    total: float
+    squares: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        # increase() extrapolates each counter on its own: a rate can come out a hair outside [0, 1].
+        return min(max(self.total / self.n, 0.0), 1.0)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n
+
+    @property
+    def variance(self) -> float:
+        """Sample variance (n - 1) from the moments; never negative (rounding of the sums)."""
+        return max((self.squares - self.n * self.mean**2) / (self.n - 1.0), 0.0)
+
+
+def tolerated_factor(stable: float, max_relative_drop: float) -> float:
+    """The factor f of the null hypothesis canary >= f x stable: ``1 - d`` for a stable value at or
+    above zero; ``1 + d`` below zero, so that "at most d worse" still means lower by d x |stable|."""
+    return 1.0 - max_relative_drop if stable >= 0 else 1.0 + max_relative_drop
+
+
+def rate_drop_test(canary: FeedbackArm, stable: FeedbackArm, max_relative_drop: float) -> tuple[float, float]:
+    """(z, one-sided p) of H0 ``p_c >= (1 - d) p_s`` against H1 ``p_c < (1 - d) p_s``.
+
+    The pooled z-test of the error-rate check assumes equal rates under H0; with a tolerated
+    drop the null is a ratio, so this is the Wald test of ``p_c - (1 - d) p_s`` with each arm's
+    own variance. The rates are Agresti-Caffo adjusted (one success and one failure added per
+    arm): that keeps the variance positive at 0% and 100% and the test's size close to nominal
+    in small arms, and changes nothing at the thousands of outcomes a rate needs.
+    """
+    factor = 1.0 - max_relative_drop
+    n_c, n_s = canary.n + 2.0, stable.n + 2.0
+    p_c = (canary.rate * canary.n + 1.0) / n_c
+    p_s = (stable.rate * stable.n + 1.0) / n_s
+    z = (p_c - factor * p_s) / math.sqrt(p_c * (1.0 - p_c) / n_c + factor**2 * p_s * (1.0 - p_s) / n_s)
+    return z, 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def mean_drop_test(canary: FeedbackArm, stable: FeedbackArm, max_relative_drop: float) -> tuple[float, float, float]:
+    """(t, degrees of freedom, one-sided p) of Welch's test of H0 ``mu_c >= f mu_s`` against
+    H1 ``mu_c < f mu_s`` (f from :func:`tolerated_factor`).
+
+    Welch rather than Student: the arms' variances differ (a different model, different
+    traffic shares). Its inputs are counts, sums and sums of squares -- what Prometheus
+    counters can carry; a bootstrap would need every outcome. Both arms need n >= 2.
+    """
+    factor = tolerated_factor(stable.mean, max_relative_drop)
+    difference = canary.mean - factor * stable.mean
+    a = canary.variance / canary.n
+    b = factor**2 * stable.variance / stable.n
+    if a + b == 0.0:  # every outcome of each arm the same: the difference is exact
+        return math.copysign(math.inf, difference), canary.n + stable.n - 2.0, 0.0 if difference < 0 else 1.0
+    df = (a + b) ** 2 / (a * a / (canary.n - 1.0) + b * b / (stable.n - 1.0))
+    t = difference / math.sqrt(a + b)
+    return t, df, student_t_cdf(t, df)
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` > 0 degrees of freedom (Welch's are fractional).
+
+    Hand-written because the operator image carries no statistics library (the standard
+    library has the normal distribution only, and at the tens of samples a mean may be judged
+    with the normal tail is too thin): the regularized incomplete beta function by Lentz's
+    continued fraction (Numerical Recipes, 6.4). Tests compare it with scipy.
+    """
+    if math.isinf(t):
+        return 0.0 if t < 0 else 1.0
+    tail = 0.5 * _regularized_beta(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t < 0 else 1.0 - tail
+
+
+def _regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b) for a, b > 0 and x in [0, 1]."""
+    if x <= 0.0 or x >= 1.0:
+        return min(max(x, 0.0), 1.0)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    # The continued fraction converges fast below (a + 1) / (a + b + 2); above, use I_x(a, b) = 1 - I_1-x(b, a).
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The incomplete beta function's continued fraction, modified Lentz evaluation."""
+    tiny = 1e-300  # stands in for a zero denominator
+
+    def nonzero(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / nonzero(1.0 - (a + b) * x / (a + 1.0))
+    h = d
+    for m in range(1, 10_000):  # tens of terms in practice, even at a million outcomes per arm
+        even = m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m))
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))
+        for coefficient in (even, odd):
+            d = 1.0 / nonzero(1.0 + coefficient * d)
+            c = nonzero(1.0 + coefficient / c)
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def judge_business(business: Business, canary: FeedbackArm, stable: FeedbackArm, window: str) -> _Checks:
+    """The verdict parts of the business check (module docstring), pure: values, failures, gaps."""
+    c = _Checks()
+    c.values.update(businessCanaryFeedback=round(canary.n, 3), businessStableFeedback=round(stable.n, 3))
+    if min(canary.n, stable.n) < business.min_samples:
+        c.unknown.append(
+            f"{business.name}: waiting for feedback: {canary.n:.0f} canary and {stable.n:.0f} stable outcomes in "
+            f"{window}, minSamples is {business.min_samples} per arm"
+        )
+        return c
+    drop = business.max_relative_drop
+    if business.kind == "rate":
+        canary_value, stable_value = canary.rate, stable.rate
+        z, p = rate_drop_test(canary, stable, drop)
+        c.values.update(businessCanaryRate=round(canary_value, 6), businessStableRate=round(stable_value, 6),
+                        businessZ=round(z, 4))  # fmt: skip
+        statistic = f"two-proportion z {z:.2f}"
+    else:
+        canary_value, stable_value = canary.mean, stable.mean
+        t, df, p = mean_drop_test(canary, stable, drop)
+        c.values.update(
+            businessCanaryMean=round(canary_value, 6), businessStableMean=round(stable_value, 6),
+            businessCanaryStd=round(math.sqrt(canary.variance), 6),
+            businessStableStd=round(math.sqrt(stable.variance), 6), businessT=round(t, 4), businessDf=round(df, 1),
+        )  # fmt: skip
+        statistic = f"Welch t {t:.2f}, df {df:.0f}"
+    c.values["businessP"] = round(p, 6)
+    numbers = f"{business.name}: canary {business.kind} {canary_value:.4g} vs stable {stable_value:.4g}"
+    if stable_value != 0:
+        change = canary_value / stable_value - 1.0 if stable_value > 0 else 1.0 - canary_value / stable_value
+        c.values["businessRelativeChange"] = round(change, 6)
+        numbers += f" ({change:+.2%})"
+    numbers += f" over {canary.n:.0f} / {stable.n:.0f} outcomes in {window}"
+    alpha = 1.0 - business.confidence
+    test = f"{statistic}, p {p:.2g}"
+    if p < alpha:
+        c.failed.append(f"{numbers}: significantly more than {drop:.1%} below stable ({test} < {alpha:.2g})")
+    elif canary_value < tolerated_factor(stable_value, drop) * stable_value:
+        c.unknown.append(
+            f"{numbers}: more than {drop:.1%} below stable but not significantly ({test}); more feedback decides"
+        )
+    return c
+
+
+def feedback_selector(t: Target, canary: bool, kind: str = "") -> str:
+    """One arm's series; ``kind`` pins the feedback counter's kind label (the sums carry none)."""
+    return t.selector(canary, f'kind="{kind}"' if kind else "")
+
+
+def feedback_query(t: Target, metric: str, canary: bool, kind: str = "") -> str:
+    return f"sum(increase({metric}{feedback_selector(t, canary, kind)}[{t.window}]))"
+
+
+def measure_feedback(
+    business: Business, prometheus_url: str, target: Target, timeout: float = 5.0
+) -> tuple[FeedbackArm, FeedbackArm] | None:
+    """Each arm's feedback of the business check's kind; None when no feedback series match at all.
+
+    The sums are asked for only once both arms have ``minSamples``: holding costs two queries.
+    """
+    kind = FEEDBACK_KIND[business.kind]
+    counts = [
+        query(prometheus_url, feedback_query(target, FEEDBACK_METRIC, arm, kind), timeout) for arm in (True, False)
+    ]
+    if counts == [None, None]:
+        return None
+    n_canary, n_stable = (n or 0.0 for n in counts)
+    if min(n_canary, n_stable) < business.min_samples:
+        return FeedbackArm(n_canary, 0.0), FeedbackArm(n_stable, 0.0)
+
+    def arm(canary: bool, n: float) -> FeedbackArm:
+        total = query(prometheus_url, feedback_query(target, FEEDBACK_SUM_METRIC, canary), timeout) or 0.0
+        squares = 0.0
+        if business.kind == "mean":
+            squares = query(prometheus_url, feedback_query(target, FEEDBACK_SQUARES_METRIC, canary), timeout) or 0.0
+        return FeedbackArm(n, total, squares)
+
+    return arm(True, n_canary), arm(False, n_stable)
+
+
+def _business_checks(business: Business, prometheus_url: str, target: Target, timeout: float, c: _Checks) -> None:
+    """Measure and judge the business outcome into ``c``."""
+    arms = measure_feedback(business, prometheus_url, target, timeout)
+    if arms is None:
+        c.values.update(businessCanaryFeedback=0.0, businessStableFeedback=0.0)
+        selector = feedback_selector(target, True, FEEDBACK_KIND[business.kind])
+        c.unknown.append(
+            f"{business.name}: waiting for feedback: none in {target.window}, minSamples is {business.min_samples} "
+            f"per arm; no series match {FEEDBACK_METRIC}{selector} or the stable model's (does the application "
+            "post feedback, and is the runtime scraped?)"
+        )
+        return
+    judged = judge_business(business, *arms, target.window)
+    c.values.update(judged.values)
+    c.failed.extend(judged.failed)
+    c.unknown.extend(judged.unknown)

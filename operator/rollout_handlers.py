@@ -251,7 +251,15 @@ async def _analyse(
         if not rollout.shadow.during_canary and model.spec.serving.deployment_mode == api.DeploymentMode.Standard.value:
             shadow = None
     target = analysis_mod.Target(canary_digest=status.artifact.sha256, scope=scope, window=rollout.interval)
-    return await asyncio.to_thread(analysis_mod.analyse, rollout.analysis, url, target, now, shadow=shadow)
+    # Delayed feedback (clicks, revenue) keeps arriving for the whole step: count all of it so far.
+    business_window = (
+        rollout_mod.stage_window(status.rollout, now, rollout_mod.parse_duration(rollout.interval))
+        if rollout.analysis.business is not None and status.rollout is not None
+        else None
+    )
+    return await asyncio.to_thread(
+        analysis_mod.analyse, rollout.analysis, url, target, now, shadow=shadow, business_window=business_window
+    )
 
 
 async def tick(ctx: Context, body: Mapping[str, Any]) -> None:

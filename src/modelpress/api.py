@@ -1083,6 +1083,54 @@ class PromQuery(Spec):
         return self
 
 
+class BusinessKind(str, Enum):
+    rate = "rate"
+    mean = "mean"
+
+
+class Business(Spec):
+    """Judge the canary on the outcomes users report back (the runtime's feedback endpoint): the
+    canary's rate (binary outcomes, e.g. click-through) or mean (numeric, e.g. revenue per
+    prediction) against the stable model's over the same window, each arm pinned by artifact_digest."""
+
+    name: str = Field(
+        default="business",
+        pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+        max_length=63,
+        description="What the outcome is called in verdict messages, e.g. ctr or revenue.",
+    )
+    kind: BusinessKind = Field(
+        description="rate: binary feedback (0/1), judged with a one-sided two-proportion z-test (a Wald test on "
+        "Agresti-Caffo adjusted rates: exact enough at the sample sizes a rate needs, and defined at 0% and 100%). "
+        "mean: numeric feedback, judged with Welch's one-sided t-test (the arms' variances differ; the runtime "
+        "exports counts, sums and sums of squares, which is all Welch's t needs, whereas a bootstrap needs the "
+        "individual outcomes)."
+    )
+    min_samples: int = Field(
+        default=1000,
+        ge=2,
+        le=1_000_000_000,
+        description="Feedback needed in each arm (canary and stable) before the outcome is judged; fewer holds the "
+        "rollout (Inconclusive: waiting for feedback), never a pass and never a failure.",
+    )
+    max_relative_drop: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Most the canary's rate or mean may fall below the stable model's, relative to the stable "
+        "model's (0.05: at most 5% below). The test's null hypothesis is canary >= (1 - maxRelativeDrop) x stable "
+        "(for a negative stable mean: stable - maxRelativeDrop x |stable|); the analysis fails only when the data "
+        "reject it at confidence.",
+    )
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=0.9999,
+        description="Confidence of the test: the analysis fails when the one-sided p-value is below 1 - confidence. "
+        "A point estimate below the tolerated drop that is not significant holds the rollout for more feedback.",
+    )
+
+
 class Analysis(Spec):
     """Checks run on the canary's Prometheus metrics after every interval."""
 
@@ -1113,6 +1161,11 @@ class Analysis(Spec):
     )
     failure_limit: int = Field(
         default=2, ge=1, le=100, description="Failed analyses (not necessarily in a row) that roll the canary back."
+    )
+    business: Business | None = Field(
+        default=None,
+        description="Also judge the canary on business outcomes reported as feedback (click-through, revenue); "
+        "unset: errors, latency and queries only.",
     )
 
 
