@@ -58,8 +58,14 @@ MODULES = [
     Module(
         "analysis",
         "operator/analysis.py",
-        ["analyse", "error_rate_test", "_compare_errors"],
-        ["tests/operator/test_analysis_verdicts.py", "tests/serving/test_analysis_scope.py"],
+        ["analyse", "error_rate_test", "_compare_errors", "wilson_upper_bound", "judge_shadow", "_judge_agreement"],
+        [
+            "tests/operator/test_analysis_verdicts.py",
+            "tests/serving/test_analysis_scope.py",
+            "tests/serving/test_shadow_analysis.py",
+            "tests/serving/test_business_analysis.py",
+        ],
+        select="not real_feedback_counters",  # real ModelServers and Prometheus: seconds, not the decision
     ),
     Module(
         "rollout",
@@ -75,8 +81,16 @@ MODULES = [
             "_update",
             "analysis_due",
             "plan",
+            "in_shadow",
+            "stage_started",
+            "stage_window",
+            "_plan_shadow",
         ],
-        ["tests/serving/test_rollout_edges.py", "tests/serving/test_rollout.py"],
+        [
+            "tests/serving/test_rollout_edges.py",
+            "tests/serving/test_rollout.py",
+            "tests/serving/test_shadow_rollout.py",
+        ],
     ),
     Module(
         "status",
@@ -148,6 +162,8 @@ EQUIVALENT: dict[str, dict[tuple[str, str, str], str]] = {
     "rollout": {
         ("analysis_due", "1", "0"): IN_TIME_ORDER,
         ("analysis_due", "1", "2"): IN_TIME_ORDER,
+        # Keys are line-blind: the other 0 -> -1 mutants of _plan_shadow (steps[0], step, failures) are killed.
+        ("_plan_shadow", "0", "-1"): "no history: `left` timedelta(0) or (-1) is only compared <= timedelta(0)",
     },
     "status": {},
     "phases": {},

@@ -204,3 +204,40 @@ def test_the_canary_analysis_appends_the_shadow_checks(prometheus) -> None:
     result = analysis.analyse(Analysis(), URL, target, now=NOW, shadow=judge_)
     assert result.verdict == "Fail" and result.message.startswith("shadow top-1 agreement 0.9000")
     assert result.values["canaryRequests"] == 200.0 and result.values["shadowAgreement"] == 0.9
+
+
+def test_the_wilson_bound_of_full_agreement_is_exactly_one_whatever_the_rounding() -> None:
+    """The formula lands on 1.0000000000000002 (3 of 3 at 0.90) or 0.9999999999999999 (1000 of
+    1000 at 0.95) by rounding: the bound is clamped to 1 and never below the point estimate."""
+    assert [wilson_upper_bound(n, n, c) for n, c in ((3, 0.9), (10, 0.9), (1000, 0.95), (12, 0.9))] == [1.0] * 4
+    assert wilson_upper_bound(20, 10, 0.95) == 1.0  # more successes than trials count as all (p = 2 has no sqrt)
+
+
+def test_full_agreement_passes_min_agreement_one() -> None:
+    """The upper bound equal to minAgreement is no failure (``upper < bound``), and 1000 of
+    1000 agreeing reaches minAgreement 1 exactly."""
+    values, failed, unknown = judge(1000, 1000, minAgreement=1.0)
+    assert (values["shadowAgreement"], values["shadowAgreementUpperBound"], failed, unknown) == (1.0, 1.0, [], [])
+
+
+def test_agreement_without_data_is_inconclusive_once_min_samples_are_in() -> None:
+    values, failed, unknown = judge(1000, None)
+    assert (failed, unknown) == ([], ["shadow top-1 agreement: no data"])
+    assert values == {"shadowSamples": 1000, "shadowDropped": 0.0}
+
+
+def test_values_are_rounded_counts_to_3_digits_and_ratios_to_6() -> None:
+    """increase() extrapolates, so the counts come fractional; status keeps them short."""
+    spec = Shadow.model_validate({"minSamples": 1000})
+    c = judge_shadow(spec, "classification", ShadowMeasures(1000.71234, 991.3, dropped=2.34567, failed=1.23456), "95s")
+    assert (c.failed, c.unknown) == ([], [])
+    assert c.values == {
+        "shadowSamples": 1000.712,
+        "shadowDropped": 2.346,
+        "shadowFailed": 1.235,
+        "shadowAgreement": 0.990594,  # 991.3 / 1000.71234 = 0.99059439...
+        "shadowAgreementUpperBound": 0.994455,  # 0.99445544...
+    }
+    kl = Shadow.model_validate({"minSamples": 10, "maxKlDivergence": 0.01})
+    c = judge_shadow(kl, "classification", ShadowMeasures(10, means={"maxKlDivergence": 0.00123456789}), "1m")
+    assert c.values == {"shadowSamples": 10, "shadowDropped": 0.0, "shadowKlDivergence": 0.001235}

@@ -155,3 +155,91 @@ def test_traffic_is_a_function_of_status_alone_across_a_restart() -> None:
     again = RolloutStatus.model_validate(s.model_dump(by_alias=True, mode="json"))
     assert desired_traffic(again) == desired_traffic(s) == Traffic(OLD, shadow_uri=NEW)
     assert plan(SHADOWED, again, NEW, OLD, T0 + timedelta(seconds=5)).reason == "Waiting"  # no second ShadowStarted
+
+
+MID = "s3://b/mid/"
+T1 = T0 + timedelta(minutes=10)
+
+
+def rolled_back_before() -> RolloutStatus:
+    """An earlier candidate MID: shadow passed, then the canary failed 3x and rolled back."""
+    s = plan(SHADOWED, None, MID, OLD, T0).status
+    for minute, v in ((3, "Pass"), (4, "Fail"), (5, "Fail"), (6, "Fail")):
+        at = T0 + timedelta(minutes=minute)
+        s = plan(SHADOWED, s, MID, OLD, at, analysis=verdict(v, at)).status
+    assert (s.failures, [e.event for e in s.history]) == (3, ["ShadowStarted", "ShadowPassed", "RolledBack"])
+    return s
+
+
+def veteran() -> RolloutStatus:
+    """NEW in shadow after MID's rollout: a history of four events with different messages,
+    so a decision's message can be told from any but the newest (the one it must repeat)."""
+    d = plan(SHADOWED, rolled_back_before(), NEW, OLD, T1)
+    assert d.message == "shadowing s3://b/new/ on s3://b/old/'s requests" == d.status.history[-1].message
+    assert len({e.message for e in d.status.history}) == 4
+    return d.status
+
+
+def test_shadow_starts_after_a_rollback_with_a_fresh_failure_count_and_says_so() -> None:
+    d = plan(SHADOWED, rolled_back_before(), NEW, OLD, T1)
+    s = d.status
+    assert (d.reason, d.changed, s.stage, s.canary_percent, s.step, s.failures) == (
+        "ShadowStarted", True, "Shadow", 0, None, 0,
+    )  # fmt: skip
+    assert (d.message, len(s.history)) == ("shadowing s3://b/new/ on s3://b/old/'s requests", 4)
+
+
+def test_a_restart_from_a_failing_canary_clears_the_failure_count() -> None:
+    at = T1 + timedelta(minutes=3)
+    canary = plan(SHADOWED, veteran(), NEW, OLD, at, analysis=verdict("Pass", at)).status
+    at += timedelta(minutes=1)
+    failing = plan(SHADOWED, canary, NEW, OLD, at, analysis=verdict("Fail", at)).status
+    assert (failing.failures, failing.canary_percent) == (1, 10)
+    d = plan(SHADOWED, failing, NEWER, OLD, at + timedelta(seconds=1))
+    s = d.status
+    assert (d.reason, d.changed, s.failures, s.canary_percent, s.stage) == ("Restarted", True, 0, 0, "Shadow")
+    assert d.message == "new artifact: the rollout restarts in shadow"
+
+
+def test_shadow_decisions_repeat_their_newest_history_event_and_say_they_changed() -> None:
+    s = veteran()
+    at = T1 + timedelta(minutes=1)
+    failed = plan(SHADOWED, s, NEW, OLD, at, analysis=verdict("Fail", at))
+    assert (failed.reason, failed.changed) == ("ShadowFailed", True)
+    assert failed.message == "shadow comparison failed: fail checks" == failed.status.history[-1].message
+    at = T1 + timedelta(minutes=3)
+    passed = plan(SHADOWED, s, NEW, OLD, at, analysis=verdict("Pass", at))
+    assert (passed.reason, passed.changed) == ("ShadowPassed", True)
+    assert passed.message == "shadow passed: pass checks; canary at 10%" == passed.status.history[-1].message
+    removed = plan(Rollout(steps=[10, 50]), s, NEW, OLD, at)
+    assert (removed.reason, removed.changed) == ("Started", True)
+    assert removed.message == "shadow removed from the spec: canary at 10%" == removed.status.history[-1].message
+
+
+def test_holding_in_shadow_records_the_analysis_so_it_is_a_change() -> None:
+    s = veteran()
+    at = T1 + timedelta(minutes=1)
+    for v in ("Pass", "Inconclusive"):  # passing before the duration is up, or not deciding
+        d = plan(SHADOWED, s, NEW, OLD, at, analysis=verdict(v, at))
+        assert (d.reason, d.changed, d.status.last_analysis, d.status.history) == (
+            "ShadowHolding", True, verdict(v, at), s.history,
+        )  # fmt: skip
+
+
+def test_the_canary_starts_with_a_fresh_failure_count_whatever_the_shadow_status_says() -> None:
+    """Status is read back from the API: a failure count in stage Shadow (an older operator, a
+    hand edit) must not shorten the canary's failureLimit."""
+    s = veteran().model_copy(update={"failures": 2})
+    at = T1 + timedelta(minutes=3)
+    passed = plan(SHADOWED, s, NEW, OLD, at, analysis=verdict("Pass", at))
+    removed = plan(Rollout(steps=[10, 50]), s, NEW, OLD, at)
+    assert [(d.reason, d.status.failures, d.status.step) for d in (passed, removed)] == [
+        ("ShadowPassed", 0, 0), ("Started", 0, 0),
+    ]  # fmt: skip
+
+
+def test_a_shadow_status_without_history_cannot_hold_for_a_duration_it_cannot_measure() -> None:
+    """No event says when the stage began (a hand-edited status): a Pass is taken as the end."""
+    s = veteran().model_copy(update={"history": []})
+    d = plan(SHADOWED, s, NEW, OLD, T1, analysis=verdict("Pass", T1))
+    assert (d.reason, d.status.stage, d.status.canary_percent) == ("ShadowPassed", "Canary", 10)
