@@ -136,7 +136,7 @@ MODULES = [
             "evaluate",
             "drop_upper_bound",
             "_weighted_score",
-            "_label_slices",
+            "_slices",
             "_ratio",
             "_finite",
             "_fmt",
