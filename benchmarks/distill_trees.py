@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import platform
-import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,8 +44,9 @@ from modelpress.jobs.methods import MethodData, ModelHandle, get_method
 from modelpress.jobs.trees.loaders import tree_outputs
 
 RESULTS = Path(__file__).parent / "results" / "distill_trees.json"
-BATCHES = (1, 512)
-INPUT = "X"  # skl2onnx's input name; the students keep it
+# The same models, input name, batch sizes and interleaved timing as compress_trees.py (run as a
+# script: this folder is on sys.path); the students keep skl2onnx's input name.
+from compress_trees import BATCHES, INPUT, session, time_all  # noqa: E402
 
 # (teacher, label, distill config): each student is distilled from its teacher.
 STUDENTS: list[tuple[str, str, dict]] = [
@@ -86,36 +85,6 @@ def convert(model, x: np.ndarray) -> ModelHandle:
         del proto.graph.output[:]
         proto.graph.output.extend(keep)
     return ModelHandle([INPUT], [proto.graph.output[0].name], onnx_model=proto)
-
-
-def session(model) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def time_all(sessions: dict[str, ort.InferenceSession], x: np.ndarray, rounds: int) -> dict[str, dict[int, float]]:
-    """Median milliseconds per batch for each model and batch size, interleaved round-robin."""
-    feeds = {b: {INPUT: np.ascontiguousarray(x[:b])} for b in BATCHES}
-    repeats = {1: 20, 512: 1}
-    for s in sessions.values():  # warm-up
-        for b in BATCHES:
-            for _ in range(3):
-                s.run(None, feeds[b])
-    samples: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in sessions}
-    order = list(sessions)
-    rng = random.Random(0)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            for b in BATCHES:
-                start = time.perf_counter()
-                for _ in range(repeats[b]):
-                    sessions[name].run(None, feeds[b])
-                samples[name][b].append((time.perf_counter() - start) * 1000 / repeats[b])
-    return {n: {b: statistics.median(v) for b, v in per.items()} for n, per in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

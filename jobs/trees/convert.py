@@ -43,6 +43,21 @@ DESCRIPTION = {
     "lightgbm": "a LightGBM text model (Booster.save_model)",
 }
 
+# The loss objects a fitted gradient-boosting model holds (each in its Python and its Cython form).
+SKLEARN_LOSSES = (
+    "HalfSquaredError",
+    "AbsoluteError",
+    "PinballLoss",
+    "HuberLoss",
+    "HalfPoissonLoss",
+    "HalfGammaLoss",
+    "HalfTweedieLoss",
+    "HalfTweedieLossIdentity",
+    "HalfBinomialLoss",
+    "ExponentialLoss",
+    "HalfMultinomialLoss",
+)
+
 # The scikit-learn models accepted, by their full type name.
 SKLEARN_MODELS = frozenset(
     {
@@ -71,38 +86,8 @@ SKOPS_TYPES = SKLEARN_MODELS | frozenset(
         "sklearn.dummy.DummyClassifier",
         "sklearn.dummy.DummyRegressor",
         "sklearn.preprocessing._label.LabelEncoder",
-        *(
-            f"sklearn._loss._loss.Cy{name}"
-            for name in (
-                "HalfSquaredError",
-                "AbsoluteError",
-                "PinballLoss",
-                "HuberLoss",
-                "HalfPoissonLoss",
-                "HalfGammaLoss",
-                "HalfTweedieLoss",
-                "HalfTweedieLossIdentity",
-                "HalfBinomialLoss",
-                "ExponentialLoss",
-                "HalfMultinomialLoss",
-            )
-        ),
-        *(
-            f"sklearn._loss.loss.{name}"
-            for name in (
-                "HalfSquaredError",
-                "AbsoluteError",
-                "PinballLoss",
-                "HuberLoss",
-                "HalfPoissonLoss",
-                "HalfGammaLoss",
-                "HalfTweedieLoss",
-                "HalfTweedieLossIdentity",
-                "HalfBinomialLoss",
-                "ExponentialLoss",
-                "HalfMultinomialLoss",
-            )
-        ),
+        *(f"sklearn._loss._loss.Cy{name}" for name in SKLEARN_LOSSES),
+        *(f"sklearn._loss.loss.{name}" for name in SKLEARN_LOSSES),
         *(
             f"sklearn._loss.link.{name}"
             for name in ("Interval", "IdentityLink", "LogLink", "LogitLink", "HalfLogitLink", "MultinomialLogit")
