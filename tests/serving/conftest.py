@@ -149,7 +149,9 @@ class Prometheus:
     """A real Prometheus (Debian package) scraping the given servers every second.
 
     ``labels``: per target, the labels Prometheus attaches to its series (what
-    kubernetes_sd relabelling gives a pod in a cluster, e.g. ``namespace``).
+    kubernetes_sd relabelling gives a pod in a cluster, e.g. ``namespace``). The targets
+    come from a file (file_sd), so :meth:`set_targets` can change them mid-test, as pods
+    come and go in a cluster.
     """
 
     def __init__(self, workdir: Path, targets: list[str], labels: list[dict[str, str]] | None = None) -> None:
@@ -157,16 +159,14 @@ class Prometheus:
         assert binary, "prometheus is not installed: `make test` installs it (Debian package prometheus)"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.targets_file = workdir / "targets.json"
+        self.set_targets(targets, labels)
         config = workdir / "prometheus.yml"
-        static = (
-            [{"targets": [t], "labels": lab} for t, lab in zip(targets, labels, strict=True)]
-            if labels
-            else [{"targets": targets}]
-        )
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
-            f"  - job_name: modelpress\n    static_configs: {json.dumps(static)}\n"
+            "  - job_name: modelpress\n"
+            f"    file_sd_configs: [{{files: [{json.dumps(str(self.targets_file))}], refresh_interval: 1s}}]\n"
         )
         self.log = workdir / "prometheus.log"
         self.proc = subprocess.Popen(
@@ -179,10 +179,22 @@ class Prometheus:
         )  # fmt: skip
         try:
             wait_http(f"{self.url}/-/ready", proc=self.proc, log=self.log)
-            self.wait_until(f"count(up == 1) == {len(targets)}")
+            if targets:
+                self.wait_until(f"count(up == 1) == {len(targets)}")
         except Exception:
             self.stop()
             raise
+
+    def set_targets(self, targets: list[str], labels: list[dict[str, str]] | None = None) -> None:
+        """Scrape these targets from now on (``labels``: per target, as in the constructor)."""
+        groups = (
+            [{"targets": [t], "labels": lab} for t, lab in zip(targets, labels, strict=True)]
+            if labels
+            else [{"targets": targets}]
+        )
+        tmp = self.targets_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.targets_file)  # atomic: Prometheus never reads half a file
 
     def wait_until(self, promql: str, timeout: float = 30.0) -> None:
         """Until the query returns a non-empty result."""

@@ -17,13 +17,9 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +33,8 @@ from kopf.testing import KopfRunner
 from modelpress import api
 from modelpress.jobs.serving import find_model_file
 from modelpress.summary import JobSummary
+
+from .conftest import Prometheus, stop_process
 
 NS = "ml"
 STABLE_URI = "s3://models/digits-fp32/"
@@ -101,65 +99,6 @@ def users_isvc() -> dict[str, Any]:
     }  # fmt: skip
 
 
-class Prometheus:
-    """A real Prometheus scraping every second whatever ``targets.json`` lists (file_sd),
-    so servers started mid-test are scraped, each under the model's namespace label."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus is not installed: `make test` installs it (Debian package prometheus)"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.targets_file = workdir / "targets.json"
-        self.set_targets([])
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            "  - job_name: modelpress\n"
-            f"    file_sd_configs: [{{files: [{json.dumps(str(self.targets_file))}], refresh_interval: 1s}}]\n"
-        )
-        self.log = workdir / "prometheus.log"
-        self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            wait_http(f"{self.url}/-/ready", proc=self.proc, log=self.log)
-        except Exception:
-            self.stop()
-            raise
-
-    def set_targets(self, targets: list[str]) -> None:
-        tmp = self.targets_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps([{"targets": targets, "labels": {"namespace": NS}}]))
-        tmp.replace(self.targets_file)  # atomic: Prometheus never reads half a file
-
-    def wait_until(self, promql: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if json.loads(r.read())["data"]["result"]:
-                    return
-            time.sleep(0.3)
-        raise TimeoutError(f"Prometheus: {promql} still empty after {timeout} s")
-
-    def stop(self) -> None:
-        _stop(self.proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class Predictor:
     """One modelpress-onnx process for one predictor spec, as KServe would run its pods."""
 
@@ -194,7 +133,7 @@ class Predictor:
         return arg
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def local_dir(uri: str, local: Mapping[str, Path]) -> Path:
@@ -224,7 +163,9 @@ class Router(threading.Thread):
         key = predictor_key(predictor)
         if key not in self.servers:
             self.servers[key] = Predictor(predictor, self.local, self.workdir)
-            self.prom.set_targets([f"127.0.0.1:{s.port}" for s in self.servers.values()])
+            self.prom.set_targets(
+                [f"127.0.0.1:{s.port}" for s in self.servers.values()], [{"namespace": NS}] * len(self.servers)
+            )
         return self.servers[key]
 
     def split(self) -> tuple[Predictor, Predictor | None, int]:
@@ -263,7 +204,7 @@ class Router(threading.Thread):
 @pytest.fixture
 def world(tmp_path, digits_models, monkeypatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("MODELPRESS_ROLLOUT_TICK_SECONDS", "1")
-    prom = Prometheus(tmp_path)
+    prom = Prometheus(tmp_path, [])
     try:
         yield {"tmp": tmp_path, "models": digits_models, "prom": prom}
     finally:
