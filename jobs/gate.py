@@ -196,8 +196,8 @@ def _slices(metric: str, paired: Paired | None, column: str | None, confidence: 
     out = {}
     for value in np.unique(keys):
         mask = keys == value
-        labels = None if paired.labels is None else paired.labels[mask]
-        part = Paired(paired.baseline[mask], paired.candidate[mask], labels)
+        # Slice metrics are means of per-sample values (SLICE_METRICS): a part needs no labels.
+        part = Paired(paired.baseline[mask], paired.candidate[mask], None)
         if confidence is None:
             drop = accuracy_drop(metric, float(np.mean(part.baseline)), float(np.mean(part.candidate)))
         else:
