@@ -260,3 +260,22 @@ def load() -> Callable[..., dict[str, int]]:
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
+
+
+@pytest.fixture()
+def prometheus(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, float | None | Exception]], None]:
+    """Prometheus as a table of answers: ``install({promql: value | None | exception})`` makes
+    the operator's analysis get exactly these, so a verdict can be checked query by query.
+    An unexpected query is a KeyError: the test fails."""
+    from modelpress.operator import analysis
+
+    def install(answers: dict[str, float | None | Exception]) -> None:
+        def query(url: str, promql: str, timeout: float = 5.0) -> float | None:
+            answer = answers[promql]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        monkeypatch.setattr(analysis, "query", query)
+
+    return install

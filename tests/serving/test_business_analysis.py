@@ -194,20 +194,6 @@ def test_business_spec_bounds() -> None:
 # --------------------------------------------------------------------------- wiring into analyse
 
 
-@pytest.fixture()
-def prometheus(monkeypatch: pytest.MonkeyPatch):
-    def install(answers: dict[str, float | None | Exception]) -> None:
-        def query(url: str, promql: str, timeout: float = 5.0) -> float | None:
-            answer = answers[promql]  # an unexpected query is a KeyError: the test fails
-            if isinstance(answer, Exception):
-                raise answer
-            return answer
-
-        monkeypatch.setattr(analysis, "query", query)
-
-    return install
-
-
 def healthy(target: Target = TARGET) -> dict[str, float | None | Exception]:
     return {
         requests_query(target): 5000.0,

@@ -44,20 +44,6 @@ def shadow_table(
     }
 
 
-@pytest.fixture()
-def prometheus(monkeypatch: pytest.MonkeyPatch):
-    def install(answers: dict[str, float | None | Exception]) -> None:
-        def query(url: str, promql: str, timeout: float = 5.0) -> float | None:
-            answer = answers[promql]  # an unexpected query is a KeyError: the test fails
-            if isinstance(answer, Exception):
-                raise answer
-            return answer
-
-        monkeypatch.setattr(analysis, "query", query)
-
-    return install
-
-
 def test_metric_names_and_labels_are_the_runtimes() -> None:
     """Duplicated on purpose (the operator must not import the runtime); they must not drift."""
     assert analysis.SHADOW_REQUESTS_METRIC == runtime_shadow.REQUESTS._name + "_total"

@@ -13,7 +13,6 @@ and the canary and is Serving."""
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -26,15 +25,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cluster import Cluster, ContainerResult, operator_env
+from cluster import Cluster, operator_env
 from helpers import condition, free_port, wait_http
 from kopf.testing import KopfRunner
 
 from modelpress import api
-from modelpress.jobs.serving import find_model_file
-from modelpress.summary import JobSummary
 
 from .conftest import Prometheus, stop_process
+from .test_rollout_operator import existing_isvc, instant_job
 
 NS = "ml"
 STABLE_URI = "s3://models/digits-fp32/"
@@ -68,34 +66,6 @@ def model_doc(prometheus_url: str) -> dict[str, Any]:
                 },
             },
         },
-    }  # fmt: skip
-
-
-def instant_job(candidate_dir: Path):
-    """The kubelet stand-in's runner: the Job validates and names the real candidate artifact."""
-    data = find_model_file(candidate_dir).read_bytes()
-
-    async def run(job: Mapping[str, Any], root: Path) -> ContainerResult:
-        rh = job["metadata"]["labels"]["modelpress.io/recipe-hash"]
-        summary = JobSummary(
-            outcome="Validated", reason="met every threshold", recipeHash=rh,
-            artifact={"storageUri": f"{OUT_URI}{rh}/", "sha256": hashlib.sha256(data).hexdigest(),
-                      "sizeBytes": len(data)},
-            results={"passed": True, "metric": "accuracy", "accuracyDrop": 0.0, "speedup": 1.5, "sizeRatio": 0.3},
-        )  # fmt: skip
-        return ContainerResult(0, summary.to_termination_message(), "Completed")
-
-    return run
-
-
-def users_isvc() -> dict[str, Any]:
-    """What a user created before ModelPress: the fp32 model, no owner."""
-    return {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": "digits", "namespace": NS},
-        "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"}, "runtime": "modelpress-onnx",
-                                         "storageUri": STABLE_URI}}},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }  # fmt: skip
 
 
@@ -218,7 +188,7 @@ def roll_out(world: dict[str, Any], candidate: str) -> tuple[dict[str, Any], dic
     x = np.load(models["val"])["x"]
     with Cluster(world["tmp"], runner=instant_job(models[candidate]), namespace=NS) as c:
         c.sync(c.server.declare, ISVC[0], "v1beta1", ISVC[1], "InferenceService")
-        c.sync(c.server.create, ISVC[0], ISVC[1], NS, users_isvc(), "v1beta1")
+        c.sync(c.server.create, ISVC[0], ISVC[1], NS, existing_isvc(), "v1beta1")
         router = Router(c, prom, local, x, world["tmp"])
         router.start()
         try:
