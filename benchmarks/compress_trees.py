@@ -151,16 +151,23 @@ def time_all(sessions: dict[str, ort.InferenceSession], x: np.ndarray, rounds: i
     return {n: {b: statistics.median(v) for b, v in per.items()} for n, per in samples.items()}
 
 
+def digits_split() -> tuple[np.ndarray, ...]:
+    """Bundled digits, stratified and seeded: 50% train, 20% calibration (the methods' data), 30% test,
+    as (x_train, y_train, x_cal, y_cal, x_test, y_test)."""
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, train_size=0.5, random_state=0, stratify=y)
+    x_cal, x_test, y_cal, y_test = train_test_split(x_rest, y_rest, test_size=0.6, random_state=0, stratify=y_rest)
+    return x_train, y_train, x_cal, y_cal, x_test, y_test
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds per model")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32)
-    x_train, x_rest, y_train, y_rest = train_test_split(x, y, train_size=0.5, random_state=0, stratify=y)
-    x_cal, x_test, y_cal, y_test = train_test_split(x_rest, y_rest, test_size=0.6, random_state=0, stratify=y_rest)
+    x_train, y_train, x_cal, y_cal, x_test, y_test = digits_split()
     calibration = Samples([{INPUT: row} for row in x_cal], y_cal)
     data = MethodData(task="classification", train=calibration, calibration=calibration, seed=0)
 

@@ -31,9 +31,7 @@ import numpy as np
 import onnxruntime as ort
 import sklearn
 from skl2onnx import to_onnx
-from sklearn.datasets import load_digits
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -46,7 +44,7 @@ from modelpress.jobs.trees.loaders import tree_outputs
 RESULTS = Path(__file__).parent / "results" / "distill_trees.json"
 # The same models, input name, batch sizes and interleaved timing as compress_trees.py (run as a
 # script: this folder is on sys.path); the students keep skl2onnx's input name.
-from compress_trees import BATCHES, INPUT, session, time_all  # noqa: E402
+from compress_trees import BATCHES, INPUT, digits_split, session, time_all  # noqa: E402
 
 # (teacher, label, distill config): each student is distilled from its teacher.
 STUDENTS: list[tuple[str, str, dict]] = [
@@ -93,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32)
-    x_train, x_rest, y_train, y_rest = train_test_split(x, y, train_size=0.5, random_state=0, stratify=y)
-    _, x_test, _, y_test = train_test_split(x_rest, y_rest, test_size=0.6, random_state=0, stratify=y_rest)
+    x_train, y_train, _, _, x_test, y_test = digits_split()
     train = Samples([{INPUT: row} for row in x_train], y_train)
     data = MethodData(task="classification", train=train, calibration=train, seed=0)
 

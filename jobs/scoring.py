@@ -87,15 +87,16 @@ class ScoringInputError(ValueError):
     """Input the model cannot take: the caller's fault (HTTP 400 online, one line in batch)."""
 
 
-def find_model_file(model_dir: Path) -> Path:
-    """The ONNX file inside an artifact directory, or a clear error naming both layouts."""
+def find_model_file(model_dir: Path, flag: str = "--model_dir") -> Path:
+    """The ONNX file inside an artifact directory, or a clear error naming both layouts and
+    ``flag``, the option that named the directory."""
     for rel in MODEL_CANDIDATES:
         candidate = model_dir / rel
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
         f"no ONNX model in {model_dir}: expected {' or '.join(str(model_dir / r) for r in MODEL_CANDIDATES)} "
-        "(point --model_dir at the artifact directory written by the compression job)"
+        f"(point {flag} at the artifact directory written by the compression job)"
     )
 
 
@@ -157,10 +158,22 @@ def open_session(model_file: Path, device: str = "cpu", intra_op_threads: int = 
     """The session both paths open: the same options give the same kernels, hence the same bits."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
-    providers = ["CPUExecutionProvider"]
-    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(model_file), options, providers=providers)
+    return ort.InferenceSession(str(model_file), options, providers=choose_providers(device))
+
+
+def choose_providers(device: str) -> list[str]:
+    """onnxruntime execution providers for ``auto`` | ``cpu`` | ``cuda`` (the runtime's --device)."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise RuntimeError(
+            f"--device cuda asked for, but this onnxruntime build offers only {available}; "
+            "install onnxruntime-gpu or use --device auto"
+        )
+    return ["CPUExecutionProvider"]
 
 
 # --------------------------------------------------------------------------- postprocess (batch)

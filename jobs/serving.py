@@ -59,6 +59,7 @@ from modelpress.jobs.scoring import (  # noqa: F401 - shared with batch scoring;
     ORT_TO_NUMPY,
     Scorer,
     ScoringInputError,
+    choose_providers,
     file_sha256,
     find_model_file,
 )
@@ -124,21 +125,6 @@ class Chaos:
             error_rate=float(os.environ.get("MODELPRESS_CHAOS_ERROR_RATE", "0") or 0),
             latency_ms=float(os.environ.get("MODELPRESS_CHAOS_LATENCY_MS", "0") or 0),
         )
-
-
-def choose_providers(device: str) -> list[str]:
-    """onnxruntime execution providers for ``auto`` | ``cpu`` | ``cuda``."""
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise RuntimeError(
-            f"--device cuda asked for, but this onnxruntime build offers only {available}; "
-            "install onnxruntime-gpu or use --device auto"
-        )
-    return ["CPUExecutionProvider"]
 
 
 def _shape(dims: list[Any]) -> list[int]:

@@ -44,7 +44,6 @@ Imports only what the slim serving image has (numpy, onnxruntime, prometheus-cli
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import random
@@ -59,12 +58,10 @@ import onnxruntime as ort
 from kserve.logging import logger
 from prometheus_client import Counter, Histogram
 
+from modelpress.jobs.scoring import FLOAT_TYPES, file_sha256, find_model_file, scored_output
+
 TASKS = ("classification", "regression", "embedding")
 OUTCOMES = ("compared", "dropped", "failed")
-FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
-# Same layouts as the stable --model_dir (serving.MODEL_CANDIDATES; spelled out to avoid a
-# circular import: serving imports this module).
-MODEL_CANDIDATES = ("model/1/model.onnx", "model.onnx")
 # A row "already is a distribution" when all >= 0 and it sums to 1 within this.
 DISTRIBUTION_TOLERANCE = 1e-3
 # Floor of a probability before its log (see the module docstring: bounded KL).
@@ -280,14 +277,11 @@ class ShadowConfig:
         return config
 
     def model_file(self) -> Path:
-        """The candidate's ONNX file, or a one-line error naming --shadow_model_dir."""
-        for rel in MODEL_CANDIDATES:
-            if (self.model_dir / rel).is_file():
-                return self.model_dir / rel
-        raise ShadowError(
-            f"--shadow_model_dir: no ONNX model in {self.model_dir}: expected "
-            + " or ".join(str(self.model_dir / r) for r in MODEL_CANDIDATES)
-        )
+        """The candidate's ONNX file (the runtime's layouts), or a one-line error naming --shadow_model_dir."""
+        try:
+            return find_model_file(self.model_dir, "--shadow_model_dir")
+        except FileNotFoundError as e:
+            raise ShadowError(f"--shadow_model_dir: {e}") from None
 
 
 def chaos_latency_from_env() -> float:
@@ -331,18 +325,9 @@ def dynamic_batch(session: ort.InferenceSession) -> bool:
 
 
 def compared_output(session: ort.InferenceSession) -> tuple[int, ort.NodeArg]:
-    """(index, output) of the output compared: the first floating-point one, else the first."""
-    outputs = session.get_outputs()
-    index = next((i for i, o in enumerate(outputs) if o.type in FLOAT_TYPES), 0)
-    return index, outputs[index]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """(index, output) of the output compared: the one batch scoring scores (scoring.scored_output)."""
+    index = scored_output(session)
+    return index, session.get_outputs()[index]
 
 
 class ShadowRunner:
@@ -360,7 +345,7 @@ class ShadowRunner:
         --shadow_model_dir otherwise); start the worker."""
         self.config = config
         path = config.model_file()
-        self.digest = _sha256(path)
+        self.digest = file_sha256(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = CANDIDATE_THREADS
         options.inter_op_num_threads = 1
